@@ -1,0 +1,23 @@
+# The operator's control socket: two-party Cap'n Proto RPC on a Unix socket (mode 0600, peer uid
+# checked: root or the supervisor's uid). Served by the supervisor; called by argocd-agentctl.
+@0xf845c9d1a7f5e013;
+
+$import "/capnp/c++.capnp".namespace("aa::ipc");
+
+struct WorkerStatus {
+  role @0 :Text;
+  pid @1 :Int32;              # 0 when not running
+  state @2 :Text;             # STOPPED, STARTING, READY, STOPPING, BACKOFF, FAILED
+  generation @3 :UInt32;      # how many times this role was spawned
+  restarts @4 :UInt32;
+  uptimeMs @5 :UInt64;        # since the current generation was spawned; 0 when not running
+  lastExit @6 :Text;          # e.g. "exit 1", "signal SEGV (crash)", "hang (watchdog)"; "" if none
+  critical @7 :Bool;
+  detail @8 :Text;            # the worker's own describe() line, if it answered
+}
+
+interface Control {
+  status @0 () -> (side :Text, supervisorPid :Int32, version :Text, workers :List(WorkerStatus));
+  restart @1 (role :Text) -> (ok :Bool, message :Text);
+  setLogLevel @2 (role :Text, level :Text) -> (ok :Bool, message :Text);
+}

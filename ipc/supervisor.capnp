@@ -1,0 +1,28 @@
+# The supervisor <-> worker link: two-party Cap'n Proto RPC over the socketpair at fd 3 of every
+# worker (see runtime/fd_contract.h). Both ends export a bootstrap capability: the worker exports
+# Worker, the supervisor exports one Supervisor object per worker link (so the supervisor always
+# knows which worker is talking). Never renumber; retired methods are renamed obsoleteX.
+@0xa8b59a1388986ce5;
+
+$import "/capnp/c++.capnp".namespace("aa::ipc");
+
+interface Worker {
+  # Implemented by every worker process; called only by the supervisor.
+
+  ping @0 () -> ();
+  # The watchdog's liveness probe. A worker that does not answer within the watchdog deadline is
+  # killed and classified as hung.
+
+  setLogLevel @1 (level :Text) -> (ok :Bool, message :Text);
+  # Changes the worker's log level at run time (trace, debug, info, warn, error).
+
+  describe @2 () -> (detail :Text);
+  # One line of role-specific state for `argocd-agentctl status` (e.g. the agent's connection).
+}
+
+interface Supervisor {
+  # Implemented by the supervisor, one object per worker link; called only by that worker.
+
+  ready @0 () -> ();
+  # The worker finished start-up and serves its role. Until then it is STARTING.
+}

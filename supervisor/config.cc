@@ -1,0 +1,401 @@
+// Flag/environment parsing and validation for both sides (config.h). Runs in the supervisor
+// (authoritative, before any worker starts) and again in each worker on the same input.
+#include "supervisor/config.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "ipc/runtime/log.h"
+#include "supervisor/duration.h"
+
+namespace aa {
+
+const char* toString(Side side) { return side == Side::kPrincipal ? "principal" : "agent"; }
+
+EnvLookup processEnv() {
+  return [](const std::string& name) -> std::optional<std::string> {
+    const char* v = getenv(name.c_str());
+    if (v == nullptr) return std::nullopt;
+    return std::string(v);
+  };
+}
+
+namespace {
+
+struct BadValue {
+  std::string accepted;  // "must be ..." text
+};
+
+// One row of the flag table. `apply` parses and stores a value or returns the accepted-values
+// text; `isBool` flags may be given without a value.
+struct Option {
+  std::string name;  // without dashes
+  char shortName = 0;
+  std::string env;  // "" = none
+  std::string help;
+  std::string defaultText;
+  bool isBool = false;
+  std::function<std::optional<BadValue>(const std::string&)> apply;
+};
+
+std::optional<bool> parseGoBool(const std::string& v) {
+  if (v == "1" || v == "t" || v == "T" || v == "true" || v == "TRUE" || v == "True") return true;
+  if (v == "0" || v == "f" || v == "F" || v == "false" || v == "FALSE" || v == "False")
+    return false;
+  return std::nullopt;
+}
+
+Option boolOpt(std::string name, std::string env, std::string help, bool* target) {
+  return Option{name,
+                0,
+                env,
+                help,
+                *target ? "true" : "false",
+                true,
+                [target](const std::string& v) -> std::optional<BadValue> {
+                  auto b = parseGoBool(v);
+                  if (!b) return BadValue{"must be true or false"};
+                  *target = *b;
+                  return std::nullopt;
+                }};
+}
+
+Option stringOpt(std::string name, std::string env, std::string help, std::string* target) {
+  return Option{name,
+                0,
+                env,
+                help,
+                *target,
+                false,
+                [target](const std::string& v) -> std::optional<BadValue> {
+                  *target = v;
+                  return std::nullopt;
+                }};
+}
+
+template <typename Int>
+Option intOpt(std::string name, std::string env, std::string help, Int* target, int64_t lo,
+              int64_t hi) {
+  return Option{name,
+                0,
+                env,
+                help,
+                std::to_string(*target),
+                false,
+                [target, lo, hi](const std::string& v) -> std::optional<BadValue> {
+                  int64_t n = 0;
+                  auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+                  if (ec != std::errc() || ptr != v.data() + v.size() || n < lo || n > hi) {
+                    return BadValue{"must be an integer from " + std::to_string(lo) + " to " +
+                                    std::to_string(hi)};
+                  }
+                  *target = static_cast<Int>(n);
+                  return std::nullopt;
+                }};
+}
+
+template <typename Dur>
+Option durationOpt(std::string name, std::string env, std::string help, Dur* target) {
+  return Option{name,
+                0,
+                env,
+                help,
+                formatGoDuration(std::chrono::duration_cast<std::chrono::nanoseconds>(*target)),
+                false,
+                [target](const std::string& v) -> std::optional<BadValue> {
+                  auto d = parseGoDuration(v);
+                  if (!d || d->count() < 0) {
+                    return BadValue{"must be a non-negative duration such as 30s, 1m30s or 0"};
+                  }
+                  *target = std::chrono::duration_cast<Dur>(*d);
+                  return std::nullopt;
+                }};
+}
+
+Option logLevelOpt(std::string env, std::string* target) {
+  return Option{"log-level",
+                0,
+                env,
+                "log level: trace, debug, info, warn, error",
+                *target,
+                false,
+                [target](const std::string& v) -> std::optional<BadValue> {
+                  if (!log::parseLevel(v)) {
+                    return BadValue{"must be one of trace, debug, info, warn, error"};
+                  }
+                  *target = v;
+                  return std::nullopt;
+                }};
+}
+
+std::vector<Option> commonOptions(Side side, Config& c) {
+  std::string p = side == Side::kPrincipal ? "ARGOCD_PRINCIPAL_" : "ARGOCD_AGENT_";
+  return {
+      logLevelOpt(p + "LOG_LEVEL", &c.common.logLevel),
+      stringOpt("control-socket", p + "CONTROL_SOCKET",
+                "path of the operator control socket (default: $XDG_RUNTIME_DIR or /tmp, "
+                "argocd-agent-<side>-<pid>.sock)",
+                &c.common.controlSocket),
+      durationOpt("shutdown-timeout", p + "SHUTDOWN_TIMEOUT",
+                  "on SIGTERM/SIGINT, how long workers may drain before they are killed",
+                  &c.common.shutdownTimeout),
+      intOpt("grpc-max-message-size", p + "GRPC_MAX_MESSAGE_SIZE",
+             "maximum gRPC message size in bytes, sent and received", &c.common.grpcMaxMessageSize,
+             1, INT32_MAX),
+  };
+}
+
+std::vector<Option> principalOptions(Config& c) {
+  auto& p = c.principal;
+  std::vector<Option> o = commonOptions(Side::kPrincipal, c);
+  std::vector<Option> more = {
+      stringOpt("listen-host", "ARGOCD_PRINCIPAL_LISTEN_HOST",
+                "address to listen on (empty: all interfaces)", &p.listenHost),
+      intOpt("listen-port", "ARGOCD_PRINCIPAL_LISTEN_PORT", "port to listen on (0: any free port)",
+             &p.listenPort, 0, 65535),
+      stringOpt("namespace", "ARGOCD_PRINCIPAL_NAMESPACE", "namespace the principal manages",
+                &p.namespace_),
+      stringOpt("auth", "ARGOCD_PRINCIPAL_AUTH", "authentication method: userpass:<file>", &p.auth),
+      boolOpt("insecure-plaintext", "ARGOCD_PRINCIPAL_INSECURE_PLAINTEXT",
+              "serve without TLS (only behind a service-mesh sidecar)", &p.insecurePlaintext),
+      boolOpt("insecure-tls-generate", "ARGOCD_PRINCIPAL_TLS_SERVER_ALLOW_GENERATE",
+              "generate a self-signed server certificate at start", &p.insecureTlsGenerate),
+      stringOpt("tls-cert", "ARGOCD_PRINCIPAL_TLS_SERVER_CERT_PATH", "server certificate (PEM)",
+                &p.tlsCert),
+      stringOpt("tls-key", "ARGOCD_PRINCIPAL_TLS_SERVER_KEY_PATH", "server private key (PEM)",
+                &p.tlsKey),
+      stringOpt("jwt-key", "ARGOCD_PRINCIPAL_JWT_KEY_PATH", "RSA private key signing JWTs (PEM)",
+                &p.jwtKey),
+      boolOpt("insecure-jwt-generate", "ARGOCD_PRINCIPAL_JWT_ALLOW_GENERATE",
+              "generate the JWT signing key at start (tokens die with the process)",
+              &p.insecureJwtGenerate),
+      durationOpt("keepalive-min-interval", "ARGOCD_PRINCIPAL_KEEP_ALIVE_MIN_INTERVAL",
+                  "drop agents that send HTTP/2 pings more often than this (0: grpc default, 5m)",
+                  &p.keepaliveMinInterval),
+  };
+  more[2].shortName = 'n';
+  o.insert(o.end(), more.begin(), more.end());
+  return o;
+}
+
+std::vector<Option> agentOptions(Config& c) {
+  auto& a = c.agent;
+  std::vector<Option> o = commonOptions(Side::kAgent, c);
+  std::vector<Option> more = {
+      stringOpt("server-address", "ARGOCD_AGENT_REMOTE_SERVER", "principal address (also TLS SNI)",
+                &a.serverAddress),
+      intOpt("server-port", "ARGOCD_AGENT_REMOTE_PORT", "principal port", &a.serverPort, 1, 65535),
+      stringOpt("creds", "ARGOCD_AGENT_CREDS",
+                "credentials: userpass:<file>, header:, mtls:", &a.creds),
+      stringOpt("agent-mode", "ARGOCD_AGENT_MODE", "managed or autonomous", &a.agentMode),
+      stringOpt("namespace", "ARGOCD_AGENT_NAMESPACE", "namespace the agent runs in",
+                &a.namespace_),
+      boolOpt("insecure-plaintext", "ARGOCD_AGENT_INSECURE_PLAINTEXT",
+              "connect without TLS (only through a service-mesh sidecar)", &a.insecurePlaintext),
+      boolOpt("insecure-tls", "ARGOCD_AGENT_TLS_INSECURE",
+              "do not verify the principal's certificate", &a.insecureTls),
+      stringOpt("root-ca-path", "ARGOCD_AGENT_TLS_ROOT_CA_PATH",
+                "CA bundle (PEM) that signed the principal's certificate", &a.rootCaPath),
+      stringOpt("tls-client-cert", "ARGOCD_AGENT_TLS_CLIENT_CERT_PATH",
+                "client certificate (PEM) presented to the principal", &a.tlsClientCert),
+      stringOpt("tls-client-key", "ARGOCD_AGENT_TLS_CLIENT_KEY_PATH", "client private key (PEM)",
+                &a.tlsClientKey),
+  };
+  more[4].shortName = 'n';
+  o.insert(o.end(), more.begin(), more.end());
+  return o;
+}
+
+std::string helpText(Side side, const std::vector<Option>& opts) {
+  std::ostringstream out;
+  out << "Usage: argocd-agent " << toString(side) << " [flags]\n\nFlags:\n";
+  for (const auto& o : opts) {
+    std::string lhs = "  ";
+    lhs += o.shortName ? std::string("-") + o.shortName + ", " : "    ";
+    lhs += "--" + o.name + (o.isBool ? "" : " value");
+    out << lhs;
+    if (lhs.size() < 34) out << std::string(34 - lhs.size(), ' ');
+    out << " " << o.help;
+    if (!o.defaultText.empty()) out << " (default " << o.defaultText << ")";
+    if (!o.env.empty()) out << " [env " << o.env << "]";
+    out << "\n";
+  }
+  out << "  -h, --help                         show this help\n";
+  return out.str();
+}
+
+bool readable(const std::string& path) { return access(path.c_str(), R_OK) == 0; }
+
+// Cross-flag validation. Returns the one-line error, or "".
+std::string validatePrincipal(PrincipalConfig& p) {
+  if (p.namespace_.empty()) return "--namespace is required (the namespace the principal manages)";
+  if (p.auth.empty()) return "--auth is required: accepted values are userpass:<file>";
+  auto colon = p.auth.find(':');
+  if (colon == std::string::npos) {
+    return "invalid value \"" + p.auth +
+           "\" for --auth: must be <method>:<config>, e.g. userpass:<file>";
+  }
+  p.authMethod = p.auth.substr(0, colon);
+  p.authArg = p.auth.substr(colon + 1);
+  if (p.authMethod == "userpass") {
+    if (p.authArg.empty() || !readable(p.authArg)) {
+      return "invalid value for --auth: userpass file \"" + p.authArg + "\" is not readable";
+    }
+  } else if (p.authMethod == "header" || p.authMethod == "mtls") {
+    return "--auth method \"" + p.authMethod +
+           "\" is not implemented in this build yet; accepted values are userpass:<file>";
+  } else {
+    return "invalid value \"" + p.authMethod + "\" for --auth method: must be userpass";
+  }
+  int tlsModes = (p.insecurePlaintext ? 1 : 0) + (p.insecureTlsGenerate ? 1 : 0) +
+                 (!p.tlsCert.empty() || !p.tlsKey.empty() ? 1 : 0);
+  if (tlsModes == 0) {
+    return "no TLS configuration: give --tls-cert and --tls-key, or --insecure-tls-generate, or "
+           "--insecure-plaintext";
+  }
+  if (tlsModes > 1) {
+    return "conflicting TLS flags: use only one of --tls-cert/--tls-key, --insecure-tls-generate, "
+           "--insecure-plaintext";
+  }
+  if (p.tlsCert.empty() != p.tlsKey.empty())
+    return "--tls-cert and --tls-key must be given together";
+  for (const auto* f : {&p.tlsCert, &p.tlsKey}) {
+    if (!f->empty() && !readable(*f)) return "TLS file \"" + *f + "\" is not readable";
+  }
+  if (p.jwtKey.empty() == !p.insecureJwtGenerate) {
+    return p.jwtKey.empty() ? "no JWT signing key: give --jwt-key <file> or --insecure-jwt-generate"
+                            : "--jwt-key and --insecure-jwt-generate are mutually exclusive";
+  }
+  if (!p.jwtKey.empty() && !readable(p.jwtKey)) {
+    return "invalid value for --jwt-key: file \"" + p.jwtKey + "\" is not readable";
+  }
+  return "";
+}
+
+std::string validateAgent(AgentConfig& a) {
+  if (a.serverAddress.empty()) return "--server-address is required (the principal's address)";
+  if (a.agentMode != "managed" && a.agentMode != "autonomous") {
+    return "invalid value \"" + a.agentMode + "\" for --agent-mode: must be managed or autonomous";
+  }
+  if (a.namespace_.empty()) return "--namespace must not be empty";
+  if (a.creds.empty())
+    return "--creds is required: accepted values are userpass:<file>, header:, mtls:";
+  auto colon = a.creds.find(':');
+  if (colon == std::string::npos) {
+    return "invalid value \"" + a.creds +
+           "\" for --creds: must be userpass:<file>, header: or mtls: (the colon is required)";
+  }
+  a.credsMethod = a.creds.substr(0, colon);
+  a.credsArg = a.creds.substr(colon + 1);
+  if (a.credsMethod == "userpass") {
+    if (a.credsArg.empty() || !readable(a.credsArg)) {
+      return "invalid value for --creds: userpass file \"" + a.credsArg + "\" is not readable";
+    }
+  } else if (a.credsMethod != "header" && a.credsMethod != "mtls") {
+    return "invalid value \"" + a.credsMethod +
+           "\" for --creds method: must be userpass, header or mtls";
+  }
+  if (a.insecurePlaintext && (a.insecureTls || !a.rootCaPath.empty())) {
+    return "--insecure-plaintext cannot be combined with --insecure-tls or --root-ca-path";
+  }
+  if (a.tlsClientCert.empty() != a.tlsClientKey.empty()) {
+    return "--tls-client-cert and --tls-client-key must be given together";
+  }
+  for (const auto* f : {&a.rootCaPath, &a.tlsClientCert, &a.tlsClientKey}) {
+    if (!f->empty() && !readable(*f)) return "TLS file \"" + *f + "\" is not readable";
+  }
+  if (a.credsMethod == "mtls" && a.tlsClientCert.empty()) {
+    return "--creds=mtls: needs --tls-client-cert and --tls-client-key";
+  }
+  return "";
+}
+
+}  // namespace
+
+ParseResult parseConfig(Side side, const std::vector<std::string>& args, const EnvLookup& env,
+                        int pid) {
+  ParseResult result;
+  Config config;
+  config.side = side;
+  std::vector<Option> opts =
+      side == Side::kPrincipal ? principalOptions(config) : agentOptions(config);
+  std::map<std::string, const Option*> byName;
+  for (const auto& o : opts) {
+    byName["--" + o.name] = &o;
+    if (o.shortName) byName[std::string("-") + o.shortName] = &o;
+  }
+  std::map<const Option*, bool> seen;
+  auto fail = [&](std::string msg) {
+    result.message = std::move(msg);
+    return result;
+  };
+
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "-h" || arg == "--help") {
+      result.helpRequested = true;
+      result.message = helpText(side, opts);
+      return result;
+    }
+    if (arg.size() < 2 || arg[0] != '-') {
+      return fail("unexpected argument \"" + arg + "\" (flags only; see 'argocd-agent " +
+                  toString(side) + " --help')");
+    }
+    auto eq = arg.find('=');
+    std::string name = arg.substr(0, eq);
+    auto it = byName.find(name);
+    if (it == byName.end()) {
+      return fail("unknown flag " + name + " (see 'argocd-agent " + std::string(toString(side)) +
+                  " --help' for the accepted flags)");
+    }
+    const Option& o = *it->second;
+    std::string value;
+    if (eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+    } else if (o.isBool) {
+      value = "true";
+    } else if (i + 1 < args.size()) {
+      value = args[++i];
+    } else {
+      return fail("flag --" + o.name + " needs a value");
+    }
+    if (auto bad = o.apply(value)) {
+      return fail("invalid value \"" + value + "\" for --" + o.name + ": " + bad->accepted);
+    }
+    seen[&o] = true;
+  }
+  // Environment variables supply values for flags not given on the command line (upstream's
+  // precedence). Unlike upstream, an invalid environment value is an error, not a silent default.
+  for (const auto& o : opts) {
+    if (seen.count(&o) || o.env.empty()) continue;
+    auto v = env(o.env);
+    if (!v) continue;
+    if (auto bad = o.apply(*v)) {
+      return fail("invalid value \"" + *v + "\" for " + o.env + " (--" + o.name +
+                  "): " + bad->accepted);
+    }
+  }
+  std::string err =
+      side == Side::kPrincipal ? validatePrincipal(config.principal) : validateAgent(config.agent);
+  if (!err.empty()) return fail(err);
+  if (config.common.controlSocket.empty()) {
+    auto dir = env("XDG_RUNTIME_DIR").value_or("/tmp");
+    if (dir.empty()) dir = "/tmp";
+    config.common.controlSocket =
+        dir + "/argocd-agent-" + toString(side) + "-" + std::to_string(pid) + ".sock";
+  }
+  if (config.common.controlSocket.size() > 107) {
+    return fail("invalid value \"" + config.common.controlSocket +
+                "\" for --control-socket: a Unix socket path must be at most 107 bytes");
+  }
+  result.config = std::move(config);
+  return result;
+}
+
+}  // namespace aa

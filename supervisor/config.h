@@ -1,0 +1,77 @@
+// Configuration of both sides: flags, their upstream environment variables and defaults, and all
+// validation. Parsed once by the supervisor before any worker starts (errors: one line, exit 78);
+// workers re-parse the same argv and environment, which is then known to be valid.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace aa {
+
+enum class Side { kPrincipal, kAgent };
+const char* toString(Side side);
+
+struct CommonConfig {
+  std::string logLevel = "info";
+  std::string
+      controlSocket;  // resolved default: $XDG_RUNTIME_DIR|/tmp/argocd-agent-<side>-<pid>.sock
+  std::chrono::milliseconds shutdownTimeout{10'000};
+  int64_t grpcMaxMessageSize = 200 * 1024 * 1024;
+};
+
+struct PrincipalConfig {
+  std::string listenHost;  // "" = all interfaces
+  int listenPort = 8443;   // 0 = ephemeral (tests)
+  std::string namespace_;
+  std::string auth;        // <method>:<config>
+  std::string authMethod;  // parsed
+  std::string authArg;
+  bool insecurePlaintext = false;
+  bool insecureTlsGenerate = false;
+  std::string tlsCert;
+  std::string tlsKey;
+  std::string jwtKey;
+  bool insecureJwtGenerate = false;
+  std::chrono::nanoseconds keepaliveMinInterval{0};
+};
+
+struct AgentConfig {
+  std::string serverAddress;
+  int serverPort = 443;
+  std::string creds;  // <method>:<config>
+  std::string credsMethod;
+  std::string credsArg;
+  std::string agentMode = "autonomous";
+  std::string namespace_ = "argocd";
+  bool insecurePlaintext = false;
+  bool insecureTls = false;
+  std::string rootCaPath;
+  std::string tlsClientCert;
+  std::string tlsClientKey;
+};
+
+struct Config {
+  Side side = Side::kPrincipal;
+  CommonConfig common;
+  PrincipalConfig principal;
+  AgentConfig agent;
+};
+
+using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
+EnvLookup processEnv();
+
+struct ParseResult {
+  std::optional<Config> config;  // set when valid
+  bool helpRequested = false;
+  std::string message;  // help text, or the one-line error
+};
+
+// `args` are the arguments after the sub-command (e.g. after "principal"). `pid` is used for the
+// default control socket path. Checks existence/readability of referenced files.
+ParseResult parseConfig(Side side, const std::vector<std::string>& args, const EnvLookup& env,
+                        int pid);
+
+}  // namespace aa

@@ -1,0 +1,142 @@
+// Table tests of flag/environment precedence, defaults and validation messages (config.h).
+#include "supervisor/config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <map>
+
+#include <gtest/gtest.h>
+
+namespace aa {
+namespace {
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/aa-config-test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    file_ = dir_ + "/users";
+    FILE* f = fopen(file_.c_str(), "w");
+    fputs("agent-a:$2b$04$abcdefghijklmnopqrstuuXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX\n", f);
+    fclose(f);
+  }
+  void TearDown() override {
+    unlink(file_.c_str());
+    rmdir(dir_.c_str());
+  }
+  EnvLookup env(std::map<std::string, std::string> vars) {
+    return [vars](const std::string& k) -> std::optional<std::string> {
+      auto it = vars.find(k);
+      if (it == vars.end()) return std::nullopt;
+      return it->second;
+    };
+  }
+  std::vector<std::string> principalArgs(std::vector<std::string> extra = {}) {
+    std::vector<std::string> a = {"--namespace=argocd", "--auth=userpass:" + file_,
+                                  "--insecure-plaintext", "--insecure-jwt-generate"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  }
+  std::string dir_, file_;
+};
+
+TEST_F(ConfigTest, PrincipalDefaults) {
+  auto r = parseConfig(Side::kPrincipal, principalArgs(), env({}), 42);
+  ASSERT_TRUE(r.config) << r.message;
+  EXPECT_EQ(r.config->principal.listenPort, 8443);
+  EXPECT_EQ(r.config->principal.listenHost, "");
+  EXPECT_EQ(r.config->principal.authMethod, "userpass");
+  EXPECT_EQ(r.config->principal.keepaliveMinInterval.count(), 0);
+  EXPECT_EQ(r.config->common.grpcMaxMessageSize, 200 * 1024 * 1024);
+  EXPECT_EQ(r.config->common.controlSocket, "/tmp/argocd-agent-principal-42.sock");
+}
+
+TEST_F(ConfigTest, FlagBeatsEnvBeatsDefault) {
+  auto e = env({{"ARGOCD_PRINCIPAL_LISTEN_PORT", "9000"}});
+  auto r = parseConfig(Side::kPrincipal, principalArgs(), e, 1);
+  ASSERT_TRUE(r.config) << r.message;
+  EXPECT_EQ(r.config->principal.listenPort, 9000);
+  r = parseConfig(Side::kPrincipal, principalArgs({"--listen-port", "9100"}), e, 1);
+  ASSERT_TRUE(r.config) << r.message;
+  EXPECT_EQ(r.config->principal.listenPort, 9100);
+}
+
+TEST_F(ConfigTest, InvalidValuesNameFlagAndAcceptedValues) {
+  struct Case {
+    std::vector<std::string> extra;
+    std::map<std::string, std::string> env;
+    std::string want;
+  };
+  std::vector<Case> cases = {
+      {{"--listen-port=70000"},
+       {},
+       "invalid value \"70000\" for --listen-port: must be an integer from 0 to 65535"},
+      {{"--listen-port=abc"}, {}, "for --listen-port"},
+      {{"--bogus"}, {}, "unknown flag --bogus"},
+      {{"--keepalive-min-interval=10"},
+       {},
+       "for --keepalive-min-interval: must be a non-negative duration"},
+      {{"--log-level=loud"}, {}, "must be one of trace, debug, info, warn, error"},
+      {{"--insecure-plaintext=maybe"}, {}, "for --insecure-plaintext: must be true or false"},
+      {{},
+       {{"ARGOCD_PRINCIPAL_LISTEN_PORT", "-1"}},
+       "for ARGOCD_PRINCIPAL_LISTEN_PORT (--listen-port)"},
+      {{"--insecure-tls-generate"}, {}, "conflicting TLS flags"},
+  };
+  for (const auto& c : cases) {
+    auto r = parseConfig(Side::kPrincipal, principalArgs(c.extra), env(c.env), 1);
+    EXPECT_FALSE(r.config);
+    EXPECT_NE(r.message.find(c.want), std::string::npos) << r.message;
+    EXPECT_EQ(r.message.find('\n'), std::string::npos) << "one line: " << r.message;
+  }
+}
+
+TEST_F(ConfigTest, PrincipalRequiresAuthTlsAndJwt) {
+  EXPECT_NE(parseConfig(Side::kPrincipal, {"--namespace=x"}, env({}), 1)
+                .message.find("--auth is required"),
+            std::string::npos);
+  auto r = parseConfig(Side::kPrincipal, {"--namespace=x", "--auth=userpass:" + file_}, env({}), 1);
+  EXPECT_NE(r.message.find("no TLS configuration"), std::string::npos) << r.message;
+  r = parseConfig(Side::kPrincipal,
+                  {"--namespace=x", "--auth=userpass:/nonexistent", "--insecure-plaintext"},
+                  env({}), 1);
+  EXPECT_NE(r.message.find("not readable"), std::string::npos) << r.message;
+}
+
+TEST_F(ConfigTest, AgentDefaultsAndEnv) {
+  auto r =
+      parseConfig(Side::kAgent, {"--server-address=p", "--creds=header:"},
+                  env({{"ARGOCD_AGENT_REMOTE_PORT", "8443"}, {"ARGOCD_AGENT_MODE", "managed"}}), 7);
+  ASSERT_TRUE(r.config) << r.message;
+  EXPECT_EQ(r.config->agent.serverPort, 8443);
+  EXPECT_EQ(r.config->agent.agentMode, "managed");
+  EXPECT_EQ(r.config->agent.namespace_, "argocd");
+  EXPECT_EQ(r.config->agent.credsMethod, "header");
+  r = parseConfig(Side::kAgent, {"--server-address=p", "--creds=header:"}, env({}), 7);
+  EXPECT_EQ(r.config->agent.serverPort, 443);
+  EXPECT_EQ(r.config->agent.agentMode, "autonomous");
+}
+
+TEST_F(ConfigTest, AgentRejectsBadCredsAndMode) {
+  auto r = parseConfig(Side::kAgent, {"--server-address=p", "--creds=token"}, env({}), 1);
+  EXPECT_NE(r.message.find("the colon is required"), std::string::npos) << r.message;
+  r = parseConfig(Side::kAgent, {"--server-address=p", "--creds=header:", "--agent-mode=x"},
+                  env({}), 1);
+  EXPECT_NE(r.message.find("must be managed or autonomous"), std::string::npos) << r.message;
+  r = parseConfig(Side::kAgent, {"--server-address=p", "--creds=header:", "--server-port=0"},
+                  env({}), 1);
+  EXPECT_NE(r.message.find("from 1 to 65535"), std::string::npos) << r.message;
+}
+
+TEST_F(ConfigTest, HelpListsFlagsWithEnv) {
+  auto r = parseConfig(Side::kAgent, {"--help"}, env({}), 1);
+  EXPECT_TRUE(r.helpRequested);
+  EXPECT_NE(r.message.find("--server-address"), std::string::npos);
+  EXPECT_NE(r.message.find("ARGOCD_AGENT_REMOTE_SERVER"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace aa

@@ -1,0 +1,415 @@
+// The supervisor (supervisor.h): executes the state machine's actions on real processes, runs the
+// watchdog, sequences shutdown and reaps every child, orphans included. KJ event loop, one thread.
+#include "supervisor/supervisor.h"
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <kj/debug.h>
+
+#include "ipc/runtime/log.h"
+#include "supervisor/child_process.h"
+
+namespace aa {
+namespace {
+
+constexpr auto kWatchdogPeriod = 5 * kj::SECONDS;
+constexpr auto kWatchdogDeadline = 10 * kj::SECONDS;
+constexpr auto kStartDeadline = 30 * kj::SECONDS;
+constexpr auto kDescribeDeadline = 1 * kj::SECONDS;
+
+kj::Duration toKj(std::chrono::milliseconds ms) { return ms.count() * kj::MILLISECONDS; }
+
+}  // namespace
+
+const std::vector<WorkerSpec>& workerSpecs(Side side) {
+  // Start order; shutdown runs in reverse so the listener stops accepting before auth goes away.
+  static const std::vector<WorkerSpec> principal = {{"auth", true, true},
+                                                    {"cache", false, false},
+                                                    {"heartbeat", false, false},
+                                                    {"listener", true, false}};
+  static const std::vector<WorkerSpec> agent = {
+      {"cache", false, false}, {"heartbeat", false, false}, {"transport", true, false}};
+  return side == Side::kPrincipal ? principal : agent;
+}
+
+struct Supervisor::Slot {
+  WorkerSpec spec;
+  WorkerStateMachine machine;
+  pid_t pid = 0;
+  struct Link {
+    kj::Own<kj::AsyncIoStream> stream;
+    kj::Own<capnp::TwoPartyClient> rpc;
+    ipc::Worker::Client worker = nullptr;
+  };
+  kj::Maybe<kj::Own<Link>> link;
+  kj::Maybe<kj::Promise<void>> backoffTimer;
+  kj::Maybe<kj::Promise<void>> stopTimer;
+  kj::Maybe<kj::Promise<void>> startTimer;
+  kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> onStopped;
+  bool pingInFlight = false;
+};
+
+// The Supervisor capability handed to one worker generation over its link.
+class Supervisor::LinkImpl final : public ipc::Supervisor::Server {
+ public:
+  LinkImpl(Supervisor& sup, Slot& slot, unsigned generation)
+      : sup_(sup), slot_(slot), generation_(generation) {}
+
+  kj::Promise<void> ready(ReadyContext) override {
+    if (slot_.machine.generation() == generation_) {
+      spdlog::info("worker {} (pid {}, generation {}) is ready", slot_.spec.role, slot_.pid,
+                   generation_);
+      sup_.apply(slot_, WorkerEvent::kReady);
+    }
+    return kj::READY_NOW;
+  }
+
+ private:
+  Supervisor& sup_;
+  Slot& slot_;
+  unsigned generation_;
+};
+
+Supervisor::Supervisor(const Config& config, RuntimeInfo runtime, std::vector<std::string> args,
+                       kj::AsyncIoContext& io, int serviceSocket)
+    : config_(config),
+      runtime_(std::move(runtime)),
+      args_(std::move(args)),
+      io_(io),
+      timer_(io.provider->getTimer()),
+      serviceSocket_(serviceSocket),
+      tasks_(*this) {}
+
+Supervisor::~Supervisor() = default;
+
+kj::Promise<int> Supervisor::run() {
+  for (const auto& spec : workerSpecs(config_.side)) {
+    auto slot = kj::heap<Slot>();
+    slot->spec = spec;
+    slots_.push_back(kj::mv(slot));
+  }
+  auto paf = kj::newPromiseAndFulfiller<int>();
+  exitFulfiller_ = kj::mv(paf.fulfiller);
+
+  // Child exits (workers and re-parented orphans alike).
+  tasks_.add([this]() -> kj::Promise<void> {
+    struct Loop {
+      static kj::Promise<void> go(Supervisor& s) {
+        return s.io_.unixEventPort.onSignal(SIGCHLD).then([&s](siginfo_t) {
+          s.onChildSignal();
+          return go(s);
+        });
+      }
+    };
+    return Loop::go(*this);
+  }());
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+    struct Loop {
+      static kj::Promise<void> go(Supervisor& s, int sig) {
+        return s.io_.unixEventPort.onSignal(sig).then([&s, sig](siginfo_t) {
+          if (sig == SIGHUP) {
+            spdlog::info("SIGHUP received: configuration reload is not supported; ignoring");
+          } else {
+            s.beginShutdown(0, sig == SIGTERM ? "SIGTERM" : "SIGINT");
+          }
+          return go(s, sig);
+        });
+      }
+    };
+    tasks_.add(Loop::go(*this, sig));
+  }
+  struct Watchdog {
+    static kj::Promise<void> go(Supervisor& s) {
+      return s.timer_.afterDelay(kWatchdogPeriod).then([&s]() {
+        s.watchdogTick();
+        return go(s);
+      });
+    }
+  };
+  tasks_.add(Watchdog::go(*this));
+
+  for (auto& slot : slots_) apply(*slot, WorkerEvent::kStart);
+  // Reap anything that exited before the SIGCHLD handler was waited on.
+  onChildSignal();
+  return kj::mv(paf.promise);
+}
+
+void Supervisor::taskFailed(kj::Exception&& e) {
+  spdlog::error("supervisor task failed: {}", e.getDescription().cStr());
+}
+
+Supervisor::Slot* Supervisor::find(const std::string& role) {
+  for (auto& s : slots_) {
+    if (s->spec.role == role) return s.get();
+  }
+  return nullptr;
+}
+
+kj::Promise<void> Supervisor::onTimer(kj::Duration delay, Slot& slot, unsigned generation,
+                                      kj::Function<void()> fn) {
+  // The slot owns the returned promise and apply() may drop it; a continuation must not destroy
+  // the promise it runs in, so the work is handed to the task set instead of run inline.
+  return timer_.afterDelay(delay)
+      .then([this, &slot, generation, fn = kj::mv(fn)]() mutable {
+        tasks_.add(kj::evalLater([&slot, generation, fn = kj::mv(fn)]() mutable {
+          if (slot.machine.generation() == generation) fn();
+        }));
+      })
+      .eagerlyEvaluate(nullptr);
+}
+
+void Supervisor::spawn(Slot& slot) {
+  int sv[2];
+  KJ_SYSCALL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv));
+  kj::AutoCloseFd parentEnd(sv[0]);
+  kj::AutoCloseFd childEnd(sv[1]);
+
+  unsigned gen = slot.machine.generation();
+  SpawnRequest req;
+  req.executable = runtime_.executable;
+  req.argv = {"argocd-agent",
+              "worker",
+              toString(config_.side),
+              slot.spec.role,
+              "--generation=" + std::to_string(gen),
+              "--runtime-dir=" + runtime_.dir,
+              "--listen-port=" + std::to_string(runtime_.listenPort),
+              "--"};
+  req.argv.insert(req.argv.end(), args_.begin(), args_.end());
+  req.supervisorLinkFd = childEnd.get();
+  req.serviceSocketFd = slot.spec.serviceSocket ? serviceSocket_ : -1;
+  slot.pid = spawnWorker(req);
+  childEnd = nullptr;
+
+  auto link = kj::heap<Slot::Link>();
+  link->stream = io_.lowLevelProvider->wrapSocketFd(parentEnd.release(),
+                                                    kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
+  link->rpc = kj::heap<capnp::TwoPartyClient>(*link->stream, kj::heap<LinkImpl>(*this, slot, gen),
+                                              capnp::rpc::twoparty::Side::SERVER);
+  link->worker = link->rpc->bootstrap().castAs<ipc::Worker>();
+  slot.link = kj::mv(link);
+  slot.pingInFlight = false;
+  spdlog::info("started worker {} (pid {}, generation {})", slot.spec.role, slot.pid, gen);
+
+  slot.startTimer = onTimer(kStartDeadline, slot, gen, [this, &slot]() {
+    if (slot.machine.state() != WorkerState::kStarting) return;
+    spdlog::error("worker {} (pid {}) did not become ready within {}s", slot.spec.role, slot.pid,
+                  kStartDeadline / kj::SECONDS);
+    apply(slot, WorkerEvent::kUnresponsive);
+  });
+}
+
+void Supervisor::apply(Slot& slot, WorkerEvent event, const ExitInfo& exit) {
+  auto now = Clock::now();
+  WorkerState before = slot.machine.state();
+  Transition t = slot.machine.handle(event, now, exit);
+  if (before != t.state) {
+    spdlog::debug("worker {}: {} --{}--> {}", slot.spec.role, toString(before), toString(event),
+                  toString(t.state));
+  }
+  for (Action a : t.actions) {
+    switch (a) {
+      case Action::kSpawn:
+        try {
+          spawn(slot);
+        } catch (const kj::Exception& e) {
+          spdlog::error("cannot spawn worker {}: {}", slot.spec.role, e.getDescription().cStr());
+          // Treat like a generation that died at once: the backoff paces the retries.
+          apply(slot, WorkerEvent::kExited, ExitInfo{ExitInfo::Kind::kExited, 1});
+        }
+        break;
+      case Action::kTerminate: {
+        if (slot.pid > 0) kill(slot.pid, SIGTERM);
+        kj::Duration grace =
+            shuttingDown_ ? shutdownDeadline_ - timer_.now() : toKj(config_.common.shutdownTimeout);
+        if (grace < 0 * kj::SECONDS) grace = 0 * kj::SECONDS;
+        unsigned gen = slot.machine.generation();
+        slot.stopTimer = onTimer(grace, slot, gen, [this, &slot]() {
+          spdlog::warn("worker {} (pid {}) did not stop in time; killing", slot.spec.role,
+                       slot.pid);
+          apply(slot, WorkerEvent::kStopDeadline);
+        });
+        break;
+      }
+      case Action::kKill:
+        if (slot.pid > 0) kill(slot.pid, SIGKILL);
+        break;
+      case Action::kArmBackoff:
+        spdlog::warn("restarting worker {} in {}ms", slot.spec.role, t.backoff.count());
+        slot.backoffTimer = onTimer(toKj(t.backoff), slot, slot.machine.generation(),
+                                    [this, &slot]() { apply(slot, WorkerEvent::kBackoffElapsed); });
+        break;
+      case Action::kCancelBackoff:
+        slot.backoffTimer = nullptr;
+        break;
+      case Action::kReportFailed:
+        spdlog::error("worker {} failed with a configuration error and will not be restarted",
+                      slot.spec.role);
+        if (slot.spec.critical) beginShutdown(exit_code::kConfig, "a critical worker failed");
+        break;
+    }
+  }
+  if (!slot.machine.running()) {
+    slot.startTimer = nullptr;
+    slot.stopTimer = nullptr;
+  }
+  if (t.state == WorkerState::kStopped || t.state == WorkerState::kFailed) {
+    KJ_IF_MAYBE (f, slot.onStopped) {
+      (*f)->fulfill();
+      slot.onStopped = nullptr;
+    }
+  }
+}
+
+void Supervisor::onChildSignal() {
+  while (true) {
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) break;
+    Slot* owner = nullptr;
+    for (auto& s : slots_) {
+      if (s->pid == pid) owner = s.get();
+    }
+    ExitInfo info = ExitInfo::fromWaitStatus(status);
+    if (owner == nullptr) {
+      spdlog::debug("reaped orphan pid {} ({})", pid, info.describe());
+      continue;
+    }
+    Slot& slot = *owner;
+    bool expected = slot.machine.state() == WorkerState::kStopping;
+    if (info.crash) {
+      spdlog::error("worker {} (pid {}, generation {}) crashed: {}", slot.spec.role, pid,
+                    slot.machine.generation(), info.describe());
+    } else if (!expected) {
+      spdlog::error("worker {} (pid {}, generation {}) exited unexpectedly: {}", slot.spec.role,
+                    pid, slot.machine.generation(), info.describe());
+    } else {
+      spdlog::info("worker {} (pid {}) stopped: {}", slot.spec.role, pid, info.describe());
+    }
+    slot.pid = 0;
+    slot.link = nullptr;
+    if (shuttingDown_ && slot.machine.state() != WorkerState::kStopping) {
+      // Died on its own during shutdown: do not restart it.
+      apply(slot, WorkerEvent::kStop);
+    }
+    apply(slot, WorkerEvent::kExited, info);
+  }
+}
+
+void Supervisor::watchdogTick() {
+  for (auto& s : slots_) {
+    Slot& slot = *s;
+    if (slot.machine.state() != WorkerState::kReady || slot.pingInFlight) continue;
+    KJ_IF_MAYBE (link, slot.link) {
+      slot.pingInFlight = true;
+      unsigned gen = slot.machine.generation();
+      tasks_.add(
+          timer_
+              .timeoutAfter(kWatchdogDeadline, (*link)->worker.pingRequest().send().ignoreResult())
+              .then([&slot]() { slot.pingInFlight = false; },
+                    [this, &slot, gen](kj::Exception&& e) {
+                      slot.pingInFlight = false;
+                      if (slot.machine.generation() != gen) return;
+                      if (e.getType() == kj::Exception::Type::DISCONNECTED) return;  // exiting
+                      spdlog::error("watchdog: worker {} (pid {}) did not answer: {}",
+                                    slot.spec.role, slot.pid, e.getDescription().cStr());
+                      apply(slot, WorkerEvent::kUnresponsive);
+                    }));
+    }
+  }
+}
+
+void Supervisor::beginShutdown(int exitCode, const char* why) {
+  if (shuttingDown_) return;
+  shuttingDown_ = true;
+  exitCode_ = exitCode;
+  shutdownDeadline_ = timer_.now() + toKj(config_.common.shutdownTimeout);
+  spdlog::info("{}: stopping workers (deadline {}ms)", why, config_.common.shutdownTimeout.count());
+  tasks_.add(stopInReverse(slots_.size()).then([this]() {
+    spdlog::info("all workers stopped; exiting {}", exitCode_);
+    exitFulfiller_->fulfill(kj::cp(exitCode_));
+  }));
+}
+
+kj::Promise<void> Supervisor::stopInReverse(size_t remaining) {
+  if (remaining == 0) return kj::READY_NOW;
+  Slot& slot = *slots_[remaining - 1];
+  kj::Promise<void> done = kj::READY_NOW;
+  if (slot.machine.state() != WorkerState::kStopped &&
+      slot.machine.state() != WorkerState::kFailed) {
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    slot.onStopped = kj::mv(paf.fulfiller);
+    done = kj::mv(paf.promise);
+    apply(slot, WorkerEvent::kStop);
+  }
+  return done.then([this, remaining]() { return stopInReverse(remaining - 1); });
+}
+
+kj::Promise<void> Supervisor::fillStatus(ipc::Control::StatusResults::Builder results) {
+  results.setSide(toString(config_.side));
+  results.setSupervisorPid(getpid());
+  results.setVersion(ARGOCD_AGENT_VERSION);
+  auto list = results.initWorkers(slots_.size());
+  auto now = Clock::now();
+  kj::Vector<kj::Promise<void>> describes;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    Slot& slot = *slots_[i];
+    auto w = list[i];
+    w.setRole(slot.spec.role);
+    w.setPid(slot.pid);
+    w.setState(toString(slot.machine.state()));
+    w.setGeneration(slot.machine.generation());
+    w.setRestarts(slot.machine.restarts());
+    w.setUptimeMs(slot.pid > 0 ? std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     now - slot.machine.spawnedAt())
+                                     .count()
+                               : 0);
+    w.setLastExit(slot.machine.lastExit());
+    w.setCritical(slot.spec.critical);
+    if (slot.machine.state() != WorkerState::kReady) continue;
+    KJ_IF_MAYBE (link, slot.link) {
+      describes.add(
+          timer_.timeoutAfter(kDescribeDeadline, (*link)->worker.describeRequest().send())
+              .then([w](auto r) mutable { w.setDetail(r.getDetail()); }, [](kj::Exception&&) {}));
+    }
+  }
+  return kj::joinPromises(describes.releaseAsArray());
+}
+
+std::string Supervisor::restart(const std::string& role) {
+  Slot* slot = find(role);
+  if (slot == nullptr) return "no worker named \"" + role + "\"";
+  if (shuttingDown_) return "the supervisor is shutting down";
+  spdlog::info("control: restart of worker {} requested", role);
+  apply(*slot, WorkerEvent::kRestart);
+  return "";
+}
+
+kj::Promise<std::string> Supervisor::setLogLevel(const std::string& role,
+                                                 const std::string& level) {
+  if (!log::parseLevel(level)) {
+    return std::string("invalid level \"" + level +
+                       "\": must be trace, debug, info, warn or error");
+  }
+  if (role == "supervisor") {
+    log::setLevel(level);
+    return std::string();
+  }
+  Slot* slot = find(role);
+  if (slot == nullptr) return "no worker named \"" + role + "\"";
+  KJ_IF_MAYBE (link, slot->link) {
+    auto req = (*link)->worker.setLogLevelRequest();
+    req.setLevel(level);
+    return timer_.timeoutAfter(kDescribeDeadline, req.send())
+        .then([](auto r) { return r.getOk() ? std::string() : std::string(r.getMessage().cStr()); },
+              [role](kj::Exception&& e) {
+                return "worker " + role + " did not answer: " + e.getDescription().cStr();
+              });
+  }
+  return "worker " + role + " is not running";
+}
+
+}  // namespace aa

@@ -1,0 +1,83 @@
+// The supervisor: owns every worker process of one side, restarts them by the state machine in
+// worker_state.h, answers the control socket, and performs PID-1 duties (reaping, signal-driven
+// orderly shutdown). Single-threaded on the KJ event loop; never parses network input.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+#include <kj/async-unix.h>
+
+#include "ipc/control.capnp.h"
+#include "ipc/supervisor.capnp.h"
+#include "supervisor/config.h"
+#include "supervisor/worker_state.h"
+
+namespace aa {
+
+// The per-role table: which workers a side runs, in start order (stopped in reverse).
+struct WorkerSpec {
+  std::string role;
+  bool critical;       // a FAILED critical worker stops the whole side (exit 78)
+  bool serviceSocket;  // inherits the pre-bound Unix service socket at fd 4 (ipc/auth.capnp)
+};
+const std::vector<WorkerSpec>& workerSpecs(Side side);
+
+// What the supervisor prepared before forking, passed to every worker on its command line.
+struct RuntimeInfo {
+  std::string dir;         // private 0700 directory: service sockets, generated keys
+  int listenPort = 0;      // principal: the resolved port (--listen-port may be 0)
+  std::string executable;  // this binary, resolved once
+};
+
+class Supervisor final : private kj::TaskSet::ErrorHandler {
+ public:
+  // `args` are the user's arguments after the sub-command, handed to workers verbatim.
+  // `serviceSocket` is the pre-bound Unix socket for service workers (-1 if none).
+  Supervisor(const Config& config, RuntimeInfo runtime, std::vector<std::string> args,
+             kj::AsyncIoContext& io, int serviceSocket);
+  ~Supervisor();
+
+  // Starts all workers and runs until SIGTERM/SIGINT (resolves 0 after an orderly stop) or a
+  // critical worker failed (resolves 78).
+  kj::Promise<int> run();
+
+  // For the control server.
+  kj::Promise<void> fillStatus(ipc::Control::StatusResults::Builder results);
+  std::string restart(const std::string& role);  // "" on success, else the reason
+  kj::Promise<std::string> setLogLevel(const std::string& role, const std::string& level);
+
+ private:
+  struct Slot;
+  class LinkImpl;
+
+  void apply(Slot& slot, WorkerEvent event, const ExitInfo& exit = {});
+  void spawn(Slot& slot);
+  kj::Promise<void> onTimer(kj::Duration delay, Slot& slot, unsigned generation,
+                            kj::Function<void()> fn);
+  void onChildSignal();
+  void watchdogTick();
+  void beginShutdown(int exitCode, const char* why);
+  kj::Promise<void> stopInReverse(size_t remaining);
+  Slot* find(const std::string& role);
+  void taskFailed(kj::Exception&& e) override;
+
+  const Config& config_;
+  RuntimeInfo runtime_;
+  std::vector<std::string> args_;
+  kj::AsyncIoContext& io_;
+  kj::Timer& timer_;
+  int serviceSocket_;
+  std::vector<kj::Own<Slot>> slots_;
+  kj::TaskSet tasks_;
+  bool shuttingDown_ = false;
+  int exitCode_ = 0;
+  kj::TimePoint shutdownDeadline_ = kj::origin<kj::TimePoint>();
+  kj::Own<kj::PromiseFulfiller<int>> exitFulfiller_;
+};
+
+}  // namespace aa

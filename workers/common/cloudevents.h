@@ -1,0 +1,34 @@
+// CloudEvents as upstream argocd-agent puts them on the wire (wire spec §1.4, §1.5): type names,
+// targets (the `dataschema` attribute, always ce_uri), extensions (always ce_string), JSON data in
+// binary_data, spec_version "1.0". Used by the listener (principal) and transport (agent).
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "cloudevent.pb.h"
+
+namespace aa::ce {
+
+inline constexpr std::string_view kTypePrefix = "io.argoproj.argocd-agent.event.";
+inline constexpr std::string_view kProcessed = "io.argoproj.argocd-agent.event.processed";
+inline constexpr std::string_view kPing = "io.argoproj.argocd-agent.event.ping";
+inline constexpr std::string_view kTargetEventProcessed = "eventProcessed";
+inline constexpr std::string_view kTargetHeartbeat = "heartbeat";
+inline constexpr std::string_view kSpecVersion = "1.0";
+
+// Attributes that are CloudEvents context attributes, not extensions (never copied into ACKs).
+bool isContextAttribute(std::string_view name);
+
+// The string value of an extension/ce_string attribute, or "" when absent or another kind.
+std::string stringAttr(const io::cloudevents::v1::CloudEvent& e, const std::string& name);
+// The dataschema (target) when it is a ce_uri, "" otherwise.
+std::string target(const io::cloudevents::v1::CloudEvent& e);
+
+// The `processed` ACK for `acked`: all of its extensions copied (resourceid+eventid identify it).
+io::cloudevents::v1::CloudEvent makeAck(const io::cloudevents::v1::CloudEvent& acked,
+                                        std::string_view source);
+// The agent's heartbeat: type ping, target heartbeat, eventid = resourceid = fresh UUIDv4.
+io::cloudevents::v1::CloudEvent makeHeartbeat(std::string_view source, const std::string& uuid);
+
+}  // namespace aa::ce

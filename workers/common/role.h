@@ -1,0 +1,54 @@
+// The contract between the shared worker skeleton (worker_main.cc) and one role's library
+// (workers/<role>/). A role is constructed on the worker's KJ thread after the supervisor link is
+// up; it may run threads of its own (grpc++) but talks to KJ objects only on that thread.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include <kj/async-io.h>
+
+#include "supervisor/config.h"
+
+namespace aa {
+
+// Thrown by a role when its configuration cannot work (unreadable key, bad file): the worker
+// exits with exit_code::kConfig and the supervisor does not restart it.
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// What the supervisor told this worker on its command line (see Supervisor::spawn).
+struct WorkerArgs {
+  Side side = Side::kPrincipal;
+  std::string role;
+  unsigned generation = 0;
+  std::string runtimeDir;
+  int listenPort = 0;
+};
+
+struct WorkerEnv {
+  const Config& config;
+  const WorkerArgs& args;
+  kj::AsyncIoContext& io;
+  kj::Timer& timer;
+};
+
+class Role {
+ public:
+  virtual ~Role() noexcept(false) = default;
+  // Begin serving; resolve once the role can do its job (then the supervisor marks it READY).
+  virtual kj::Promise<void> start() = 0;
+  // SIGTERM: finish or hand back in-flight work, then resolve; the process exits 0 afterwards.
+  virtual kj::Promise<void> drain() { return kj::READY_NOW; }
+  // One line for `argocd-agentctl status`.
+  virtual std::string describe() { return ""; }
+};
+
+kj::Own<Role> makeListenerRole(WorkerEnv& env);
+kj::Own<Role> makeAuthRole(WorkerEnv& env);
+kj::Own<Role> makeCacheRole(WorkerEnv& env);
+kj::Own<Role> makeHeartbeatRole(WorkerEnv& env);
+kj::Own<Role> makeTransportRole(WorkerEnv& env);
+
+}  // namespace aa

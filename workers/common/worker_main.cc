@@ -1,0 +1,169 @@
+// The shared worker skeleton (worker_main.h): re-parses the validated configuration, sets up
+// logging, title and crash handling, links to the supervisor over fd 3, runs the role, and turns
+// SIGTERM into an orderly drain. Runs in every worker process.
+#include "workers/common/worker_main.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-unix.h>
+#include <kj/debug.h>
+
+#include "ipc/runtime/crash.h"
+#include "ipc/runtime/exit_codes.h"
+#include "ipc/runtime/fd_contract.h"
+#include "ipc/runtime/log.h"
+#include "ipc/runtime/proc_title.h"
+#include "ipc/supervisor.capnp.h"
+#include "workers/common/role.h"
+
+namespace aa {
+namespace {
+
+class WorkerImpl final : public ipc::Worker::Server {
+ public:
+  explicit WorkerImpl(kj::Maybe<Role&>& role) : role_(role) {}
+
+  kj::Promise<void> ping(PingContext) override { return kj::READY_NOW; }
+
+  kj::Promise<void> setLogLevel(SetLogLevelContext context) override {
+    std::string level = context.getParams().getLevel();
+    bool ok = log::setLevel(level);
+    context.getResults().setOk(ok);
+    if (ok) {
+      spdlog::info("log level set to {}", level);
+    } else {
+      context.getResults().setMessage("invalid level \"" + level + "\"");
+    }
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> describe(DescribeContext context) override {
+    KJ_IF_MAYBE (r, role_) {
+      context.getResults().setDetail(r->describe());
+    }
+    return kj::READY_NOW;
+  }
+
+ private:
+  kj::Maybe<Role&>& role_;
+};
+
+bool parseArgs(int argc, char** argv, WorkerArgs& out, std::vector<std::string>& rest) {
+  if (argc < 2) return false;
+  std::string side = argv[0];
+  if (side == "principal") {
+    out.side = Side::kPrincipal;
+  } else if (side == "agent") {
+    out.side = Side::kAgent;
+  } else {
+    return false;
+  }
+  out.role = argv[1];
+  int i = 2;
+  for (; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--") {
+      ++i;
+      break;
+    }
+    auto value = [&](const char* prefix) { return a.substr(strlen(prefix)); };
+    if (a.rfind("--generation=", 0) == 0) {
+      out.generation = static_cast<unsigned>(std::stoul(value("--generation=")));
+    } else if (a.rfind("--runtime-dir=", 0) == 0) {
+      out.runtimeDir = value("--runtime-dir=");
+    } else if (a.rfind("--listen-port=", 0) == 0) {
+      out.listenPort = std::stoi(value("--listen-port="));
+    } else {
+      return false;
+    }
+  }
+  for (; i < argc; ++i) rest.emplace_back(argv[i]);
+  return true;
+}
+
+kj::Own<Role> makeRole(WorkerEnv& env) {
+  const std::string& r = env.args.role;
+  if (env.args.side == Side::kPrincipal) {
+    if (r == "listener") return makeListenerRole(env);
+    if (r == "auth") return makeAuthRole(env);
+  } else if (r == "transport") {
+    return makeTransportRole(env);
+  }
+  if (r == "cache") return makeCacheRole(env);
+  if (r == "heartbeat") return makeHeartbeatRole(env);
+  KJ_FAIL_REQUIRE("unknown worker role", r);
+}
+
+}  // namespace
+
+int workerMain(int argc, char** argv) {
+  // Signals first, before any thread exists. Ctrl-C reaches the whole process group: workers
+  // leave SIGINT/SIGHUP to the supervisor, which stops them in order with SIGTERM.
+  signal(SIGINT, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+  kj::UnixEventPort::captureSignal(SIGTERM);
+  crash::installHandlers();
+
+  WorkerArgs args;
+  std::vector<std::string> rest;
+  if (!parseArgs(argc, argv, args, rest)) {
+    fprintf(stderr, "argocd-agent worker: internal invocation only (started by the supervisor)\n");
+    return exit_code::kConfig;
+  }
+  log::init(toString(args.side), args.role, args.generation);
+  setProcessTitle("aa-" + args.role);
+  auto parsed = parseConfig(args.side, rest, processEnv(), getppid());
+  if (!parsed.config) {
+    spdlog::critical("configuration: {}", parsed.message);
+    return exit_code::kConfig;
+  }
+  const Config& config = *parsed.config;
+  log::setLevel(config.common.logLevel);
+
+  try {
+    auto io = kj::setupAsyncIo();
+    auto stream = io.lowLevelProvider->wrapSocketFd(fds::kSupervisorLink,
+                                                    kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
+    kj::Maybe<Role&> roleRef;
+    capnp::TwoPartyClient link(*stream, kj::heap<WorkerImpl>(roleRef),
+                               capnp::rpc::twoparty::Side::CLIENT);
+    auto supervisor = link.bootstrap().castAs<ipc::Supervisor>();
+
+    WorkerEnv env{config, args, io, io.provider->getTimer()};
+    kj::Own<Role> role = makeRole(env);
+    roleRef = *role;
+
+    bool supervisorGone = false;
+    auto running = role->start()
+                       .then([&]() { return supervisor.readyRequest().send().ignoreResult(); })
+                       .then([]() -> kj::Promise<void> { return kj::NEVER_DONE; })
+                       .exclusiveJoin(io.unixEventPort.onSignal(SIGTERM).then([&](siginfo_t) {
+                         spdlog::info("SIGTERM: draining");
+                         return role->drain();
+                       }))
+                       .exclusiveJoin(link.onDisconnect().then([&]() { supervisorGone = true; }));
+    running.wait(io.waitScope);
+    if (supervisorGone) {
+      spdlog::error("supervisor link closed; exiting");
+      return exit_code::kError;
+    }
+    spdlog::info("stopped");
+    roleRef = nullptr;
+    role = nullptr;
+    return exit_code::kClean;
+  } catch (const ConfigError& e) {
+    spdlog::critical("configuration: {}", e.what());
+    return exit_code::kConfig;
+  } catch (const kj::Exception& e) {
+    spdlog::error("worker failed: {}", e.getDescription().cStr());
+    return exit_code::kError;
+  } catch (const std::exception& e) {
+    spdlog::error("worker failed: {}", e.what());
+    return exit_code::kError;
+  }
+}
+
+}  // namespace aa

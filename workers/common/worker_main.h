@@ -1,0 +1,8 @@
+// Entry point of every worker process: `argocd-agent worker <side> <role> --generation=N
+// --runtime-dir=D --listen-port=P -- <user flags>`. Only the supervisor invokes it.
+#pragma once
+
+namespace aa {
+// `argc/argv` start at the word after "worker". Returns the process exit code (exit_codes.h).
+int workerMain(int argc, char** argv);
+}  // namespace aa

@@ -1,0 +1,283 @@
+// The listener worker (principal): serves the upstream gRPC API (Version, Authenticate,
+// RefreshToken, EventStream.Subscribe) on --listen-host/--listen-port with grpc++. Credentials are
+// never parsed here: Authenticate goes to the auth worker through AuthBridge (fail closed); the
+// per-RPC token check uses only the JWT public key. Binds with SO_REUSEPORT next to the
+// supervisor's reservation of the port, so a restarted listener gets the same port back.
+#include <atomic>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <kj/debug.h>
+
+#include "auth.grpc.pb.h"
+#include "eventstream.grpc.pb.h"
+#include "ipc/runtime/log.h"
+#include "supervisor/agent_name.h"
+#include "version.grpc.pb.h"
+#include "workers/auth/jwt.h"
+#include "workers/common/cloudevents.h"
+#include "workers/common/role.h"
+#include "workers/listener/auth_bridge.h"
+
+namespace aa {
+namespace {
+
+constexpr auto kAuthDeadline = 2 * kj::SECONDS;
+constexpr size_t kMaxAuthorization = 16 * 1024;
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError("cannot read " + path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string versionString() { return std::string("argocd-agent-") + ARGOCD_AGENT_VERSION; }
+
+grpc::Status invalidAuth() {
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid authentication data");
+}
+
+// Validates the `authorization` metadata (raw JWT, no "Bearer"). Returns the claims or nullopt.
+std::optional<jwt::Claims> checkToken(const grpc::ServerContext& ctx, const jwt::Key& key,
+                                      const std::string& principalNamespace) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end() || it->second.size() > kMaxAuthorization) return std::nullopt;
+  auto v = jwt::verify(key, std::string_view(it->second.data(), it->second.size()),
+                       jwt::kAudienceAccess, std::chrono::system_clock::now());
+  if (!v.claims) {
+    spdlog::debug("token rejected: {}", jwt::toString(v.error));
+    return std::nullopt;
+  }
+  const auto& c = *v.claims;
+  if (!isDnsSubdomain(c.clientId) || c.clientId == principalNamespace ||
+      (c.mode != "managed" && c.mode != "autonomous")) {
+    return std::nullopt;
+  }
+  return v.claims;
+}
+
+class VersionService final : public versionapi::Version::Service {
+  grpc::Status Version(grpc::ServerContext*, const versionapi::VersionRequest*,
+                       versionapi::VersionResponse* resp) override {
+    resp->set_version(versionString());
+    return grpc::Status::OK;
+  }
+};
+
+class AuthenticationService final : public authapi::Authentication::Service {
+ public:
+  AuthenticationService(AuthBridge& bridge, const Config& config)
+      : bridge_(bridge), config_(config) {}
+
+  grpc::Status Authenticate(grpc::ServerContext* ctx, const authapi::AuthRequest* req,
+                            authapi::AuthResponse* resp) override {
+    AuthInput in;
+    in.method = req->method();
+    in.mode = req->mode();
+    in.version = req->version();
+    in.agentNamespace = req->agentnamespace();
+    for (const auto& [k, v] : req->credentials()) in.credentials.emplace_back(k, v);
+    AuthOutcome out = bridge_.authenticate(in);
+    switch (out.kind) {
+      case AuthOutcome::Kind::kGranted:
+        resp->set_accesstoken(out.accessToken);
+        resp->set_refreshtoken(out.refreshToken);
+        resp->set_version(versionString());
+        resp->set_principalnamespace(config_.principal.namespace_);
+        return grpc::Status::OK;
+      case AuthOutcome::Kind::kDenied:
+        spdlog::warn("authentication failed from {}: {}", ctx->peer(), out.reason);
+        switch (out.code) {
+          case ipc::DenialCode::INVALID_MODE:
+            return grpc::Status(grpc::StatusCode::UNKNOWN, out.reason);
+          case ipc::DenialCode::VERSION_REQUIRED:
+            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "agent version is required");
+          case ipc::DenialCode::VERSION_MISMATCH:
+            return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "version mismatch");
+          default:
+            return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authentication failed");
+        }
+      case AuthOutcome::Kind::kUnavailable:
+        break;
+    }
+    spdlog::error("authentication refused from {}: auth worker unavailable ({})", ctx->peer(),
+                  out.reason);
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "authentication service unavailable");
+  }
+
+  grpc::Status RefreshToken(grpc::ServerContext* ctx, const authapi::RefreshTokenRequest* req,
+                            authapi::AuthResponse* resp) override {
+    if (req->refreshtoken().size() > kMaxAuthorization) return invalidAuth();
+    AuthOutcome out = bridge_.refresh(req->refreshtoken());
+    if (out.kind == AuthOutcome::Kind::kGranted) {
+      resp->set_accesstoken(out.accessToken);
+      resp->set_refreshtoken(out.refreshToken);
+      return grpc::Status::OK;
+    }
+    if (out.kind == AuthOutcome::Kind::kUnavailable) {
+      spdlog::error("token refresh refused from {}: auth worker unavailable ({})", ctx->peer(),
+                    out.reason);
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "authentication service unavailable");
+    }
+    spdlog::warn("token refresh failed from {}: {}", ctx->peer(), out.reason);
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authentication failed");
+  }
+
+ private:
+  AuthBridge& bridge_;
+  const Config& config_;
+};
+
+class EventStreamService final : public eventstreamapi::EventStream::Service {
+ public:
+  EventStreamService(const jwt::Key& key, const Config& config) : key_(key), config_(config) {}
+
+  grpc::Status Subscribe(
+      grpc::ServerContext* ctx,
+      grpc::ServerReaderWriter<eventstreamapi::Event, eventstreamapi::Event>* stream) override {
+    auto claims = checkToken(*ctx, key_, config_.principal.namespace_);
+    if (!claims) return invalidAuth();
+    const std::string& agent = claims->clientId;
+    auto opened = std::chrono::steady_clock::now();
+    streams_++;
+    spdlog::info("agent {} subscribed (mode {}, peer {})", agent, claims->mode, ctx->peer());
+    stream->SendInitialMetadata();
+    eventstreamapi::Event in;
+    uint64_t received = 0;
+    while (stream->Read(&in)) {
+      ++received;
+      const auto& e = in.event();
+      if (e.type() == ce::kProcessed) continue;  // ACKs for principal->agent events
+      if (e.type() == ce::kPing) {
+        spdlog::debug("agent {}: received heartbeat", agent);
+      } else {
+        spdlog::debug("agent {}: received event {} ({})", agent, e.type(), ce::target(e));
+      }
+      eventstreamapi::Event ack;
+      *ack.mutable_event() = ce::makeAck(e, "");
+      if (!stream->Write(ack)) break;
+    }
+    streams_--;
+    auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - opened);
+    spdlog::info("agent {} disconnected after {}ms ({} events received{})", agent, lived.count(),
+                 received, ctx->IsCancelled() ? ", cancelled" : "");
+    return grpc::Status::OK;
+  }
+
+  int streams() const { return streams_.load(); }
+
+ private:
+  const jwt::Key& key_;
+  const Config& config_;
+  std::atomic<int> streams_{0};
+};
+
+class ListenerRole final : public Role {
+ public:
+  explicit ListenerRole(WorkerEnv& env) : env_(env) {}
+
+  ~ListenerRole() noexcept(false) override {
+    if (server_) server_->Shutdown(std::chrono::system_clock::now());
+    if (shutdownThread_.joinable()) shutdownThread_.join();
+  }
+
+  kj::Promise<void> start() override {
+    const Config& c = env_.config;
+    const auto& p = c.principal;
+    const std::string& dir = env_.args.runtimeDir;
+    try {
+      key_ = jwt::Key::publicFromPem(readFile(dir + "/jwt.pub"));
+    } catch (const std::runtime_error& e) {
+      throw ConfigError(std::string("JWT public key: ") + e.what());
+    }
+    bridge_ = kj::heap<AuthBridge>(env_.io, env_.timer, dir + "/auth.sock", kAuthDeadline);
+    version_ = std::make_unique<VersionService>();
+    auth_ = std::make_unique<AuthenticationService>(*bridge_, c);
+    events_ = std::make_unique<EventStreamService>(*key_, c);
+
+    std::shared_ptr<grpc::ServerCredentials> creds;
+    if (p.insecurePlaintext) {
+      creds = grpc::InsecureServerCredentials();
+    } else {
+      grpc::SslServerCredentialsOptions opts;
+      std::string cert = p.tlsCert.empty() ? dir + "/tls.crt" : p.tlsCert;
+      std::string keyPem = p.tlsKey.empty() ? dir + "/tls.key" : p.tlsKey;
+      opts.pem_key_cert_pairs.push_back({readFile(keyPem), readFile(cert)});
+      creds = grpc::SslServerCredentials(opts);
+    }
+    std::string host = p.listenHost.empty() ? "0.0.0.0" : p.listenHost;
+    if (host.find(':') != std::string::npos) host = "[" + host + "]";
+    std::string address = host + ":" + std::to_string(env_.args.listenPort);
+
+    grpc::ServerBuilder builder;
+    int bound = 0;
+    builder.AddListeningPort(address, creds, &bound);
+    builder.SetMaxReceiveMessageSize(static_cast<int>(c.common.grpcMaxMessageSize));
+    builder.SetMaxSendMessageSize(static_cast<int>(c.common.grpcMaxMessageSize));
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 1);
+    if (p.keepaliveMinInterval.count() > 0) {
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(p.keepaliveMinInterval);
+      builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                                 static_cast<int>(ms.count()));
+      builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+    }
+    builder.RegisterService(version_.get());
+    builder.RegisterService(auth_.get());
+    builder.RegisterService(events_.get());
+    server_ = builder.BuildAndStart();
+    if (!server_ || bound == 0) {
+      // Usually the port is taken by a process that is not ours: temporary, retry with backoff.
+      KJ_FAIL_REQUIRE("cannot listen", address);
+    }
+    spdlog::info("Listening on {} ({})", address, p.insecurePlaintext ? "plaintext" : "TLS");
+    if (p.insecurePlaintext && p.listenHost != "127.0.0.1" && p.listenHost != "::1" &&
+        p.listenHost != "localhost") {
+      spdlog::warn(
+          "INSECURE: serving plaintext gRPC on a non-loopback address ({}); only do "
+          "this behind a service-mesh sidecar that enforces mTLS",
+          address);
+    }
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> drain() override {
+    // grpc's Shutdown blocks until handlers return, and handlers may be waiting on this KJ
+    // thread (AuthBridge): run it on its own thread and wait for it here without blocking.
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+    shutdownDone_ = kj::mv(paf.fulfiller);
+    auto deadline = std::chrono::system_clock::now() + env_.config.common.shutdownTimeout / 2;
+    shutdownThread_ = std::thread([this, deadline, done = shutdownDone_.get()]() {
+      server_->Shutdown(deadline);
+      done->fulfill();
+    });
+    return kj::mv(paf.promise);
+  }
+
+  std::string describe() override {
+    return "streams: " + std::to_string(events_ ? events_->streams() : 0);
+  }
+
+ private:
+  WorkerEnv& env_;
+  std::shared_ptr<const jwt::Key> key_;
+  kj::Own<AuthBridge> bridge_;
+  std::unique_ptr<VersionService> version_;
+  std::unique_ptr<AuthenticationService> auth_;
+  std::unique_ptr<EventStreamService> events_;
+  std::unique_ptr<grpc::Server> server_;
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> shutdownDone_;
+  std::thread shutdownThread_;
+};
+
+}  // namespace
+
+kj::Own<Role> makeListenerRole(WorkerEnv& env) { return kj::heap<ListenerRole>(env); }
+
+}  // namespace aa

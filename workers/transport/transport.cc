@@ -1,0 +1,294 @@
+// The transport worker (agent): the connection to the principal. Authenticate -> Version ->
+// Subscribe on the upstream API, ACKs every event it receives, and reconnects with jittered
+// exponential backoff (full re-authentication) whenever the stream ends, whatever the cause.
+// The gRPC client runs on its own thread; the KJ thread only answers the supervisor.
+#include <condition_variable>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/tls_certificate_verifier.h>
+#include <grpcpp/security/tls_credentials_options.h>
+#include <kj/debug.h>
+
+#include "auth.grpc.pb.h"
+#include "eventstream.grpc.pb.h"
+#include "ipc/runtime/log.h"
+#include "version.grpc.pb.h"
+#include "workers/auth/userpass.h"
+#include "workers/common/cloudevents.h"
+#include "workers/common/role.h"
+
+namespace aa {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr auto kRpcDeadline = 10s;
+constexpr auto kBackoffInitial = 1s;
+constexpr auto kBackoffCap = 60s;
+constexpr auto kStableStream = 30s;  // a stream that lived this long resets the backoff
+constexpr std::string_view kSource = "agent://agent-managed";  // upstream's literal (§1.4)
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError("cannot read " + path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string codeName(grpc::StatusCode c) {
+  static const char* names[] = {"OK",
+                                "CANCELLED",
+                                "UNKNOWN",
+                                "INVALID_ARGUMENT",
+                                "DEADLINE_EXCEEDED",
+                                "NOT_FOUND",
+                                "ALREADY_EXISTS",
+                                "PERMISSION_DENIED",
+                                "RESOURCE_EXHAUSTED",
+                                "FAILED_PRECONDITION",
+                                "ABORTED",
+                                "OUT_OF_RANGE",
+                                "UNIMPLEMENTED",
+                                "INTERNAL",
+                                "UNAVAILABLE",
+                                "DATA_LOSS",
+                                "UNAUTHENTICATED"};
+  int i = static_cast<int>(c);
+  return i >= 0 && i <= 16 ? names[i] : "CODE_" + std::to_string(i);
+}
+
+// Exponential backoff with "equal jitter": half the delay is fixed, half random, so a fleet of
+// agents that lost the principal at the same moment does not come back in lockstep.
+class Backoff {
+ public:
+  std::chrono::milliseconds next() {
+    auto base = std::min<std::chrono::milliseconds>(
+        kBackoffCap, kBackoffInitial * (1LL << std::min(attempt_, 6)));
+    ++attempt_;
+    std::uniform_int_distribution<int64_t> half(0, base.count() / 2);
+    return std::chrono::milliseconds(base.count() / 2 + half(rng_));
+  }
+  void reset() { attempt_ = 0; }
+
+ private:
+  int attempt_ = 0;
+  std::mt19937_64 rng_{std::random_device{}()};
+};
+
+class TransportRole final : public Role {
+ public:
+  explicit TransportRole(WorkerEnv& env) : env_(env), config_(env.config.agent) {}
+
+  ~TransportRole() noexcept(false) override { stopAndJoin(); }
+
+  kj::Promise<void> start() override {
+    if (config_.credsMethod == "userpass") {
+      try {
+        creds_ = userpass::parseAgentCredentials(readFile(config_.credsArg));
+      } catch (const std::runtime_error& e) {
+        throw ConfigError("--creds userpass file " + config_.credsArg + ": " + e.what());
+      }
+    }
+    channelCreds_ = makeCredentials();
+    target_ = config_.serverAddress + ":" + std::to_string(config_.serverPort);
+    if (config_.insecurePlaintext) {
+      spdlog::warn(
+          "INSECURE: Connecting without TLS - ensure Istio or similar service mesh "
+          "provides mTLS");
+    }
+    thread_ = std::thread([this] { run(); });
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> drain() override {
+    stopAndJoin();
+    return kj::READY_NOW;
+  }
+
+  std::string describe() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return state_;
+  }
+
+ private:
+  std::shared_ptr<grpc::ChannelCredentials> makeCredentials() {
+    if (config_.insecurePlaintext) return grpc::InsecureChannelCredentials();
+    if (config_.insecureTls) {
+      grpc::experimental::TlsChannelCredentialsOptions opts;
+      opts.set_verify_server_certs(false);
+      opts.set_check_call_host(false);
+      opts.set_certificate_verifier(
+          std::make_shared<grpc::experimental::NoOpCertificateVerifier>());
+      if (!config_.tlsClientCert.empty()) {
+        opts.set_certificate_provider(
+            std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
+                std::vector<grpc::experimental::IdentityKeyCertPair>{
+                    {readFile(config_.tlsClientKey), readFile(config_.tlsClientCert)}}));
+        opts.watch_identity_key_cert_pairs();
+      }
+      return grpc::experimental::TlsCredentials(opts);
+    }
+    grpc::SslCredentialsOptions opts;
+    if (!config_.rootCaPath.empty()) opts.pem_root_certs = readFile(config_.rootCaPath);
+    if (!config_.tlsClientCert.empty()) {
+      opts.pem_private_key = readFile(config_.tlsClientKey);
+      opts.pem_cert_chain = readFile(config_.tlsClientCert);
+    }
+    return grpc::SslCredentials(opts);
+  }
+
+  void setState(std::string s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    state_ = std::move(s);
+  }
+
+  bool stopping() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stop_;
+  }
+
+  void stopAndJoin() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      if (active_ != nullptr) active_->TryCancel();
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Registers the context the thread is blocked on so that stopAndJoin can cancel it.
+  void setActive(grpc::ClientContext* ctx) {
+    std::lock_guard<std::mutex> lock(mu_);
+    active_ = ctx;
+    if (stop_ && ctx != nullptr) ctx->TryCancel();
+  }
+
+  void sleepFor(std::chrono::milliseconds d) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, d, [this] { return stop_; });
+  }
+
+  void run() {
+    Backoff backoff;
+    while (!stopping()) {
+      auto lived = connectOnce();
+      if (stopping()) break;
+      if (lived >= kStableStream) backoff.reset();
+      auto delay = backoff.next();
+      spdlog::info("reconnecting to {} in {}ms", target_, delay.count());
+      sleepFor(delay);
+    }
+  }
+
+  // One connection attempt and, if it gets that far, one stream's life. Returns how long the
+  // stream lived (0 if it never opened).
+  std::chrono::milliseconds connectOnce() {
+    setState("connecting to " + target_);
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(static_cast<int>(env_.config.common.grpcMaxMessageSize));
+    args.SetMaxSendMessageSize(static_cast<int>(env_.config.common.grpcMaxMessageSize));
+    args.SetString(GRPC_ARG_PRIMARY_USER_AGENT_STRING, "argocd-agent/v0.0.1");
+    auto channel = grpc::CreateCustomChannel(target_, channelCreds_, args);
+
+    authapi::AuthRequest areq;
+    areq.set_method(config_.credsMethod);
+    areq.set_mode(config_.agentMode);
+    areq.set_version(ARGOCD_AGENT_VERSION);
+    areq.set_agentnamespace(config_.namespace_);
+    if (config_.credsMethod == "userpass") {
+      (*areq.mutable_credentials())["clientid"] = creds_.clientId;
+      (*areq.mutable_credentials())["clientsecret"] = creds_.password;
+    }
+    authapi::AuthResponse aresp;
+    {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + kRpcDeadline);
+      setActive(&ctx);
+      auto st = authapi::Authentication::NewStub(channel)->Authenticate(&ctx, areq, &aresp);
+      setActive(nullptr);
+      if (!st.ok()) {
+        if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+          spdlog::error("Version mismatch with principal: {}", st.error_message());
+        } else {
+          spdlog::warn("Auth failure: {}: {}", codeName(st.error_code()), st.error_message());
+        }
+        setState("authentication failed: " + codeName(st.error_code()));
+        return 0ms;
+      }
+    }
+    spdlog::info("Authentication successful");
+    const std::string token = aresp.accesstoken();
+
+    versionapi::VersionResponse vresp;
+    {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + kRpcDeadline);
+      ctx.AddMetadata("authorization", token);
+      setActive(&ctx);
+      versionapi::VersionRequest vreq;
+      auto st = versionapi::Version::NewStub(channel)->Version(&ctx, vreq, &vresp);
+      setActive(nullptr);
+      if (!st.ok()) {
+        spdlog::warn("Version call failed: {}: {}", codeName(st.error_code()), st.error_message());
+        return 0ms;
+      }
+    }
+    spdlog::info("Connected to {}", vresp.version());
+
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", token);
+    setActive(&ctx);
+    auto stream = eventstreamapi::EventStream::NewStub(channel)->Subscribe(&ctx);
+    auto opened = std::chrono::steady_clock::now();
+    // Blocks until the principal accepted the stream (or the call ended trailers-only).
+    stream->WaitForInitialMetadata();
+    bool ok = !ctx.GetServerInitialMetadata().empty() || !stopping();
+    if (ok) {
+      spdlog::info("Event stream to {} opened", target_);
+      setState("connected to " + target_ + " (" + vresp.version() + ")");
+      eventstreamapi::Event in;
+      while (stream->Read(&in)) {
+        const auto& e = in.event();
+        if (e.type() == ce::kProcessed) continue;
+        eventstreamapi::Event ack;
+        *ack.mutable_event() = ce::makeAck(e, kSource);
+        if (!stream->Write(ack)) break;
+      }
+    }
+    auto st = stream->Finish();
+    setActive(nullptr);
+    auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - opened);
+    if (!stopping()) {
+      spdlog::warn("Stream closed after {}ms: {}: {}", lived.count(), codeName(st.error_code()),
+                   st.error_message());
+      setState("disconnected: " + codeName(st.error_code()));
+    }
+    return ok ? lived : 0ms;
+  }
+
+  WorkerEnv& env_;
+  const AgentConfig& config_;
+  userpass::AgentCredentials creds_;
+  std::shared_ptr<grpc::ChannelCredentials> channelCreds_;
+  std::string target_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  grpc::ClientContext* active_ = nullptr;
+  std::string state_ = "starting";
+};
+
+}  // namespace
+
+kj::Own<Role> makeTransportRole(WorkerEnv& env) { return kj::heap<TransportRole>(env); }
+
+}  // namespace aa
