@@ -1,0 +1,177 @@
+// Acknowledged delivery engine (event_writer.h). Pure; used by the listener and transport workers.
+#include "workers/common/event_writer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "workers/common/cloudevents.h"
+
+namespace aa::delivery {
+
+const char* toString(EnqueueResult r) {
+  switch (r) {
+    case EnqueueResult::kQueued:
+      return "queued";
+    case EnqueueResult::kCoalesced:
+      return "coalesced";
+    case EnqueueResult::kSuperseded:
+      return "superseded";
+    case EnqueueResult::kFull:
+      return "full";
+    case EnqueueResult::kInvalid:
+      return "invalid";
+  }
+  return "?";
+}
+
+EventWriter::EventWriter(WriterOptions options, uint64_t seed) : options_(options), rng_(seed) {}
+
+std::chrono::milliseconds EventWriter::resendDelay(int attempts) {
+  double base = static_cast<double>(options_.initialResend.count()) *
+                std::pow(options_.factor, static_cast<double>(attempts));
+  double cap = static_cast<double>(options_.maxResend.count());
+  base = std::min(base, cap);
+  std::uniform_real_distribution<double> stretch(0.0, options_.jitter);
+  return std::chrono::milliseconds(
+      static_cast<int64_t>(std::min(cap, base * (1.0 + stretch(rng_)))));
+}
+
+void EventWriter::markReady(const std::string& id, Resource& r) {
+  if (!r.inReady && !r.inFlight && !r.unsent.empty()) {
+    r.inReady = true;
+    ready_.push_back(id);
+  }
+}
+
+void EventWriter::dropIfIdle(const std::string& id) {
+  auto it = resources_.find(id);
+  if (it != resources_.end() && !it->second.inFlight && it->second.unsent.empty() &&
+      !it->second.inReady) {
+    resources_.erase(it);
+  }
+}
+
+EnqueueResult EventWriter::enqueue(Event event) {
+  std::string id = ce::stringAttr(event, "resourceid");
+  if (id.empty() || ce::stringAttr(event, "eventid").empty()) return EnqueueResult::kInvalid;
+  const std::string& type = event.type();
+  Resource& r = resources_[id];
+
+  if (type == std::string(ce::kTypePrefix) + "delete") {
+    size_t dropped = r.unsent.size() + (r.inFlight ? 1 : 0);
+    tracked_ -= dropped;
+    stats_.superseded += dropped;
+    r.unsent.clear();
+    r.inFlight.reset();  // its ACK, if it comes, will not match anything
+    r.unsent.push_back(std::move(event));
+    ++tracked_;
+    markReady(id, r);
+    return dropped > 0 ? EnqueueResult::kSuperseded : EnqueueResult::kQueued;
+  }
+  if (type == std::string(ce::kTypePrefix) + "spec-update" ||
+      type == std::string(ce::kTypePrefix) + "status-update") {
+    for (auto& pending : r.unsent) {
+      if (pending.type() == type) {
+        pending = std::move(event);
+        ++stats_.coalesced;
+        return EnqueueResult::kCoalesced;
+      }
+    }
+  }
+  if (tracked_ >= options_.capacity) {
+    ++stats_.rejectedFull;
+    dropIfIdle(id);
+    return EnqueueResult::kFull;
+  }
+  r.unsent.push_back(std::move(event));
+  ++tracked_;
+  markReady(id, r);
+  return EnqueueResult::kQueued;
+}
+
+void EventWriter::enqueueUntracked(Event event) { untracked_.push_back(std::move(event)); }
+
+std::vector<Event> EventWriter::takeDue(Clock::time_point now, size_t max) {
+  std::vector<Event> out;
+  while (!untracked_.empty() && out.size() < max) {
+    out.push_back(std::move(untracked_.front()));
+    untracked_.pop_front();
+  }
+  while (!ready_.empty() && out.size() < max) {
+    std::string id = std::move(ready_.front());
+    ready_.pop_front();
+    auto it = resources_.find(id);
+    if (it == resources_.end()) continue;
+    Resource& r = it->second;
+    r.inReady = false;
+    if (r.inFlight || r.unsent.empty()) continue;
+    InFlight f;
+    f.event = std::move(r.unsent.front());
+    r.unsent.pop_front();
+    f.eventId = ce::stringAttr(f.event, "eventid");
+    f.due = now + resendDelay(0);
+    f.token = nextToken_++;
+    resends_.push({f.due, id, f.token});
+    out.push_back(f.event);
+    r.inFlight = std::move(f);
+    ++stats_.sent;
+  }
+  while (!resends_.empty() && resends_.top().due <= now && out.size() < max) {
+    Due d = resends_.top();
+    resends_.pop();
+    auto it = resources_.find(d.resourceId);
+    if (it == resources_.end() || !it->second.inFlight || it->second.inFlight->token != d.token) {
+      continue;  // acknowledged or superseded since
+    }
+    InFlight& f = *it->second.inFlight;
+    ++f.attempts;
+    f.due = now + resendDelay(f.attempts);
+    f.token = nextToken_++;
+    resends_.push({f.due, d.resourceId, f.token});
+    out.push_back(f.event);
+    ++stats_.resent;
+  }
+  return out;
+}
+
+bool EventWriter::ack(const std::string& resourceId, const std::string& eventId) {
+  auto it = resources_.find(resourceId);
+  if (it == resources_.end() || !it->second.inFlight || it->second.inFlight->eventId != eventId) {
+    return false;
+  }
+  it->second.inFlight.reset();
+  --tracked_;
+  ++stats_.acked;
+  markReady(resourceId, it->second);
+  dropIfIdle(resourceId);
+  return true;
+}
+
+void EventWriter::onReconnect(Clock::time_point now) {
+  for (auto& [id, r] : resources_) {
+    if (!r.inFlight) continue;
+    r.inFlight->due = now;
+    r.inFlight->token = nextToken_++;
+    resends_.push({now, id, r.inFlight->token});
+  }
+}
+
+std::optional<Clock::time_point> EventWriter::nextDeadline(Clock::time_point now) const {
+  if (!untracked_.empty() || !ready_.empty()) return now;
+  if (resends_.empty()) return std::nullopt;
+  return resends_.top().due;  // may be a stale entry: takeDue then returns nothing, harmlessly
+}
+
+bool ReceiveLedger::seen(const std::string& resourceId, const std::string& eventId) const {
+  auto it = recent_.find(resourceId);
+  if (it == recent_.end()) return false;
+  return std::find(it->second.begin(), it->second.end(), eventId) != it->second.end();
+}
+
+void ReceiveLedger::record(const std::string& resourceId, const std::string& eventId) {
+  auto& q = recent_[resourceId];
+  q.push_back(eventId);
+  while (q.size() > perResource_) q.pop_front();
+}
+
+}  // namespace aa::delivery
