@@ -148,6 +148,13 @@ std::vector<Option> commonOptions(Side side, Config& c) {
       intOpt("grpc-max-message-size", p + "GRPC_MAX_MESSAGE_SIZE",
              "maximum gRPC message size in bytes, sent and received", &c.common.grpcMaxMessageSize,
              1, INT32_MAX),
+      // Upstream reads this variable in both binaries (no flag there).
+      intOpt("send-queue-size", "ARGOCD_AGENT_SEND_QUEUE_SIZE",
+             "events queued per peer awaiting send or ACK; producers wait when it is full",
+             &c.common.sendQueueSize, 1, 10'000'000),
+      stringOpt("event-log", p + "EVENT_LOG",
+                "append one line per applied event (resourceid eventid type) to this file",
+                &c.common.eventLog),
   };
 }
 
@@ -178,6 +185,20 @@ std::vector<Option> principalOptions(Config& c) {
       durationOpt("keepalive-min-interval", "ARGOCD_PRINCIPAL_KEEP_ALIVE_MIN_INTERVAL",
                   "drop agents that send HTTP/2 pings more often than this (0: grpc default, 5m)",
                   &p.keepaliveMinInterval),
+      Option{"synthetic-events", 0, "ARGOCD_PRINCIPAL_SYNTHETIC_EVENTS",
+             "test/benchmark source: COUNT:RESOURCES:BYTES create events queued for each agent "
+             "on its first subscribe",
+             "", false,
+             [&p](const std::string& v) -> std::optional<BadValue> {
+               size_t a = v.find(':'), b = v.rfind(':');
+               bool ok = a != std::string::npos && b != a && a > 0 && b > a + 1 &&
+                         b + 1 < v.size() &&
+                         v.find_first_not_of("0123456789:") == std::string::npos &&
+                         v.substr(a + 1, b - a - 1).find_first_not_of('0') != std::string::npos;
+               if (!ok) return BadValue{"must be COUNT:RESOURCES:BYTES, e.g. 1000:10:1024"};
+               p.syntheticEvents = v;
+               return std::nullopt;
+             }},
   };
   more[2].shortName = 'n';
   o.insert(o.end(), more.begin(), more.end());

@@ -20,6 +20,8 @@ struct CommonConfig {
       controlSocket;  // resolved default: $XDG_RUNTIME_DIR|/tmp/argocd-agent-<side>-<pid>.sock
   std::chrono::milliseconds shutdownTimeout{10'000};
   int64_t grpcMaxMessageSize = 200 * 1024 * 1024;
+  int64_t sendQueueSize = 1000;  // tracked outbound events per peer before producers wait
+  std::string eventLog;          // append one line per applied event (tests, debugging)
 };
 
 struct PrincipalConfig {
@@ -36,6 +38,7 @@ struct PrincipalConfig {
   std::string jwtKey;
   bool insecureJwtGenerate = false;
   std::chrono::nanoseconds keepaliveMinInterval{0};
+  std::string syntheticEvents;  // COUNT:RESOURCES:BYTES test/benchmark source ("" = off)
 };
 
 struct AgentConfig {

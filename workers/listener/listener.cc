@@ -4,6 +4,7 @@
 // per-RPC token check uses only the JWT public key. Binds with SO_REUSEPORT next to the
 // supervisor's reservation of the port, so a restarted listener gets the same port back.
 #include <atomic>
+#include <map>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -19,6 +20,8 @@
 #include "version.grpc.pb.h"
 #include "workers/auth/jwt.h"
 #include "workers/common/cloudevents.h"
+#include "workers/common/stream_pump.h"
+#include "workers/common/synthetic.h"
 #include "workers/common/role.h"
 #include "workers/listener/auth_bridge.h"
 
@@ -134,48 +137,119 @@ class AuthenticationService final : public authapi::Authentication::Service {
   const Config& config_;
 };
 
+// Per-agent delivery state. It outlives streams: what an agent has not acknowledged when its
+// stream dies is re-sent on its next stream. Newest stream wins: a second stream for the same
+// agent cancels the first (upstream lets both drain one queue, §13.12).
+struct AgentSession {
+  explicit AgentSession(const Config& c)
+      : outbox(delivery::WriterOptions{static_cast<size_t>(c.common.sendQueueSize)}) {}
+  delivery::Outbox outbox;
+  delivery::ReceiveLedger ledger;
+  std::mutex ledgerMu;
+  std::mutex mu;
+  grpc::ServerContext* active = nullptr;  // guarded by mu
+  std::thread producer;                   // synthetic source, if configured
+};
+
 class EventStreamService final : public eventstreamapi::EventStream::Service {
  public:
-  EventStreamService(const jwt::Key& key, const Config& config) : key_(key), config_(config) {}
+  EventStreamService(const jwt::Key& key, const Config& config)
+      : key_(key), config_(config), sink_(config.common.eventLog) {
+    if (!config.principal.syntheticEvents.empty()) {
+      synthetic_ = delivery::parseSyntheticSpec(config.principal.syntheticEvents);
+    }
+  }
+
+  ~EventStreamService() override {
+    stopping_ = true;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [name, s] : sessions_) {
+      if (s->producer.joinable()) s->producer.join();
+    }
+  }
 
   grpc::Status Subscribe(
       grpc::ServerContext* ctx,
       grpc::ServerReaderWriter<eventstreamapi::Event, eventstreamapi::Event>* stream) override {
     auto claims = checkToken(*ctx, key_, config_.principal.namespace_);
     if (!claims) return invalidAuth();
-    const std::string& agent = claims->clientId;
+    const std::string agent = claims->clientId;
+    auto session = sessionFor(agent);
+    {
+      std::lock_guard<std::mutex> lock(session->mu);
+      if (session->active != nullptr) {
+        spdlog::warn("agent {} opened a new stream; closing its previous one", agent);
+        session->active->TryCancel();
+      }
+      session->active = ctx;
+    }
     auto opened = std::chrono::steady_clock::now();
     streams_++;
     spdlog::info("agent {} subscribed (mode {}, peer {})", agent, claims->mode, ctx->peer());
     stream->SendInitialMetadata();
-    eventstreamapi::Event in;
-    uint64_t received = 0;
-    while (stream->Read(&in)) {
-      ++received;
-      const auto& e = in.event();
-      if (e.type() == ce::kProcessed) continue;  // ACKs for principal->agent events
-      if (e.type() == ce::kPing) {
-        spdlog::debug("agent {}: received heartbeat", agent);
-      } else {
-        spdlog::debug("agent {}: received event {} ({})", agent, e.type(), ce::target(e));
-      }
-      eventstreamapi::Event ack;
-      *ack.mutable_event() = ce::makeAck(e, "");
-      if (!stream->Write(ack)) break;
+    auto stats = delivery::pumpStream(*stream, session->outbox, sink_, session->ledger,
+                                      session->ledgerMu, "", "agent " + agent);
+    {
+      std::lock_guard<std::mutex> lock(session->mu);
+      if (session->active == ctx) session->active = nullptr;
     }
     streams_--;
     auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - opened);
-    spdlog::info("agent {} disconnected after {}ms ({} events received{})", agent, lived.count(),
-                 received, ctx->IsCancelled() ? ", cancelled" : "");
+    spdlog::info(
+        "agent {} disconnected after {}ms ({} events received, {} ACKs, {} still "
+        "unacknowledged{})",
+        agent, lived.count(), stats.received, stats.acksReceived, session->outbox.tracked(),
+        ctx->IsCancelled() ? ", cancelled" : "");
     return grpc::Status::OK;
   }
 
   int streams() const { return streams_.load(); }
 
+  std::string describe() {
+    std::lock_guard<std::mutex> lock(mu_);
+    uint64_t tracked = 0, waits = 0;
+    for (auto& [n, s] : sessions_) {
+      tracked += s->outbox.tracked();
+      waits += s->outbox.backpressureWaits();
+    }
+    return "streams: " + std::to_string(streams_.load()) +
+           ", agents: " + std::to_string(sessions_.size()) +
+           ", unacknowledged: " + std::to_string(tracked) +
+           ", back-pressure waits: " + std::to_string(waits);
+  }
+
  private:
+  std::shared_ptr<AgentSession> sessionFor(const std::string& agent) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& s = sessions_[agent];
+    if (!s) {
+      s = std::make_shared<AgentSession>(config_);
+      if (synthetic_) startProducer(agent, *s);
+    }
+    return s;
+  }
+
+  void startProducer(const std::string& agent, AgentSession& s) {
+    auto spec = *synthetic_;
+    s.producer = std::thread([this, agent, spec, &s] {
+      for (uint64_t seq = 0; seq < spec.count && !stopping_; ++seq) {
+        auto e = delivery::syntheticEvent(spec, seq);
+        while (!stopping_ && s.outbox.enqueue(e, std::chrono::milliseconds(500)) ==
+                                 delivery::EnqueueResult::kFull) {
+        }
+      }
+      spdlog::info("synthetic source: {} events queued for agent {}", spec.count, agent);
+    });
+  }
+
   const jwt::Key& key_;
   const Config& config_;
+  delivery::MemorySink sink_;
+  std::optional<delivery::SyntheticSpec> synthetic_;
+  std::atomic<bool> stopping_{false};
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<AgentSession>> sessions_;
   std::atomic<int> streams_{0};
 };
 
@@ -260,9 +334,7 @@ class ListenerRole final : public Role {
     return kj::mv(paf.promise);
   }
 
-  std::string describe() override {
-    return "streams: " + std::to_string(events_ ? events_->streams() : 0);
-  }
+  std::string describe() override { return events_ ? events_->describe() : "starting"; }
 
  private:
   WorkerEnv& env_;

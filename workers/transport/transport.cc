@@ -20,6 +20,8 @@
 #include "version.grpc.pb.h"
 #include "workers/auth/userpass.h"
 #include "workers/common/cloudevents.h"
+#include "workers/common/stream_pump.h"
+#include "workers/common/synthetic.h"
 #include "workers/common/role.h"
 
 namespace aa {
@@ -83,7 +85,11 @@ class Backoff {
 
 class TransportRole final : public Role {
  public:
-  explicit TransportRole(WorkerEnv& env) : env_(env), config_(env.config.agent) {}
+  explicit TransportRole(WorkerEnv& env)
+      : env_(env),
+        config_(env.config.agent),
+        outbox_(delivery::WriterOptions{static_cast<size_t>(env.config.common.sendQueueSize)}),
+        sink_(env.config.common.eventLog) {}
 
   ~TransportRole() noexcept(false) override { stopAndJoin(); }
 
@@ -253,14 +259,10 @@ class TransportRole final : public Role {
     if (ok) {
       spdlog::info("Event stream to {} opened", target_);
       setState("connected to " + target_ + " (" + vresp.version() + ")");
-      eventstreamapi::Event in;
-      while (stream->Read(&in)) {
-        const auto& e = in.event();
-        if (e.type() == ce::kProcessed) continue;
-        eventstreamapi::Event ack;
-        *ack.mutable_event() = ce::makeAck(e, kSource);
-        if (!stream->Write(ack)) break;
-      }
+      auto stats =
+          delivery::pumpStream(*stream, outbox_, sink_, ledger_, ledgerMu_, kSource, "principal");
+      spdlog::debug("stream stats: {} received, {} applied, {} duplicates, {} rejected",
+                    stats.received, stats.applied, stats.duplicates, stats.rejected);
     }
     auto st = stream->Finish();
     setActive(nullptr);
@@ -285,6 +287,11 @@ class TransportRole final : public Role {
   bool stop_ = false;
   grpc::ClientContext* active_ = nullptr;
   std::string state_ = "starting";
+  // Delivery state outlives streams: un-ACKed events are re-sent on the next stream.
+  delivery::Outbox outbox_;
+  delivery::MemorySink sink_;
+  delivery::ReceiveLedger ledger_;
+  std::mutex ledgerMu_;
 };
 
 }  // namespace

@@ -1,0 +1,161 @@
+// Outbox, event validation and the receive path of a stream (stream_pump.h). Runs in the
+// listener and transport workers, on grpc threads.
+#include "workers/common/stream_pump.h"
+
+#include <nlohmann/json.hpp>
+
+#include "ipc/runtime/log.h"
+#include "workers/common/cloudevents.h"
+
+namespace aa::delivery {
+
+EnqueueResult Outbox::enqueue(Event e, std::chrono::milliseconds maxWait) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto deadline = Clock::now() + maxWait;
+  while (true) {
+    // Copy only when we might have to retry: coalescing and deletes are accepted even when full.
+    EnqueueResult r = writer_.enqueue(e);
+    if (r != EnqueueResult::kFull) {
+      cv_.notify_one();
+      return r;
+    }
+    backpressureWaits_++;
+    if (space_.wait_until(lock, deadline) == std::cv_status::timeout) return EnqueueResult::kFull;
+  }
+}
+
+void Outbox::enqueueUntracked(Event e) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    writer_.enqueueUntracked(std::move(e));
+  }
+  cv_.notify_one();
+}
+
+bool Outbox::ack(const std::string& resourceId, const std::string& eventId) {
+  bool matched;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    matched = writer_.ack(resourceId, eventId);
+  }
+  if (matched) {
+    cv_.notify_one();  // the resource's next event may now go
+    space_.notify_all();
+  }
+  return matched;
+}
+
+void Outbox::onReconnect() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    writer_.onReconnect(Clock::now());
+  }
+  cv_.notify_one();
+}
+
+void Outbox::wake() { cv_.notify_all(); }
+
+std::vector<Event> Outbox::waitDue(const std::function<bool()>& stopped) {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopped()) {
+    auto now = Clock::now();
+    auto out = writer_.takeDue(now, 256);
+    if (!out.empty()) return out;
+    auto next = writer_.nextDeadline(now);
+    auto limit = now + std::chrono::milliseconds(250);
+    cv_.wait_until(lock, next && *next < limit ? *next : limit);
+  }
+  return {};
+}
+
+WriterStats Outbox::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return writer_.stats();
+}
+
+size_t Outbox::tracked() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return writer_.tracked();
+}
+
+std::optional<std::string> validateEvent(const Event& e) {
+  if (e.spec_version() != ce::kSpecVersion) {
+    return "spec_version is '" + e.spec_version().substr(0, 16) + "', must be '1.0'";
+  }
+  if (e.type().rfind(std::string(ce::kTypePrefix), 0) != 0) {
+    return "unknown type '" + e.type().substr(0, 64) + "'";
+  }
+  auto ds = e.attributes().find("dataschema");
+  if (ds == e.attributes().end()) return "dataschema attribute is missing";
+  if (!ds->second.has_ce_uri()) return "dataschema must be a ce_uri attribute";
+  for (const char* ext : {"resourceid", "eventid"}) {
+    auto it = e.attributes().find(ext);
+    if (it == e.attributes().end()) return std::string(ext) + " extension is missing";
+    if (!it->second.has_ce_string()) return std::string(ext) + " extension must be ce_string";
+  }
+  if (e.has_text_data()) return "data must be binary_data (text_data is not accepted)";
+  static const char* kWithPayload[] = {"create", "spec-update", "status-update", "delete"};
+  std::string suffix = e.type().substr(ce::kTypePrefix.size());
+  bool known = suffix == "processed" || suffix == "ping";
+  for (const char* t : kWithPayload) known = known || suffix == t;
+  if (!known) return "unknown type '" + e.type().substr(0, 64) + "'";
+  for (const char* t : kWithPayload) {
+    if (suffix != t) continue;
+    if (!nlohmann::json::accept(e.binary_data())) return "payload is not valid JSON";
+  }
+  return std::nullopt;
+}
+
+namespace detail {
+
+std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
+                                std::mutex& ledgerMu, std::string_view source,
+                                const std::string& peer, PumpStats& stats) {
+  ++stats.received;
+  if (e.type() == ce::kProcessed) {
+    ++stats.acksReceived;
+    outbox.ack(ce::stringAttr(e, "resourceid"), ce::stringAttr(e, "eventid"));
+    return std::nullopt;
+  }
+  std::string resource = ce::stringAttr(e, "resourceid");
+  if (auto problem = validateEvent(e)) {
+    ++stats.rejected;
+    spdlog::error("{}: rejected event type '{}' for resource '{}': {}", peer,
+                  e.type().substr(0, 64), resource.empty() ? "(none)" : resource.substr(0, 128),
+                  *problem);
+    // Acknowledge it anyway: re-sending a malformed event cannot make it valid.
+    return ce::makeAck(e, source);
+  }
+  if (e.type() == ce::kPing) {
+    spdlog::debug("{}: received heartbeat", peer);
+    return ce::makeAck(e, source);
+  }
+  std::string eventId = ce::stringAttr(e, "eventid");
+  {
+    std::lock_guard<std::mutex> lock(ledgerMu);
+    if (ledger.seen(resource, eventId)) {
+      ++stats.duplicates;
+      return ce::makeAck(e, source);
+    }
+  }
+  std::string problem;
+  switch (sink.apply(e, problem)) {
+    case Sink::Result::kApplied: {
+      std::lock_guard<std::mutex> lock(ledgerMu);
+      ledger.record(resource, eventId);
+      ++stats.applied;
+      return ce::makeAck(e, source);
+    }
+    case Sink::Result::kRetry:
+      return std::nullopt;  // no ACK: the sender re-sends later
+    case Sink::Result::kRejected:
+      ++stats.rejected;
+      spdlog::error("{}: event type '{}' for resource '{}' not applied: {}", peer, e.type(),
+                    resource.substr(0, 128), problem);
+      return ce::makeAck(e, source);
+  }
+  return std::nullopt;
+}
+
+}  // namespace detail
+}  // namespace aa::delivery

@@ -1,0 +1,108 @@
+// One Subscribe stream's traffic, the same on both sides: the calling thread reads (ACKs go to the
+// Outbox, business events are validated, de-duplicated, applied through the Sink and ACKed), a
+// writer thread drains the Outbox (ACKs and heartbeats first). Used by the listener (principal,
+// one pump per agent stream) and the transport (agent). The Outbox outlives streams, so what is
+// not acknowledged when a stream dies is re-sent on the next one.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "eventstream.pb.h"
+#include "workers/common/event_writer.h"
+
+namespace aa::delivery {
+
+// Thread-safe wrapper of EventWriter with waiting for producers (back-pressure) and the writer.
+class Outbox {
+ public:
+  explicit Outbox(WriterOptions options = {}) : writer_(options) {}
+
+  // Waits while the writer is full, up to `maxWait` (then kFull). Never drops an event.
+  EnqueueResult enqueue(Event e, std::chrono::milliseconds maxWait);
+  void enqueueUntracked(Event e);
+  bool ack(const std::string& resourceId, const std::string& eventId);
+  void onReconnect();
+  // Blocks until something is due or `stopped()` returns true (checked at least every 250 ms).
+  std::vector<Event> waitDue(const std::function<bool()>& stopped);
+  void wake();
+  WriterStats stats();
+  size_t tracked();
+  uint64_t backpressureWaits() const { return backpressureWaits_.load(); }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;     // writer: something to send
+  std::condition_variable space_;  // producers: room freed
+  EventWriter writer_;
+  std::atomic<uint64_t> backpressureWaits_{0};
+};
+
+// Where received business events go (a later issue plugs real stores in).
+class Sink {
+ public:
+  enum class Result { kApplied, kRetry, kRejected };
+  virtual ~Sink() = default;
+  // `problem` is set for kRejected (logged with the resource).
+  virtual Result apply(const Event& event, std::string& problem) = 0;
+};
+
+// Checks the §1.4 rules for a received event. Returns the problem, or nullopt if acceptable.
+std::optional<std::string> validateEvent(const Event& event);
+
+struct PumpStats {
+  uint64_t received = 0, applied = 0, duplicates = 0, rejected = 0, acksReceived = 0;
+};
+
+// Runs until the stream ends (Read fails) or a Write fails. `Stream` is a grpc++ sync
+// ReaderWriter (client or server side). `peer` names the other side in logs.
+template <class Stream>
+PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
+                     std::mutex& ledgerMu, std::string_view source, const std::string& peer);
+
+// --- implementation helpers (stream_pump.cc) ---
+namespace detail {
+// Handles one received event; returns an ACK to send (or nullopt).
+std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
+                                std::mutex& ledgerMu, std::string_view source,
+                                const std::string& peer, PumpStats& stats);
+}  // namespace detail
+
+template <class Stream>
+PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
+                     std::mutex& ledgerMu, std::string_view source, const std::string& peer) {
+  std::atomic<bool> done{false};
+  outbox.onReconnect();
+  std::thread writer([&] {
+    eventstreamapi::Event msg;
+    while (!done.load()) {
+      auto due = outbox.waitDue([&] { return done.load(); });
+      for (auto& e : due) {
+        *msg.mutable_event() = std::move(e);
+        if (!stream.Write(msg)) {
+          done = true;
+          return;
+        }
+      }
+    }
+  });
+  PumpStats stats;
+  eventstreamapi::Event in;
+  while (!done.load() && stream.Read(&in)) {
+    if (auto ack =
+            detail::onReceived(in.event(), outbox, sink, ledger, ledgerMu, source, peer, stats)) {
+      outbox.enqueueUntracked(std::move(*ack));
+    }
+  }
+  done = true;
+  outbox.wake();
+  writer.join();
+  return stats;
+}
+
+}  // namespace aa::delivery
