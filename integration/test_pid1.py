@@ -50,6 +50,8 @@ class Pid1Test(h.IntegrationTestCase):
             return kids[0] if len(kids) == 1 else None
 
         sup = h.wait_for(supervisor, 10, "the supervisor as the child of unshare")
+        # unshare does not forward SIGTERM: stop the supervisor itself first on cleanup.
+        self.addCleanup(_terminate, sup)
         self.assertEqual(ns_pids(sup)[-1], 1, "the supervisor is not PID 1 of its namespace")
         st = p.status()
         self.assertEqual(st["supervisorPid"], 1)
@@ -64,7 +66,8 @@ class Pid1Test(h.IntegrationTestCase):
         # --- an orphan reparented to PID 1 is reaped -------------------------------------------
         arg = f"0.9{os.getpid() % 1000:03d}{random.randrange(1000):03d}"  # unique cmdline
         r = subprocess.run(["nsenter", f"--target={sup}", "--pid", "--", "/bin/sh", "-c",
-                            f"sleep {arg} & exit 0"], capture_output=True, text=True, timeout=10)
+                            f"sleep {arg} </dev/null >/dev/null 2>&1 & exit 0"],
+                           capture_output=True, text=True, timeout=10)
         self.assertEqual(r.returncode, 0, r.stderr)
 
         seen = {}
@@ -113,6 +116,11 @@ class Pid1Test(h.IntegrationTestCase):
         self.assertNotRegex(log, r"did not stop in time")
         h.wait_for(lambda: all(h.proc_state(k) is None for k in list(workers) + [sup]), 3,
                    "supervisor and worker pids gone")
+
+
+def _terminate(pid):
+    if h.proc_alive(pid):
+        os.kill(pid, signal.SIGTERM)
 
 
 if __name__ == "__main__":

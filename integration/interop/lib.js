@@ -74,13 +74,37 @@ function withTimeout(promise, ms, what) {
 // ---------------------------------------------------------------------------------------------
 // temp dirs and processes
 
+const tmpDirs = new Set();
+
 function makeTmpDir(prefix) {
   // Short names: Unix socket paths must stay within 107 bytes.
-  return fs.mkdtempSync(path.join('/tmp', prefix));
+  const dir = fs.mkdtempSync(path.join('/tmp', prefix));
+  tmpDirs.add(dir);
+  return dir;
 }
 
 function removeDir(dir) {
   if (dir && dir.startsWith('/tmp/')) fs.rmSync(dir, { recursive: true, force: true });
+  tmpDirs.delete(dir);
+}
+
+// Every Proc still running; killed (by process group id) if this node process exits early.
+const live = new Set();
+
+function killLiveGroups() {
+  for (const p of live) {
+    try { process.kill(-p.pid, 'SIGKILL'); } catch (_) { /* gone */ }
+  }
+  live.clear();
+  if (!process.env.AA_KEEP_TMP) for (const d of [...tmpDirs]) removeDir(d);
+}
+
+process.on('exit', killLiveGroups);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.once(sig, () => {
+    killLiveGroups();
+    process.kill(process.pid, sig);
+  });
 }
 
 // A child process whose stdout+stderr are captured into `log` (and mirrored to a file).
@@ -101,6 +125,7 @@ class Proc {
       env: { ...process.env, ...(opts.env || {}) },
     });
     this.pid = this.child.pid;
+    if (this.pid) live.add(this);
     const onData = (chunk) => {
       const s = chunk.toString('utf8');
       this.log += s;
@@ -153,6 +178,7 @@ class Proc {
     }
     // Workers forked by the supervisor share our child's process group; reap any straggler.
     try { process.kill(-this.pid, 'SIGKILL'); } catch (_) { /* group empty */ }
+    live.delete(this);
   }
 }
 

@@ -24,6 +24,26 @@ const char* toString(EnqueueResult r) {
   return "?";
 }
 
+void LatencyHistogram::record(std::chrono::nanoseconds d) {
+  double us = std::max(1.0, static_cast<double>(d.count()) / 1000.0);
+  int b = static_cast<int>(std::log(us) / std::log(1.05));
+  buckets_[std::clamp(b, 0, kBuckets - 1)]++;
+  ++count_;
+}
+
+std::chrono::microseconds LatencyHistogram::quantile(double q) const {
+  if (count_ == 0) return std::chrono::microseconds(0);
+  uint64_t rank = static_cast<uint64_t>(std::ceil(q * static_cast<double>(count_)));
+  uint64_t seen = 0;
+  for (int b = 0; b < kBuckets; ++b) {
+    seen += buckets_[b];
+    if (seen >= std::max<uint64_t>(rank, 1)) {
+      return std::chrono::microseconds(static_cast<int64_t>(std::pow(1.05, b + 1)));
+    }
+  }
+  return std::chrono::microseconds(static_cast<int64_t>(std::pow(1.05, kBuckets)));
+}
+
 EventWriter::EventWriter(WriterOptions options, uint64_t seed) : options_(options), rng_(seed) {}
 
 std::chrono::milliseconds EventWriter::resendDelay(int attempts) {
@@ -110,6 +130,7 @@ std::vector<Event> EventWriter::takeDue(Clock::time_point now, size_t max) {
     r.unsent.pop_front();
     f.eventId = ce::stringAttr(f.event, "eventid");
     f.due = now + resendDelay(0);
+    f.firstSent = now;
     f.token = nextToken_++;
     resends_.push({f.due, id, f.token});
     out.push_back(f.event);
@@ -134,11 +155,13 @@ std::vector<Event> EventWriter::takeDue(Clock::time_point now, size_t max) {
   return out;
 }
 
-bool EventWriter::ack(const std::string& resourceId, const std::string& eventId) {
+bool EventWriter::ack(const std::string& resourceId, const std::string& eventId,
+                      Clock::time_point now) {
   auto it = resources_.find(resourceId);
   if (it == resources_.end() || !it->second.inFlight || it->second.inFlight->eventId != eventId) {
     return false;
   }
+  stats_.ackLatency.record(now - it->second.inFlight->firstSent);
   it->second.inFlight.reset();
   --tracked_;
   ++stats_.acked;

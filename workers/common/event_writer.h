@@ -41,8 +41,23 @@ struct WriterOptions {
 enum class EnqueueResult { kQueued, kCoalesced, kSuperseded, kFull, kInvalid };
 const char* toString(EnqueueResult r);
 
+// Bounded latency histogram: log-scale buckets 5 % wide from 1 µs to ~1 h.
+class LatencyHistogram {
+ public:
+  void record(std::chrono::nanoseconds d);
+  // q in [0,1]; the upper edge of the bucket holding that quantile; 0 when empty.
+  std::chrono::microseconds quantile(double q) const;
+  uint64_t count() const { return count_; }
+
+ private:
+  static constexpr int kBuckets = 460;
+  uint64_t buckets_[kBuckets] = {};
+  uint64_t count_ = 0;
+};
+
 struct WriterStats {
   uint64_t sent = 0, resent = 0, acked = 0, coalesced = 0, superseded = 0, rejectedFull = 0;
+  LatencyHistogram ackLatency;  // first send -> matching ACK
 };
 
 class EventWriter {
@@ -59,7 +74,8 @@ class EventWriter {
   std::vector<Event> takeDue(Clock::time_point now, size_t max = SIZE_MAX);
 
   // Returns true if it matched the in-flight event of that resource.
-  bool ack(const std::string& resourceId, const std::string& eventId);
+  bool ack(const std::string& resourceId, const std::string& eventId,
+           Clock::time_point now = Clock::now());
 
   // The stream was re-established: every in-flight event is re-sent at the next takeDue.
   void onReconnect(Clock::time_point now);
@@ -76,6 +92,7 @@ class EventWriter {
     Event event;
     std::string eventId;
     Clock::time_point due;
+    Clock::time_point firstSent;
     int attempts = 0;
     uint64_t token = 0;  // matches the heap entry that may re-send it
   };

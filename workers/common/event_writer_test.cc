@@ -154,6 +154,27 @@ TEST(EventWriter, RejectsEventsWithoutIds) {
   EXPECT_EQ(w.enqueue(f), EnqueueResult::kInvalid);
 }
 
+TEST(LatencyHistogram, QuantilesWithinBucketWidth) {
+  LatencyHistogram h;
+  EXPECT_EQ(h.quantile(0.5).count(), 0);
+  for (int i = 1; i <= 1000; ++i) h.record(std::chrono::microseconds(i));
+  auto p50 = h.quantile(0.5).count(), p99 = h.quantile(0.99).count();
+  EXPECT_GE(p50, 500);
+  EXPECT_LE(p50, 530);
+  EXPECT_GE(p99, 990);
+  EXPECT_LE(p99, 1045);
+}
+
+TEST(EventWriter, RecordsAckLatencyFromFirstSend) {
+  EventWriter w(noJitter(), 1);
+  w.enqueue(ev("create", "a", "a1"));
+  w.takeDue(t0);
+  w.takeDue(t0 + 5s);  // a re-send does not restart the clock
+  w.ack("a", "a1", t0 + 6s);
+  EXPECT_EQ(w.stats().ackLatency.count(), 1u);
+  EXPECT_GE(w.stats().ackLatency.quantile(0.5), 6s);
+}
+
 TEST(ReceiveLedger, DuplicatesAreRecognisedPerResource) {
   ReceiveLedger l(2);
   EXPECT_FALSE(l.seen("a", "1"));

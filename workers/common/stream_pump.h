@@ -13,6 +13,9 @@
 #include <string>
 #include <thread>
 
+#include <grpcpp/support/config.h>
+#include <grpcpp/impl/codegen/call_op_set.h>
+
 #include "eventstream.pb.h"
 #include "workers/common/event_writer.h"
 
@@ -82,9 +85,12 @@ PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& 
     eventstreamapi::Event msg;
     while (!done.load()) {
       auto due = outbox.waitDue([&] { return done.load(); });
-      for (auto& e : due) {
-        *msg.mutable_event() = std::move(e);
-        if (!stream.Write(msg)) {
+      for (size_t i = 0; i < due.size(); ++i) {
+        *msg.mutable_event() = std::move(due[i]);
+        // Let grpc coalesce a burst into few frames and syscalls; the last one flushes.
+        grpc::WriteOptions options;
+        if (i + 1 < due.size()) options.set_buffer_hint();
+        if (!stream.Write(msg, options)) {
           done = true;
           return;
         }

@@ -3,6 +3,7 @@
 // SIGTERM into an orderly drain. Runs in every worker process.
 #include "workers/common/worker_main.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -106,6 +107,11 @@ int workerMain(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   kj::UnixEventPort::captureSignal(SIGTERM);
   crash::installHandlers();
+  // glibc's default trimming hands freed heap back to the OS and faults it in again for every
+  // large message, which collapses throughput for 16 KiB events and gzip
+  // (shared/design/performance.md). Keep up to 128 MiB and mmap only above 4 MiB.
+  mallopt(M_TRIM_THRESHOLD, 128 * 1024 * 1024);
+  mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
 
   WorkerArgs args;
   std::vector<std::string> rest;

@@ -233,13 +233,25 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
   void startProducer(const std::string& agent, AgentSession& s) {
     auto spec = *synthetic_;
     s.producer = std::thread([this, agent, spec, &s] {
+      auto start = std::chrono::steady_clock::now();
       for (uint64_t seq = 0; seq < spec.count && !stopping_; ++seq) {
         auto e = delivery::syntheticEvent(spec, seq);
         while (!stopping_ && s.outbox.enqueue(e, std::chrono::milliseconds(500)) ==
                                  delivery::EnqueueResult::kFull) {
         }
       }
-      spdlog::info("synthetic source: {} events queued for agent {}", spec.count, agent);
+      // Report once everything was acknowledged (the benchmark reads this line).
+      while (!stopping_ && s.outbox.tracked() > 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      if (stopping_) return;
+      auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start);
+      auto st = s.outbox.stats();
+      spdlog::info(
+          "synthetic source: {} events acknowledged by agent {} in {:.0f}ms ({:.0f} "
+          "events/s); ACK latency p50 {}us p99 {}us; re-sent {}",
+          spec.count, agent, ms.count(), spec.count * 1000.0 / std::max(ms.count(), 1.0),
+          st.ackLatency.quantile(0.5).count(), st.ackLatency.quantile(0.99).count(), st.resent);
     });
   }
 
