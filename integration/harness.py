@@ -92,6 +92,9 @@ def wait_for_log(path, regex, timeout=EVENT_TIMEOUT, count=1, proc=None):
         exited = proc is not None and proc.poll() is not None
         if exited or time.monotonic() >= deadline:
             why = f"process exited with {proc.returncode}" if exited else f"timed out after {timeout:.1f}s"
+            if exited and "SIGTERM: stopping workers" in read_text(path):
+                why += (" after a SIGTERM this test did not send (something outside the test "
+                        "signalled it)")
             raise AssertionError(
                 f"{why} waiting for {count} x /{regex}/ in {path} (found {len(matches)}); log tail:\n"
                 f"{tail(path)}")
@@ -267,7 +270,7 @@ class AuthResult:
 
 
 def server_certificate(port, host="127.0.0.1"):
-    return ssl.get_server_certificate((host, port)).encode()
+    return ssl.get_server_certificate((host, port), timeout=5).encode()
 
 
 def channel(port, tls, host="127.0.0.1"):
@@ -283,7 +286,13 @@ def authenticate(port, user, password, tls=True, timeout=5.0, mode="autonomous",
     """One Authenticate call on a fresh channel; never raises for an RPC error."""
     req = auth_pb2.AuthRequest(method=method, credentials={"clientid": user, "clientsecret": password},
                                mode=mode, version=version, agentNamespace=namespace)
-    with channel(port, tls, host) as ch:
+    start = time.monotonic()
+    try:
+        ch = channel(port, tls, host)
+    except OSError as e:  # fetching the certificate failed: nothing listening, reset, ...
+        return AuthResult(grpc.StatusCode.UNAVAILABLE, f"(harness) cannot reach {host}:{port}: {e}",
+                          None, time.monotonic() - start)
+    with ch:
         stub = auth_pb2_grpc.AuthenticationStub(ch)
         start = time.monotonic()
         try:
@@ -480,6 +489,15 @@ class IntegrationTestCase(unittest.TestCase):
         return d
 
     # -- assertions --------------------------------------------------------------------------------
+
+    def assertAlive(self, daemon):
+        if daemon.alive():
+            return
+        text = daemon.text()
+        hint = (" after a SIGTERM this test did not send (something outside the test signalled it)"
+                if "SIGTERM: stopping workers" in text else "")
+        self.fail(f"{daemon.side} pid {daemon.pid} exited with {daemon.popen.returncode}{hint}; "
+                  f"log tail:\n{tail(daemon.log)}")
 
     def assertNoAuthGrant(self, result, msg=""):
         self.assertNotEqual(result.code, grpc.StatusCode.OK, f"authentication granted {msg}: {result}")

@@ -121,6 +121,18 @@ describe('our agent vs a grpc-js principal (plaintext)', { timeout: 240000 }, ()
   let agent;
   let dir;
 
+  // Bounded wait whose timeout message carries what both sides saw.
+  const waitFor = (what, fn, ms) => L.waitFor(what, fn, ms).catch((e) => {
+    const streams = principal.subscribes.map((s) => ({
+      auth: s.auth.length, sent: s.sent.length, received: s.received.map((ev) => ev.type),
+      ended: s.ended, cancelled: !!s.cancelled, rejected: !!s.rejected,
+    }));
+    const tail = agent ? agent.log.split('\n').slice(-40).join('\n') : '';
+    e.message += `\nAuthenticate calls: ${principal.authCalls.length}; streams: ${JSON.stringify(streams)}` +
+      `\nagent log (tail):\n${tail}`;
+    throw e;
+  });
+
   before(async () => {
     dir = L.makeTmpDir('aa-ai-');
     principal = new FakePrincipal();
@@ -149,7 +161,7 @@ describe('our agent vs a grpc-js principal (plaintext)', { timeout: 240000 }, ()
   });
 
   it('sends the upstream AuthRequest', async () => {
-    await L.waitFor('first Authenticate', () => principal.authCalls.length >= 1, 30000);
+    await waitFor('first Authenticate', () => principal.authCalls.length >= 1, 30000);
     const first = principal.authCalls[0];
     assert.deepEqual({ ...first.request }, {
       method: 'userpass',
@@ -165,13 +177,13 @@ describe('our agent vs a grpc-js principal (plaintext)', { timeout: 240000 }, ()
   it('calls Version with the token and logs "Connected to argocd-agent-0.1.0"', async () => {
     await agent.waitLog(/Authentication successful/, 30000);
     await agent.waitLog(/Connected to argocd-agent-0\.1\.0/, 30000);
-    await L.waitFor('Version call', () => principal.versionCalls.length >= 1, 10000);
+    await waitFor('Version call', () => principal.versionCalls.length >= 1, 10000);
     assert.equal(principal.versionCalls[0].metadata.authorization, principal.issued[0],
       'Version carries the raw access token');
   });
 
   it('opens Subscribe with the raw access token', async () => {
-    await L.waitFor('first Subscribe', () => principal.subscribes.length >= 1, 30000);
+    await waitFor('first Subscribe', () => principal.subscribes.length >= 1, 30000);
     const s = principal.subscribes[0];
     assert.deepEqual(s.auth, [principal.issued[0]], 'authorization metadata is exactly the issued token (no "Bearer ")');
     assert.ok(!s.rejected, 'Subscribe accepted');
@@ -184,7 +196,7 @@ describe('our agent vs a grpc-js principal (plaintext)', { timeout: 240000 }, ()
     const acks = [];
     for (const [i, ev] of s.sent.entries()) {
       const eventid = L.attrString(ev, 'eventid');
-      const ack = await L.waitFor(`ACK for event #${i} (${eventid})`, () => {
+      const ack = await waitFor(`ACK for event #${i} (${eventid})`, () => {
         if (s.error) throw new Error(`stream failed: ${s.error.code} ${s.error.details}`);
         return s.received.find((e) => e.type === L.TYPE_PROCESSED && L.attrString(e, 'eventid') === eventid);
       }, 15000);
@@ -214,8 +226,8 @@ describe('our agent vs a grpc-js principal (plaintext)', { timeout: 240000 }, ()
     assert.equal(principal.subscribes.length, 1, 'one Subscribe so far');
     const authBefore = principal.authCalls.length;
     principal.subscribes[0].call.end(); // OK status: the agent sees io.EOF on Recv
-    await L.waitFor('a second Authenticate', () => principal.authCalls.length > authBefore, 30000);
-    await L.waitFor('a second Subscribe', () => principal.subscribes.length >= 2, 30000);
+    await waitFor('a second Authenticate', () => principal.authCalls.length > authBefore, 30000);
+    await waitFor('a second Subscribe', () => principal.subscribes.length >= 2, 30000);
     const second = principal.subscribes[1];
     const secondAuth = principal.authCalls[principal.authCalls.length - 1];
     assert.ok(secondAuth.tokens, 'second Authenticate succeeded');
@@ -229,21 +241,21 @@ describe('our agent vs a grpc-js principal (plaintext)', { timeout: 240000 }, ()
   // status). The upstream principal sends nothing on a mere reconnect of an autonomous agent, so
   // an agent must not wait for the principal's initial metadata before using the stream.
   it('treats the re-opened stream as open before the principal sends anything', async () => {
-    await L.waitFor('a second Subscribe', () => principal.subscribes.length >= 2, 30000);
+    await waitFor('a second Subscribe', () => principal.subscribes.length >= 2, 30000);
     assert.equal(principal.subscribes[1].sent.length, 0, 'the principal has sent nothing on the second stream');
-    await L.waitFor('the agent to log "Event stream to 127.0.0.1:PORT opened" for the second stream ' +
+    await waitFor('the agent to log "Event stream to 127.0.0.1:PORT opened" for the second stream ' +
       '(it must not block on server initial metadata, which upstream sends lazily)',
     () => agent.count(new RegExp(`Event stream to 127\\.0\\.0\\.1:${principal.port} opened`)) >= 2, 10000);
   });
 
   it('the re-opened stream carries events and ACKs', async () => {
-    await L.waitFor('a second Subscribe', () => principal.subscribes.length >= 2, 30000);
+    await waitFor('a second Subscribe', () => principal.subscribes.length >= 2, 30000);
     const s = principal.subscribes[1];
     const ev = L.specUpdateEvent({ source: '', name: 'interop-app-after-reconnect', resourceVersion: '7' });
     s.sent.push(ev);
     s.call.write({ event: ev });
     const eventid = L.attrString(ev, 'eventid');
-    const ack = await L.waitFor(`ACK on the second stream for ${eventid}`, () => {
+    const ack = await waitFor(`ACK on the second stream for ${eventid}`, () => {
       if (s.error) throw new Error(`stream failed: ${s.error.code} ${s.error.details}`);
       return s.received.find((e) => e.type === L.TYPE_PROCESSED && L.attrString(e, 'eventid') === eventid);
     }, 15000);

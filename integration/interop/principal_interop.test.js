@@ -166,7 +166,10 @@ async function exchangeEvents(env, token, { heartbeats = 3 } = {}) {
     for (const ev of sent) sub.send(ev);
     for (const [i, ev] of sent.entries()) {
       const eventid = L.attrString(ev, 'eventid');
-      const ack = await sub.waitAck(eventid);
+      const ack = await sub.waitAck(eventid).catch((e) => {
+        e.message += `\nprincipal log (tail):\n${env.proc.log.split('\n').slice(-40).join('\n')}`;
+        throw e;
+      });
       L.assertAckOf(ack, ev, `ACK of sent event #${i} (${ev.type})`);
       assert.equal(typeof ack.id, 'string');
       assert.equal(typeof ack.source, 'string');

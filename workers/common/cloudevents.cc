@@ -41,6 +41,20 @@ CloudEvent makeAck(const CloudEvent& acked, std::string_view source) {
   return ack;
 }
 
+CloudEvent makeResourceEvent(std::string_view suffix, std::string_view targetName,
+                             std::string_view subject, const std::string& resourceId,
+                             const std::string& eventId, std::string json,
+                             std::string_view source) {
+  CloudEvent e = base(std::string(kTypePrefix) + std::string(suffix), targetName, source);
+  auto& attrs = *e.mutable_attributes();
+  attrs["datacontenttype"].set_ce_string("application/json");
+  attrs["subject"].set_ce_string(std::string(subject));
+  attrs["resourceid"].set_ce_string(resourceId);
+  attrs["eventid"].set_ce_string(eventId);
+  e.set_binary_data(std::move(json));
+  return e;
+}
+
 CloudEvent makeHeartbeat(std::string_view source, const std::string& uuid) {
   CloudEvent e = base(kPing, kTargetHeartbeat, source);
   (*e.mutable_attributes())["resourceid"].set_ce_string(uuid);

@@ -28,6 +28,15 @@ std::string target(const io::cloudevents::v1::CloudEvent& e);
 // The `processed` ACK for `acked`: all of its extensions copied (resourceid+eventid identify it).
 io::cloudevents::v1::CloudEvent makeAck(const io::cloudevents::v1::CloudEvent& acked,
                                         std::string_view source);
+// A Kubernetes-object event (create, spec-update, status-update, delete, ...): `suffix` after the
+// type prefix, `targetName` as dataschema (ce_uri), subject "<ns>/<name>", resourceid/eventid as
+// ce_string extensions, datacontenttype application/json, the JSON in binary_data.
+io::cloudevents::v1::CloudEvent makeResourceEvent(std::string_view suffix,
+                                                  std::string_view targetName,
+                                                  std::string_view subject,
+                                                  const std::string& resourceId,
+                                                  const std::string& eventId, std::string json,
+                                                  std::string_view source);
 // The agent's heartbeat: type ping, target heartbeat, eventid = resourceid = fresh UUIDv4.
 io::cloudevents::v1::CloudEvent makeHeartbeat(std::string_view source, const std::string& uuid);
 

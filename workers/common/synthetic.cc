@@ -80,17 +80,9 @@ Event syntheticEvent(const SyntheticSpec& spec, uint64_t seq) {
   uint64_t r = seq % spec.resources;
   std::string name = "app-" + std::to_string(r);
   std::string uid = "00000000-0000-4000-8000-" + std::to_string(100000000000 + r);
-  Event e;
-  e.set_spec_version(std::string(ce::kSpecVersion));
-  e.set_type(std::string(ce::kTypePrefix) + "create");
-  auto& attrs = *e.mutable_attributes();
-  attrs["dataschema"].set_ce_uri("application");
-  attrs["datacontenttype"].set_ce_string("application/json");
-  attrs["subject"].set_ce_string("argocd/" + name);
-  attrs["resourceid"].set_ce_string(name + "_" + uid);
-  attrs["eventid"].set_ce_string(name + "_" + uid + "_" + std::to_string(seq));
-  e.set_binary_data(applicationJson(name, seq, spec.bytes));
-  return e;
+  return ce::makeResourceEvent("create", "application", "argocd/" + name, name + "_" + uid,
+                               name + "_" + uid + "_" + std::to_string(seq),
+                               applicationJson(name, seq, spec.bytes), "");
 }
 
 }  // namespace aa::delivery
