@@ -75,9 +75,9 @@ class Pid1Test(h.IntegrationTestCase):
         def reparented():
             for pid in h.pids_where(lambda x: h.proc_cmdline(x) == ["sleep", arg]):
                 seen["pid"] = pid
-                if h.proc_ppid(pid) == sup:
-                    seen["ns"] = ns_pids(pid)[-1]
-                    seen["start"] = start_time(pid)
+                nsp, started = ns_pids(pid), start_time(pid)
+                if h.proc_ppid(pid) == sup and nsp and started:
+                    seen["ns"], seen["start"] = nsp[-1], started
                     return pid
             return None
 

@@ -227,6 +227,18 @@ std::vector<Option> agentOptions(Config& c) {
                 "client certificate (PEM) presented to the principal", &a.tlsClientCert),
       stringOpt("tls-client-key", "ARGOCD_AGENT_TLS_CLIENT_KEY_PATH", "client private key (PEM)",
                 &a.tlsClientKey),
+      durationOpt("keep-alive-ping-interval", "ARGOCD_AGENT_KEEP_ALIVE_PING_INTERVAL",
+                  "send HTTP/2 PING frames this often while connected (0: none); detects dead "
+                  "TCP connections, does not keep proxies from closing idle streams",
+                  &a.keepAlivePingInterval),
+      durationOpt("heartbeat-interval", "ARGOCD_AGENT_HEARTBEAT_INTERVAL",
+                  "send a heartbeat event on the stream this often (0: none); keeps proxies and "
+                  "meshes from closing idle streams (use 50-75% of their idle timeout)",
+                  &a.heartbeatInterval),
+      intOpt("heartbeat-max-missed", "ARGOCD_AGENT_HEARTBEAT_MAX_MISSED",
+             "declare the stream dead and reconnect after this many heartbeats in a row get no "
+             "ACK (0: never)",
+             &a.heartbeatMaxMissed, 0, 1000),
   };
   more[4].shortName = 'n';
   o.insert(o.end(), more.begin(), more.end());

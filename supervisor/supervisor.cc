@@ -279,7 +279,8 @@ void Supervisor::onChildSignal() {
       continue;
     }
     Slot& slot = *owner;
-    bool expected = slot.machine.state() == WorkerState::kStopping;
+    // During shutdown a worker may stop before it is asked (a signal to the process group).
+    bool expected = slot.machine.state() == WorkerState::kStopping || shuttingDown_;
     if (info.crash) {
       spdlog::error("worker {} (pid {}, generation {}) crashed: {}", slot.spec.role, pid,
                     slot.machine.generation(), info.describe());

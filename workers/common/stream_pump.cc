@@ -110,10 +110,12 @@ namespace detail {
 
 std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                                 std::mutex& ledgerMu, std::string_view source,
-                                const std::string& peer, PumpStats& stats) {
+                                const std::string& peer, PumpStats& stats,
+                                const AckObserver& onAck) {
   ++stats.received;
   if (e.type() == ce::kProcessed) {
     ++stats.acksReceived;
+    if (onAck) onAck(e);
     outbox.ack(ce::stringAttr(e, "resourceid"), ce::stringAttr(e, "eventid"));
     return std::nullopt;
   }

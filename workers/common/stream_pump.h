@@ -62,23 +62,29 @@ struct PumpStats {
   uint64_t received = 0, applied = 0, duplicates = 0, rejected = 0, acksReceived = 0;
 };
 
+// Optional observer of every ACK received (heartbeat ACKs included; they are untracked).
+using AckObserver = std::function<void(const Event& ack)>;
+
 // Runs until the stream ends (Read fails) or a Write fails. `Stream` is a grpc++ sync
 // ReaderWriter (client or server side). `peer` names the other side in logs.
 template <class Stream>
 PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
-                     std::mutex& ledgerMu, std::string_view source, const std::string& peer);
+                     std::mutex& ledgerMu, std::string_view source, const std::string& peer,
+                     const AckObserver& onAck = nullptr);
 
 // --- implementation helpers (stream_pump.cc) ---
 namespace detail {
 // Handles one received event; returns an ACK to send (or nullopt).
 std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                                 std::mutex& ledgerMu, std::string_view source,
-                                const std::string& peer, PumpStats& stats);
+                                const std::string& peer, PumpStats& stats,
+                                const AckObserver& onAck);
 }  // namespace detail
 
 template <class Stream>
 PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
-                     std::mutex& ledgerMu, std::string_view source, const std::string& peer) {
+                     std::mutex& ledgerMu, std::string_view source, const std::string& peer,
+                     const AckObserver& onAck) {
   std::atomic<bool> done{false};
   outbox.onReconnect();
   std::thread writer([&] {
@@ -100,8 +106,8 @@ PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& 
   PumpStats stats;
   eventstreamapi::Event in;
   while (!done.load() && stream.Read(&in)) {
-    if (auto ack =
-            detail::onReceived(in.event(), outbox, sink, ledger, ledgerMu, source, peer, stats)) {
+    if (auto ack = detail::onReceived(in.event(), outbox, sink, ledger, ledgerMu, source, peer,
+                                      stats, onAck)) {
       outbox.enqueueUntracked(std::move(*ack));
     }
   }

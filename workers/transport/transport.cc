@@ -19,7 +19,9 @@
 #include "ipc/runtime/log.h"
 #include "version.grpc.pb.h"
 #include "workers/auth/userpass.h"
+#include "workers/auth/jwt.h"
 #include "workers/common/cloudevents.h"
+#include "workers/common/heartbeat_monitor.h"
 #include "workers/common/stream_pump.h"
 #include "workers/common/synthetic.h"
 #include "workers/common/role.h"
@@ -119,7 +121,12 @@ class TransportRole final : public Role {
 
   std::string describe() override {
     std::lock_guard<std::mutex> lock(mu_);
-    return state_;
+    std::string out = state_;
+    if (heartbeatRtt_) {
+      auto us = std::chrono::duration_cast<std::chrono::microseconds>(*heartbeatRtt_).count();
+      out += ", heartbeat RTT " + std::to_string(us) + "us";
+    }
+    return out;
   }
 
  private:
@@ -181,6 +188,31 @@ class TransportRole final : public Role {
     cv_.wait_for(lock, d, [this] { return stop_; });
   }
 
+  // One stream's heartbeats: every interval, judge the previous one, then send the next.
+  void heartbeatLoop(HeartbeatMonitor& monitor, std::atomic<bool>& streamDone,
+                     grpc::ClientContext& ctx) {
+    auto interval =
+        std::chrono::duration_cast<std::chrono::milliseconds>(config_.heartbeatInterval);
+    while (true) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (cv_.wait_for(lock, interval, [&] { return stop_ || streamDone.load(); })) return;
+      }
+      if (monitor.tick()) {
+        spdlog::error(
+            "no heartbeat ACK from the principal for {} intervals of {}ms; declaring "
+            "the stream dead",
+            monitor.missedInARow(), interval.count());
+        declaredDead_ = true;
+        ctx.TryCancel();
+        return;
+      }
+      std::string id = jwt::newUuidV4();
+      monitor.sent(id, std::chrono::steady_clock::now());
+      outbox_.enqueueUntracked(ce::makeHeartbeat(kSource, id));
+    }
+  }
+
   void run() {
     Backoff backoff;
     while (!stopping()) {
@@ -201,6 +233,19 @@ class TransportRole final : public Role {
     args.SetMaxReceiveMessageSize(static_cast<int>(env_.config.common.grpcMaxMessageSize));
     args.SetMaxSendMessageSize(static_cast<int>(env_.config.common.grpcMaxMessageSize));
     args.SetString(GRPC_ARG_PRIMARY_USER_AGENT_STRING, "argocd-agent/v0.0.1");
+    if (config_.keepAlivePingInterval.count() > 0) {
+      // Ping at exactly the configured interval while a call is open, even without data (grpc's
+      // own floor of 5 min between data-less pings would otherwise silence them); 20 s timeout as
+      // grpc-go. Unlike grpc-go, intervals below 10 s are not raised.
+      int ms = static_cast<int>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(config_.keepAlivePingInterval)
+              .count());
+      args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, ms);
+      args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
+      args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+      args.SetInt(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS, ms);
+      args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+    }
     auto channel = grpc::CreateCustomChannel(target_, channelCreds_, args);
 
     authapi::AuthRequest areq;
@@ -253,14 +298,32 @@ class TransportRole final : public Role {
     setActive(&ctx);
     auto stream = eventstreamapi::EventStream::NewStub(channel)->Subscribe(&ctx);
     auto opened = std::chrono::steady_clock::now();
-    // Blocks until the principal accepted the stream (or the call ended trailers-only).
-    stream->WaitForInitialMetadata();
-    bool ok = !ctx.GetServerInitialMetadata().empty() || !stopping();
-    if (ok) {
+    // Do not wait for response headers: grpc-go and grpc-js principals send them only with
+    // their first message, which may never come (an idle autonomous agent). A refused stream
+    // shows up as an immediate end with its status.
+    bool ok = true;
+    {
       spdlog::info("Event stream to {} opened", target_);
       setState("connected to " + target_ + " (" + vresp.version() + ")");
+      HeartbeatMonitor monitor(config_.heartbeatMaxMissed);
+      std::atomic<bool> streamDone{false};
+      std::thread heartbeat;
+      if (config_.heartbeatInterval.count() > 0) {
+        heartbeat = std::thread([&] { heartbeatLoop(monitor, streamDone, ctx); });
+      }
       auto stats =
-          delivery::pumpStream(*stream, outbox_, sink_, ledger_, ledgerMu_, kSource, "principal");
+          delivery::pumpStream(*stream, outbox_, sink_, ledger_, ledgerMu_, kSource, "principal",
+                               [&](const delivery::Event& ack) {
+                                 if (auto rtt = monitor.acked(ce::stringAttr(ack, "eventid"),
+                                                              std::chrono::steady_clock::now())) {
+                                   spdlog::debug("heartbeat ACK after {}us", rtt->count() / 1000);
+                                   std::lock_guard<std::mutex> lock(mu_);
+                                   heartbeatRtt_ = *rtt;
+                                 }
+                               });
+      streamDone = true;
+      cv_.notify_all();
+      if (heartbeat.joinable()) heartbeat.join();
       spdlog::debug("stream stats: {} received, {} applied, {} duplicates, {} rejected",
                     stats.received, stats.applied, stats.duplicates, stats.rejected);
     }
@@ -269,10 +332,33 @@ class TransportRole final : public Role {
     auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - opened);
     if (!stopping()) {
-      spdlog::warn("Stream closed after {}ms: {}: {}", lived.count(), codeName(st.error_code()),
-                   st.error_message());
+      // Every cause leads to a reconnect; the status code (never the message text) says whose
+      // doing it was, for the operator.
+      std::string cause = declaredDead_ ? "no heartbeat ACKs (peer or path dead)"
+                          : st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                                  st.error_code() == grpc::StatusCode::INTERNAL ||
+                                  st.error_code() == grpc::StatusCode::UNKNOWN
+                              ? "transport closed or reset (principal restart, proxy or mesh)"
+                          : st.error_code() == grpc::StatusCode::CANCELLED ? "cancelled"
+                          : st.error_code() == grpc::StatusCode::UNAUTHENTICATED
+                              ? "token rejected"
+                              : "closed by the principal";
+      spdlog::warn("Stream closed after {}ms: {}: {} ({})", lived.count(),
+                   codeName(st.error_code()), st.error_message(), cause);
       setState("disconnected: " + codeName(st.error_code()));
+      lifetimes_.add(lived);
+      if (auto constant = lifetimes_.constantLifetime()) {
+        auto hb = std::chrono::duration_cast<std::chrono::milliseconds>(config_.heartbeatInterval);
+        if (hb.count() == 0 || hb > *constant * 3 / 4) {
+          spdlog::warn(
+              "streams keep closing after ~{}ms: probably a proxy or service-mesh idle "
+              "timeout; set --heartbeat-interval to 50-75% of it (e.g. {}ms){}",
+              constant->count(), constant->count() / 2,
+              hb.count() ? " - the current interval is too long" : "");
+        }
+      }
     }
+    declaredDead_ = false;
     return ok ? lived : 0ms;
   }
 
@@ -287,6 +373,9 @@ class TransportRole final : public Role {
   bool stop_ = false;
   grpc::ClientContext* active_ = nullptr;
   std::string state_ = "starting";
+  std::optional<std::chrono::nanoseconds> heartbeatRtt_;  // guarded by mu_
+  std::atomic<bool> declaredDead_{false};
+  LifetimePattern lifetimes_;
   // Delivery state outlives streams: un-ACKed events are re-sent on the next stream.
   delivery::Outbox outbox_;
   delivery::MemorySink sink_;
