@@ -9,8 +9,10 @@ of its own - i.e. whose command line names the private directory - is still runn
 Environment:
   AA_BUILD_DIR  the CMake build directory (default: ../build next to this file)
   AA_KEEP_TMP   if set, keep each test's directory (logs, sockets) after the test
+  AA_NO_SNAPSHOT if set, run the binaries in place instead of private copies (snapshot_binaries)
 """
 
+import atexit
 import json
 import os
 import re
@@ -36,8 +38,11 @@ import auth_pb2_grpc  # noqa: E402
 import version_pb2  # noqa: E402
 import version_pb2_grpc  # noqa: E402
 
-AGENT_BIN = os.path.join(BUILD_DIR, "argocd-agent")
-CTL_BIN = os.path.join(BUILD_DIR, "argocd-agentctl")
+BUILT_AGENT_BIN = os.path.join(BUILD_DIR, "argocd-agent")
+BUILT_CTL_BIN = os.path.join(BUILD_DIR, "argocd-agentctl")
+# Replaced by private copies on first use (see snapshot_binaries).
+AGENT_BIN = BUILT_AGENT_BIN
+CTL_BIN = BUILT_CTL_BIN
 
 VERSION = "0.1.0"
 TLS_NAME = "argocd-agent-principal--generated"  # CN of the cert made by --insecure-tls-generate
@@ -103,6 +108,57 @@ def wait_for_log(path, regex, timeout=EVENT_TIMEOUT, count=1, proc=None):
 
 def count_log(path, regex):
     return len(re.findall(regex, read_text(path), re.MULTILINE))
+
+
+# ------------------------------------------------------------------------------------------------
+# binaries
+
+_snapshot_dir = None
+
+
+def snapshot_binaries(timeout=120.0):
+    """Copies the built binaries to a private directory once per test process, so that a rebuild
+    running at the same time (other people work in this tree) cannot swap the executable under a
+    running test - the supervisor re-executes its own file to start or restart a worker. Waits
+    (bounded) for a link in progress to finish. AA_NO_SNAPSHOT=1 uses the build directory as is."""
+    global _snapshot_dir, AGENT_BIN, CTL_BIN
+    if _snapshot_dir is not None or os.environ.get("AA_NO_SNAPSHOT"):
+        return
+    srcs = (BUILT_AGENT_BIN, BUILT_CTL_BIN)
+
+    def fingerprint():
+        try:
+            sts = [os.stat(p) for p in srcs]
+        except FileNotFoundError:
+            return None
+        if not all(os.access(p, os.X_OK) for p in srcs):
+            return None
+        if any(time.time() - st.st_mtime < 2.0 for st in sts):
+            return None  # being (re)linked right now
+        return [(st.st_ino, st.st_size, st.st_mtime_ns) for st in sts]
+
+    # In the build tree (not /tmp): it holds nothing but the copies, removed when the process ends.
+    parent = os.path.join(BUILD_DIR, "integration", "bin-snapshots")
+    os.makedirs(parent, exist_ok=True)
+    d = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent)
+    atexit.register(shutil.rmtree, d, True)
+    for x in (parent, d):
+        os.chmod(x, 0o755)  # uid 65534 runs argocd-agentctl from here in test_bad_input
+    deadline = time.monotonic() + timeout
+    while True:
+        before = fingerprint()
+        if before is not None:
+            for p in srcs:
+                shutil.copy2(p, os.path.join(d, os.path.basename(p)))
+            if fingerprint() == before:
+                break
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{srcs} missing or still changing after {timeout:.0f}s: "
+                                 f"build first (ninja -C {BUILD_DIR})")
+        time.sleep(0.25)
+    AGENT_BIN = os.path.join(d, "argocd-agent")
+    CTL_BIN = os.path.join(d, "argocd-agentctl")
+    _snapshot_dir = d
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,9 +432,7 @@ class IntegrationTestCase(unittest.TestCase):
 
     def setUp(self):
         super().setUp()
-        for b in (AGENT_BIN, CTL_BIN):
-            if not os.access(b, os.X_OK):
-                self.fail(f"{b} missing: build first (ninja -C {BUILD_DIR})")
+        snapshot_binaries()
         self.tmp = tempfile.mkdtemp(prefix="aai-", dir="/tmp")
         self._procs = []  # (popen, sigterm_grace_seconds)
         self.addCleanup(self._cleanup)
@@ -399,15 +453,20 @@ class IntegrationTestCase(unittest.TestCase):
     def _cleanup(self):
         problems = []
         # SIGTERM everything still running (newest first: agents before principals).
+        terminated = set()
         for p, _ in reversed(self._procs):
             if p.poll() is None:
                 try:
                     p.send_signal(signal.SIGTERM)
+                    terminated.add(p.pid)
                 except ProcessLookupError:
                     pass
         for p, grace in reversed(self._procs):
             try:
-                p.wait(timeout=grace)
+                rc = p.wait(timeout=grace)
+                if p.pid in terminated and rc != 0:
+                    # An orderly stop on SIGTERM ends with "all workers stopped; exiting 0".
+                    problems.append(f"pid {p.pid} ({' '.join(p.args[:2])}) exited {rc} on SIGTERM")
             except subprocess.TimeoutExpired:
                 problems.append(f"pid {p.pid} ({p.args[:2]}) ignored SIGTERM for {grace}s; killed")
                 p.kill()
@@ -419,7 +478,7 @@ class IntegrationTestCase(unittest.TestCase):
         leftovers = []
 
         def none_left():
-            leftovers[:] = pids_mentioning(self.tmp)
+            leftovers[:] = pids_mentioning(self.tmp + os.sep)
             return not leftovers
 
         try:
@@ -484,7 +543,11 @@ class IntegrationTestCase(unittest.TestCase):
         d = Daemon("agent", p, log, sock, argv)
         d.port = principal.port
         if wait:
-            d.wait_log(rf"Event stream to 127\.0\.0\.1:{principal.port} opened", timeout=STARTUP_TIMEOUT)
+            try:
+                d.wait_log(rf"Event stream to 127\.0\.0\.1:{principal.port} opened",
+                           timeout=STARTUP_TIMEOUT)
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n--- principal log tail:\n{tail(principal.log)}") from None
             d.wait_all_ready()
         return d
 

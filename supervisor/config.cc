@@ -14,6 +14,8 @@
 #include "ipc/runtime/log.h"
 #include "supervisor/duration.h"
 
+#include <re2/re2.h>
+
 namespace aa {
 
 const char* toString(Side side) { return side == Side::kPrincipal ? "principal" : "agent"; }
@@ -168,7 +170,26 @@ std::vector<Option> principalOptions(Config& c) {
              &p.listenPort, 0, 65535),
       stringOpt("namespace", "ARGOCD_PRINCIPAL_NAMESPACE", "namespace the principal manages",
                 &p.namespace_),
-      stringOpt("auth", "ARGOCD_PRINCIPAL_AUTH", "authentication method: userpass:<file>", &p.auth),
+      stringOpt("auth", "ARGOCD_PRINCIPAL_AUTH",
+                "authentication method: userpass:<file>, header:<name>:<regex>, "
+                "mtls:subject:<regex>, mtls:uri:<regex>, xfcc:<uri-regex>",
+                &p.auth),
+      stringOpt("xfcc-require-by", "ARGOCD_PRINCIPAL_XFCC_REQUIRE_BY",
+                "with --auth=xfcc: the By= SPIFFE ID the local sidecar must have set",
+                &p.xfccRequireBy),
+      boolOpt("insecure-header-auth-any-interface",
+              "ARGOCD_PRINCIPAL_INSECURE_HEADER_AUTH_ANY_INTERFACE",
+              "allow header/xfcc authentication on a non-loopback listen address (only when a "
+              "network policy guarantees that nothing but the sidecar can connect)",
+              &p.insecureHeaderAuthAnyInterface),
+      boolOpt("require-client-certs", "ARGOCD_PRINCIPAL_TLS_CLIENT_CERT_REQUIRE",
+              "require and verify agent client certificates (forced on by --auth=mtls)",
+              &p.requireClientCerts),
+      boolOpt("client-cert-subject-match", "ARGOCD_PRINCIPAL_TLS_CLIENT_CERT_MATCH_SUBJECT",
+              "with client certificates: the certificate CN must equal the agent name",
+              &p.clientCertSubjectMatch),
+      stringOpt("root-ca-path", "ARGOCD_PRINCIPAL_TLS_SERVER_ROOT_CA_PATH",
+                "CA bundle (PEM) that verifies agent client certificates", &p.rootCaPath),
       boolOpt("insecure-plaintext", "ARGOCD_PRINCIPAL_INSECURE_PLAINTEXT",
               "serve without TLS (only behind a service-mesh sidecar)", &p.insecurePlaintext),
       boolOpt("insecure-tls-generate", "ARGOCD_PRINCIPAL_TLS_SERVER_ALLOW_GENERATE",
@@ -276,15 +297,80 @@ std::string validatePrincipal(PrincipalConfig& p) {
   }
   p.authMethod = p.auth.substr(0, colon);
   p.authArg = p.auth.substr(colon + 1);
+  auto checkPattern = [&](const std::string& pattern) -> std::string {
+    if (pattern.empty()) return "invalid value for --auth: the regex is empty";
+    re2::RE2 re(pattern, re2::RE2::Quiet);
+    if (!re.ok()) return "invalid value for --auth: regex does not compile: " + re.error();
+    if (re.NumberOfCapturingGroups() < 1) {
+      return "invalid value for --auth: the regex needs a capture group for the agent name";
+    }
+    return "";
+  };
+  auto trim = [](std::string s) {
+    s.erase(0, s.find_first_not_of(" \t"));
+    s.erase(s.find_last_not_of(" \t") + 1);
+    return s;
+  };
   if (p.authMethod == "userpass") {
     if (p.authArg.empty() || !readable(p.authArg)) {
       return "invalid value for --auth: userpass file \"" + p.authArg + "\" is not readable";
     }
-  } else if (p.authMethod == "header" || p.authMethod == "mtls") {
-    return "--auth method \"" + p.authMethod +
-           "\" is not implemented in this build yet; accepted values are userpass:<file>";
+  } else if (p.authMethod == "header") {
+    auto c2 = p.authArg.find(':');
+    if (c2 == std::string::npos) {
+      return "invalid value for --auth: header auth must be header:<header-name>:<regex>";
+    }
+    p.authHeader = trim(p.authArg.substr(0, c2));
+    p.authPattern = trim(p.authArg.substr(c2 + 1));
+    for (char& ch : p.authHeader) ch = static_cast<char>(tolower(static_cast<unsigned char>(ch)));
+    if (p.authHeader.empty()) return "invalid value for --auth: the header name is empty";
+    if (auto e = checkPattern(p.authPattern); !e.empty()) return e;
+  } else if (p.authMethod == "xfcc") {
+    p.authHeader = "x-forwarded-client-cert";
+    p.authPattern = p.authArg;
+    if (auto e = checkPattern(p.authPattern); !e.empty()) return e;
+  } else if (p.authMethod == "mtls") {
+    p.mtlsField = "subject";
+    p.authPattern = p.authArg;
+    if (p.authArg.rfind("subject:", 0) == 0) {
+      p.authPattern = p.authArg.substr(8);
+    } else if (p.authArg.rfind("uri:", 0) == 0) {
+      p.mtlsField = "uri";
+      p.authPattern = p.authArg.substr(4);
+    }
+    if (auto e = checkPattern(p.authPattern); !e.empty()) return e;
+    p.requireClientCerts = true;  // as upstream
   } else {
-    return "invalid value \"" + p.authMethod + "\" for --auth method: must be userpass";
+    return "invalid value \"" + p.authMethod +
+           "\" for --auth method: must be userpass, header, mtls or xfcc";
+  }
+  bool headerAuth = p.authMethod == "header" || p.authMethod == "xfcc";
+  if (headerAuth && !p.insecurePlaintext) {
+    return "--auth=" + p.authMethod +
+           " requires --insecure-plaintext=true: the identity header comes from a service-mesh "
+           "sidecar that terminates mTLS in front of the principal";
+  }
+  if (p.authMethod == "mtls" && p.insecurePlaintext) {
+    return "--auth=mtls cannot be used with --insecure-plaintext: client certificates need TLS";
+  }
+  if (headerAuth) {
+    const std::string& h = p.listenHost;
+    bool loopback = h == "::1" || h == "localhost" || h.rfind("127.", 0) == 0;
+    if (!loopback && !p.insecureHeaderAuthAnyInterface) {
+      return "refusing --auth=" + p.authMethod + " on listen host \"" + h +
+             "\" (not loopback): anyone who reaches this port without passing the sidecar can "
+             "send the identity header and impersonate any agent; use --listen-host=127.0.0.1, "
+             "or --insecure-header-auth-any-interface if a network policy admits only the sidecar";
+    }
+  }
+  if (!p.xfccRequireBy.empty() && p.authMethod != "xfcc") {
+    return "--xfcc-require-by needs --auth=xfcc:<uri-regex>";
+  }
+  if (p.requireClientCerts && p.insecurePlaintext) {
+    return "--require-client-certs cannot be used with --insecure-plaintext";
+  }
+  if (p.requireClientCerts && (p.rootCaPath.empty() || !readable(p.rootCaPath))) {
+    return "client certificates need a readable --root-ca-path (the CA that signed them)";
   }
   int tlsModes = (p.insecurePlaintext ? 1 : 0) + (p.insecureTlsGenerate ? 1 : 0) +
                  (!p.tlsCert.empty() || !p.tlsKey.empty() ? 1 : 0);

@@ -28,9 +28,17 @@ struct PrincipalConfig {
   std::string listenHost;  // "" = all interfaces
   int listenPort = 8443;   // 0 = ephemeral (tests)
   std::string namespace_;
-  std::string auth;        // <method>:<config>
-  std::string authMethod;  // parsed
-  std::string authArg;
+  std::string auth;         // <method>:<config>
+  std::string authMethod;   // parsed: userpass, header, xfcc, mtls
+  std::string authArg;      // userpass: file; header: <name>:<regex>; xfcc: <regex>; mtls: as given
+  std::string authHeader;   // header/xfcc: lower-cased header name
+  std::string authPattern;  // header/xfcc/mtls: the regex
+  std::string mtlsField;    // mtls: "subject" or "uri"
+  std::string xfccRequireBy;
+  bool insecureHeaderAuthAnyInterface = false;
+  bool requireClientCerts = false;
+  bool clientCertSubjectMatch = false;
+  std::string rootCaPath;
   bool insecurePlaintext = false;
   bool insecureTlsGenerate = false;
   std::string tlsCert;

@@ -12,6 +12,7 @@
 #include "ipc/runtime/fd_contract.h"
 #include "ipc/runtime/log.h"
 #include "supervisor/agent_name.h"
+#include "workers/auth/identity.h"
 #include "workers/auth/jwt.h"
 #include "workers/auth/userpass.h"
 #include "workers/common/role.h"
@@ -41,7 +42,18 @@ class AuthImpl final : public ipc::Auth::Server {
  public:
   AuthImpl(const Config& config, std::shared_ptr<const jwt::Key> key,
            std::unique_ptr<userpass::Database> users)
-      : config_(config), key_(std::move(key)), users_(std::move(users)) {}
+      : config_(config), key_(std::move(key)), users_(std::move(users)) {
+    if (!config.principal.authPattern.empty()) {
+      re2::RE2::Options options;
+      options.set_log_errors(false);
+      options.set_max_mem(8 << 20);
+      pattern_ = std::make_unique<re2::RE2>(config.principal.authPattern, options);
+      if (!pattern_->ok()) throw ConfigError("--auth regex: " + pattern_->error());
+    }
+    // Test-only fault switch (issue 4's containment test): crash while handling a request whose
+    // clientid is this value. Off unless the variable is set; never set it in production.
+    if (const char* v = getenv("ARGOCD_AGENT_TEST_AUTH_CRASH_ON")) crashOn_ = v;
+  }
 
   kj::Promise<void> authenticate(AuthenticateContext context) override {
     auto req = context.getParams().getRequest();
@@ -53,6 +65,11 @@ class AuthImpl final : public ipc::Auth::Server {
       d.setCode(code);
       d.setReason(reason);
     };
+    if (!crashOn_.empty()) {
+      for (auto kv : req.getCredentials()) {
+        if (kv.getKey() == "clientid" && kv.getValue() == crashOn_) abort();
+      }
+    }
     if (mode != "managed" && mode != "autonomous") {
       deny(ipc::DenialCode::INVALID_MODE,
            "unknown or missing operation mode: '" + printable(mode) + "'");
@@ -81,6 +98,32 @@ class AuthImpl final : public ipc::Auth::Server {
         return kj::READY_NOW;
       }
       agentId = id;
+    } else {
+      // header, xfcc, mtls: the identity comes from what the listener forwarded, parsed here.
+      identity::Extracted got;
+      if (method == "mtls") {
+        std::string pem(req.getPeerCertificate().asChars().begin(),
+                        req.getPeerCertificate().size());
+        got = pem.empty() ? identity::Extracted{std::nullopt, "no verified client certificate"}
+                          : identity::fromCertificate(pem,
+                                                      config_.principal.mtlsField == "uri"
+                                                          ? identity::CertField::kUri
+                                                          : identity::CertField::kSubject,
+                                                      *pattern_);
+      } else {
+        std::vector<std::string> values;
+        for (auto kv : req.getHeaders()) {
+          if (kv.getKey() == config_.principal.authHeader) values.emplace_back(kv.getValue());
+        }
+        got = method == "xfcc"
+                  ? identity::fromXfcc(values, *pattern_, config_.principal.xfccRequireBy)
+                  : identity::fromHeader(values, *pattern_);
+      }
+      if (!got.id) {
+        deny(ipc::DenialCode::AUTHENTICATION_FAILED, "unable to extract identity: " + got.problem);
+        return kj::READY_NOW;
+      }
+      agentId = *got.id;
     }
     if (agentId.empty() || !isDnsLabel(agentId)) {
       deny(ipc::DenialCode::AUTHENTICATION_FAILED, "unable to extract identity");
@@ -143,6 +186,8 @@ class AuthImpl final : public ipc::Auth::Server {
   const Config& config_;
   std::shared_ptr<const jwt::Key> key_;
   std::unique_ptr<userpass::Database> users_;
+  std::unique_ptr<re2::RE2> pattern_;
+  std::string crashOn_;
 };
 
 class AuthRole final : public Role {
@@ -159,9 +204,12 @@ class AuthRole final : public Role {
     } catch (const std::runtime_error& e) {
       throw ConfigError("JWT signing key " + keyPath + ": " + e.what());
     }
-    auto parsed = userpass::parse(readFile(p.authArg));
-    for (const auto& w : parsed.warnings) spdlog::warn("userpass file {}: {}", p.authArg, w);
-    spdlog::info("userpass database {}: {} client(s)", p.authArg, parsed.users.size());
+    userpass::ParseResult parsed;
+    if (p.authMethod == "userpass") {
+      parsed = userpass::parse(readFile(p.authArg));
+      for (const auto& w : parsed.warnings) spdlog::warn("userpass file {}: {}", p.authArg, w);
+      spdlog::info("userpass database {}: {} client(s)", p.authArg, parsed.users.size());
+    }
     users_ = parsed.users.size();
     server_ = kj::heap<capnp::TwoPartyServer>(kj::heap<AuthImpl>(
         env_.config, key, std::make_unique<userpass::Database>(std::move(parsed.users))));
@@ -173,7 +221,11 @@ class AuthRole final : public Role {
     return kj::READY_NOW;
   }
 
-  std::string describe() override { return "userpass: " + std::to_string(users_) + " client(s)"; }
+  std::string describe() override {
+    const auto& p = env_.config.principal;
+    if (p.authMethod == "userpass") return "userpass: " + std::to_string(users_) + " client(s)";
+    return p.authMethod + (p.authHeader.empty() ? "" : " (" + p.authHeader + ")");
+  }
 
  private:
   WorkerEnv& env_;

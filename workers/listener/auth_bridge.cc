@@ -102,6 +102,16 @@ AuthOutcome AuthBridge::authenticate(const AuthInput& in) {
         r.setMode(in.mode);
         r.setVersion(in.version);
         r.setAgentNamespace(in.agentNamespace);
+        auto headers = r.initHeaders(in.headers.size());
+        for (size_t i = 0; i < in.headers.size(); ++i) {
+          headers[i].setKey(in.headers[i].first);
+          headers[i].setValue(in.headers[i].second);
+        }
+        if (!in.peerCertificate.empty()) {
+          r.setPeerCertificate(
+              kj::arrayPtr(reinterpret_cast<const capnp::byte*>(in.peerCertificate.data()),
+                           in.peerCertificate.size()));
+        }
         auto creds = r.initCredentials(in.credentials.size());
         for (size_t i = 0; i < in.credentials.size(); ++i) {
           creds[i].setKey(in.credentials[i].first);

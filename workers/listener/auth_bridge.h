@@ -20,6 +20,8 @@ struct AuthInput {
   std::string mode;
   std::string version;
   std::string agentNamespace;
+  std::vector<std::pair<std::string, std::string>> headers;  // identity header values, capped
+  std::string peerCertificate;                               // verified client leaf (PEM), capped
 };
 
 struct AuthOutcome {

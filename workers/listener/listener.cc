@@ -18,6 +18,7 @@
 #include "ipc/runtime/log.h"
 #include "supervisor/agent_name.h"
 #include "version.grpc.pb.h"
+#include "workers/auth/identity.h"
 #include "workers/auth/jwt.h"
 #include "workers/common/cloudevents.h"
 #include "workers/common/stream_pump.h"
@@ -47,7 +48,7 @@ grpc::Status invalidAuth() {
 
 // Validates the `authorization` metadata (raw JWT, no "Bearer"). Returns the claims or nullopt.
 std::optional<jwt::Claims> checkToken(const grpc::ServerContext& ctx, const jwt::Key& key,
-                                      const std::string& principalNamespace) {
+                                      const std::string& principalNamespace, bool subjectMatch) {
   const auto& md = ctx.client_metadata();
   auto it = md.find("authorization");
   if (it == md.end() || it->second.size() > kMaxAuthorization) return std::nullopt;
@@ -61,6 +62,14 @@ std::optional<jwt::Claims> checkToken(const grpc::ServerContext& ctx, const jwt:
   if (!isDnsSubdomain(c.clientId) || c.clientId == principalNamespace ||
       (c.mode != "managed" && c.mode != "autonomous")) {
     return std::nullopt;
+  }
+  if (subjectMatch) {
+    // grpc verified the chain and parsed the leaf's CN; no certificate parsing here.
+    auto cn = ctx.auth_context()->FindPropertyValues("x509_common_name");
+    if (cn.empty() || std::string_view(cn.front().data(), cn.front().size()) != c.clientId) {
+      spdlog::warn("agent {}: client certificate CN does not match the agent name", c.clientId);
+      return std::nullopt;
+    }
   }
   return v.claims;
 }
@@ -86,6 +95,36 @@ class AuthenticationService final : public authapi::Authentication::Service {
     in.version = req->version();
     in.agentNamespace = req->agentnamespace();
     for (const auto& [k, v] : req->credentials()) in.credentials.emplace_back(k, v);
+    const auto& md = ctx->client_metadata();
+    if (spdlog::should_log(spdlog::level::debug)) {
+      // Which headers arrived (so an operator sees whether the sidecar injected one); values are
+      // redacted to a recognisable prefix, never logged whole.
+      std::string names;
+      for (const auto& [k, v] : md) {
+        std::string_view key(k.data(), k.size());
+        if (key == "authorization") continue;
+        names += (names.empty() ? "" : ", ") + std::string(key) + "=" +
+                 log::redact(std::string_view(v.data(), v.size()));
+      }
+      spdlog::debug("Authenticate from {} (method {}): headers: {}", ctx->peer(), req->method(),
+                    names.empty() ? "(none)" : names);
+    }
+    const auto& p = config_.principal;
+    if (!p.authHeader.empty()) {
+      // Forward every value of the identity header, each capped one byte past the auth
+      // worker's limit so that it can still say "too large"; parsing happens there.
+      auto range = md.equal_range(grpc::string_ref(p.authHeader));
+      for (auto it = range.first; it != range.second && in.headers.size() <= 8; ++it) {
+        size_t n = std::min(it->second.size(), identity::kMaxHeaderValue + 1);
+        in.headers.emplace_back(p.authHeader, std::string(it->second.data(), n));
+      }
+    }
+    if (p.authMethod == "mtls") {
+      auto certs = ctx->auth_context()->FindPropertyValues("x509_pem_cert");
+      if (!certs.empty() && certs.front().size() <= identity::kMaxCertificatePem) {
+        in.peerCertificate.assign(certs.front().data(), certs.front().size());
+      }
+    }
     AuthOutcome out = bridge_.authenticate(in);
     switch (out.kind) {
       case AuthOutcome::Kind::kGranted:
@@ -171,7 +210,10 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
   grpc::Status Subscribe(
       grpc::ServerContext* ctx,
       grpc::ServerReaderWriter<eventstreamapi::Event, eventstreamapi::Event>* stream) override {
-    auto claims = checkToken(*ctx, key_, config_.principal.namespace_);
+    const auto& p = config_.principal;
+    auto claims =
+        checkToken(*ctx, key_, p.namespace_,
+                   p.clientCertSubjectMatch && p.requireClientCerts && !p.insecurePlaintext);
     if (!claims) return invalidAuth();
     const std::string agent = claims->clientId;
     auto session = sessionFor(agent);
@@ -292,7 +334,10 @@ class ListenerRole final : public Role {
     if (p.insecurePlaintext) {
       creds = grpc::InsecureServerCredentials();
     } else {
-      grpc::SslServerCredentialsOptions opts;
+      grpc::SslServerCredentialsOptions opts(
+          p.requireClientCerts ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                               : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+      if (p.requireClientCerts) opts.pem_root_certs = readFile(p.rootCaPath);
       std::string cert = p.tlsCert.empty() ? dir + "/tls.crt" : p.tlsCert;
       std::string keyPem = p.tlsKey.empty() ? dir + "/tls.key" : p.tlsKey;
       opts.pem_key_cert_pairs.push_back({readFile(keyPem), readFile(cert)});

@@ -1,0 +1,197 @@
+"""Real proxies for the integration tests: nginx (grpc_pass) and HAProxy, started in the foreground
+on free loopback ports and stopped by pid (see /work/shared/design/proxies.md for which settings
+reproduce a service-mesh idle timeout). Run with /usr/bin/python3 only, like harness.py.
+
+A proxy object keeps its port across kill()/start(), so a test can cut every connection through it
+(SIGKILL by pid) and bring it back on the same port. Every process is registered with the test case
+(IntegrationTestCase.spawn), so the test's cleanup stops whatever is still running; the config and
+log files live in the test's private directory, which the process's argv names.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import harness as h
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+def free_port(host="127.0.0.1"):
+    """A port nothing listens on right now (bind to 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_accepts(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Proxy:
+    """Common part: one foreground process per start(), stopped by pid."""
+
+    kind = "proxy"
+
+    def __init__(self, case, name, backend_port, listen_port=None):
+        self.case = case              # an harness.IntegrationTestCase
+        self.name = name
+        self.backend_port = backend_port
+        self.port = listen_port or free_port()
+        self.dir = case.path(name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.log = os.path.join(self.dir, "proxy.log")
+        self.popen = None
+        self.starts = 0
+
+    # subclasses: write_config() -> path, argv(conf) -> list
+    def start(self, timeout=10.0):
+        """Starts the proxy and waits (bounded) until its port accepts connections. Retries a few
+        times if the port is still being released by a previous instance."""
+        assert self.popen is None or self.popen.poll() is not None, "already running"
+        conf = self.write_config()
+        deadline = time.monotonic() + timeout
+        while True:
+            self.popen, _ = self.case.spawn(self.argv(conf), os.path.join(self.name, "proxy.log"),
+                                            grace=5.0)
+            self.starts += 1
+
+            def up():
+                if self.popen.poll() is not None:
+                    return "exited"
+                return "up" if port_accepts(self.port) else None
+
+            try:
+                state = h.wait_for(up, max(0.1, deadline - time.monotonic()),
+                                   f"{self.kind} {self.name} listening on 127.0.0.1:{self.port}")
+            except AssertionError as e:
+                raise AssertionError(f"{e}; log tail:\n{h.tail(self.log)}")
+            if state == "up":
+                return self
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{self.kind} {self.name} exited with {self.popen.returncode} "
+                                     f"at start; log tail:\n{h.tail(self.log)}")
+            time.sleep(0.1)  # e.g. address still in use: try again until the deadline
+
+    def kill(self, sig=signal.SIGKILL, timeout=5.0):
+        """Stops the proxy by pid (SIGKILL by default: every connection through it is cut at once,
+        like a crashed sidecar) and reaps it."""
+        p = self.popen
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(sig)
+        p.wait(timeout=timeout)
+
+    def alive(self):
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+
+class Nginx(Proxy):
+    """nginx as an HTTP/2 (h2c) gRPC reverse proxy: `grpc_pass grpc://127.0.0.1:BACKEND`.
+
+    client_body_timeout is the idle timer of a gRPC stream (re-armed by DATA frames in either
+    direction, not by PINGs)."""
+
+    kind = "nginx"
+
+    def __init__(self, case, backend_port, name="nginx", client_body_timeout="3600s",
+                 listen_port=None):
+        super().__init__(case, name, backend_port, listen_port)
+        self.client_body_timeout = client_body_timeout
+
+    def write_config(self):
+        d = self.dir
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            os.makedirs(os.path.join(d, sub), exist_ok=True)
+        conf = f"""
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+worker_rlimit_nofile 1024;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{self.port} http2;
+        client_body_timeout {self.client_body_timeout};
+        grpc_read_timeout 3600s;
+        grpc_send_timeout 3600s;
+        keepalive_timeout 75s;
+        client_max_body_size 0;
+        location / {{
+            grpc_pass grpc://127.0.0.1:{self.backend_port};
+        }}
+    }}
+}}
+"""
+        path = os.path.join(d, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        return path
+
+    def argv(self, conf):
+        return [NGINX, "-p", self.dir + "/", "-c", conf, "-g", "daemon off; master_process off;"]
+
+    def error_log(self):
+        return os.path.join(self.dir, "error.log")
+
+    def access_log(self):
+        return os.path.join(self.dir, "access.log")
+
+
+class HAProxy(Proxy):
+    """HAProxy in `mode tcp` (a plain TCP relay) or `mode http` with `proto h2` on both sides
+    (then `timeout server` is the gRPC stream's idle timer)."""
+
+    kind = "haproxy"
+
+    def __init__(self, case, backend_port, name="haproxy", mode="tcp", timeout_server="3600s",
+                 listen_port=None):
+        super().__init__(case, name, backend_port, listen_port)
+        assert mode in ("tcp", "http")
+        self.mode = mode
+        self.timeout_server = timeout_server
+
+    def write_config(self):
+        proto = " proto h2" if self.mode == "http" else ""
+        conf = f"""
+global
+    maxconn 256
+
+defaults
+    mode {self.mode}
+    timeout connect 5s
+    timeout client 3600s
+    timeout server {self.timeout_server}
+    timeout tunnel 3600s
+
+frontend fe
+    bind 127.0.0.1:{self.port}{proto}
+    default_backend be
+
+backend be
+    server principal 127.0.0.1:{self.backend_port}{proto}
+"""
+        path = os.path.join(self.dir, "haproxy.cfg")
+        with open(path, "w") as f:
+            f.write(conf)
+        return path
+
+    def argv(self, conf):
+        return [HAPROXY, "-db", "-f", conf]
