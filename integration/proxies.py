@@ -1,6 +1,10 @@
-"""Real proxies for the integration tests: nginx (grpc_pass) and HAProxy, started in the foreground
-on free loopback ports and stopped by pid (see /work/shared/design/proxies.md for which settings
-reproduce a service-mesh idle timeout). Run with /usr/bin/python3 only, like harness.py.
+"""Helpers beyond harness.py for the integration tests (run with /usr/bin/python3 only):
+
+* real proxies - nginx (grpc_pass) and HAProxy - started in the foreground on free loopback ports
+  and stopped by pid (see /work/shared/design/proxies.md for which settings reproduce a
+  service-mesh idle timeout);
+* a hand-driven EventStream/Subscribe client (SubscribeCall) and CloudEvent builders, to play an
+  agent that sends malformed events, pings, or forged tokens.
 
 A proxy object keeps its port across kill()/start(), so a test can cut every connection through it
 (SIGKILL by pid) and bring it back on the same port. Every process is registered with the test case
@@ -9,13 +13,18 @@ log files live in the test's private directory, which the process's argv names.
 """
 
 import os
+import queue
 import shutil
 import signal
 import socket
-import subprocess
+import threading
 import time
 
-import harness as h
+import harness as h  # first: puts the generated pb dir on sys.path
+import grpc  # noqa: E402  (Debian python3-grpcio)
+import cloudevent_pb2  # noqa: E402
+import eventstream_pb2  # noqa: E402
+import eventstream_pb2_grpc  # noqa: E402
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -195,3 +204,102 @@ backend be
 
     def argv(self, conf):
         return [HAPROXY, "-db", "-f", conf]
+
+
+# ------------------------------------------------------------------------------------------------
+# A raw Subscribe client (plays an agent by hand: malformed events, keepalive pings, JWTs)
+
+EVENT_PREFIX = "io.argoproj.argocd-agent.event."
+
+
+def attr_string(value):
+    return cloudevent_pb2.CloudEventAttributeValue(ce_string=value)
+
+
+def attr_uri(value):
+    return cloudevent_pb2.CloudEventAttributeValue(ce_uri=value)
+
+
+def make_event(type_suffix, resourceid, eventid, dataschema=attr_uri("application"), data=b"{}"):
+    """An agent->principal event as argocd-agent puts it on the wire (spec 1.4): dataschema a
+    ce_uri (pass an attribute value to override it, None to leave it out), extensions ce_string,
+    JSON payload in binary_data."""
+    attrs = {"resourceid": attr_string(resourceid), "eventid": attr_string(eventid),
+             "datacontenttype": attr_string("application/json")}
+    if dataschema is not None:
+        attrs["dataschema"] = dataschema
+    return eventstream_pb2.Event(event=cloudevent_pb2.CloudEvent(
+        id="", source="agent://agent-managed", spec_version="1.0",
+        type=EVENT_PREFIX + type_suffix, attributes=attrs, binary_data=data))
+
+
+def string_attr(ev, name):
+    a = ev.event.attributes.get(name)
+    return None if a is None else a.ce_string
+
+
+class SubscribeCall:
+    """One EventStream/Subscribe call: send() queues an event, recv(timeout) returns the next event
+    received, or the grpc.RpcError that ended the call, or raises AssertionError on timeout."""
+
+    _END = object()
+
+    def __init__(self, channel, token, extra_metadata=()):
+        self._out = queue.Queue()
+        self._in = queue.Queue()
+        self.error = None
+        stub = eventstream_pb2_grpc.EventStreamStub(channel)
+        md = ([("authorization", token)] if token is not None else []) + list(extra_metadata)
+        self.call = stub.Subscribe(self._requests(), metadata=md)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _requests(self):
+        while True:
+            item = self._out.get()
+            if item is self._END:
+                return
+            yield item
+
+    def _read(self):
+        try:
+            for msg in self.call:
+                self._in.put(msg)
+            self._in.put(self._END)
+        except grpc.RpcError as e:
+            self.error = e
+            self._in.put(e)
+
+    def send(self, event):
+        self._out.put(event)
+
+    def recv(self, timeout=h.EVENT_TIMEOUT):
+        try:
+            item = self._in.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no message on the Subscribe stream within {timeout:.1f}s")
+        if item is self._END:
+            raise AssertionError("the Subscribe stream ended with OK (no error, no message)")
+        return item
+
+    def wait_end(self, timeout=h.EVENT_TIMEOUT):
+        """Waits (bounded) until the call ended; returns its grpc.RpcError (None for OK). Messages
+        received meanwhile are discarded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"the Subscribe call did not end within {timeout:.1f}s")
+            try:
+                item = self._in.get(timeout=left)
+            except queue.Empty:
+                continue
+            if item is self._END:
+                return None
+            if isinstance(item, grpc.RpcError):
+                return item
+
+    def close(self):
+        self._out.put(self._END)
+        self.call.cancel()
+        self._reader.join(timeout=5)

@@ -1,0 +1,100 @@
+"""Acknowledged delivery survives connection cuts: exactly once, in order per resource.
+
+The principal queues 3000 synthetic `create` events (20 resources) for the agent on its first
+subscribe; the agent reaches it through a TCP proxy (HAProxy `mode tcp`). While the events flow,
+the proxy is SIGKILLed - every connection through it drops at once, as with a crashed sidecar or
+load balancer - and started again on the same port once the agent noticed, several times. In the
+end the agent must have applied every event exactly once, each resource's events in sequence order.
+"""
+
+import collections
+import re
+import time
+import unittest
+
+import harness as h
+import proxies as px
+
+TOTAL = 3000
+RESOURCES = 20
+CUT_AT = (300, 900, 1500, 2100)  # applied-event counts at which the proxy is killed
+
+
+class Via:
+    """What IntegrationTestCase.start_agent needs to know about the server it connects to."""
+
+    def __init__(self, port, users, tls=False):
+        self.port, self.users, self.tls = port, users, tls
+
+
+def applied_lines(path):
+    return h.read_text(path).splitlines()
+
+
+class DeliveryFaultsTest(h.IntegrationTestCase):
+
+    def test_exactly_once_in_order_across_proxy_kills(self):
+        users = {"agent-a": "secret-a"}
+        principal = self.start_principal(
+            plaintext=True, users=users,
+            extra=[f"--synthetic-events={TOTAL}:{RESOURCES}:1024"])
+        proxy = px.HAProxy(self, principal.port, mode="tcp").start()
+        event_log = self.path("agent-events.log")
+        agent = self.start_agent(Via(proxy.port, users), extra=["--event-log", event_log],
+                                 wait=False)
+        opened = rf"Event stream to 127\.0\.0\.1:{proxy.port} opened"
+
+        cut_counts = []
+        for i, threshold in enumerate(CUT_AT):
+            h.wait_for(lambda: agent.alive() and len(applied_lines(event_log)) >= threshold,
+                       30, f"{threshold} events applied before cut {i + 1}", interval=0.002)
+            proxy.kill()
+            agent.wait_log(r"Stream closed after \d+ms", count=i + 1, timeout=15)
+            applied = len(applied_lines(event_log))
+            cut_counts.append(applied)
+            self.assertLess(applied, TOTAL,
+                            f"cut {i + 1} came after every event was already applied: the test no "
+                            f"longer cuts the stream while events flow (counts {cut_counts})")
+            proxy.start()  # same port
+            agent.wait_log(opened, count=i + 2, timeout=20)
+
+        principal.wait_log(rf"synthetic source: {TOTAL} events acknowledged by agent agent-a",
+                           timeout=60)
+        self.assertAlive(agent)
+
+        # -- the agent's event log: exactly once, in order per resource ---------------------------
+        lines = applied_lines(event_log)
+        self.assertEqual(len(lines), TOTAL, f"applied-event lines (cuts at {cut_counts})")
+        seqs = collections.defaultdict(list)
+        eventids = collections.Counter()
+        for line in lines:
+            resourceid, eventid, typ = line.split(" ")
+            self.assertEqual(typ, "create", line)
+            m = re.fullmatch(re.escape(resourceid) + r"_(\d+)", eventid)
+            self.assertIsNotNone(m, f"eventid is not <resourceid>_<seq>: {line!r}")
+            self.assertRegex(resourceid, r"^app-\d+_", line)
+            eventids[eventid] += 1
+            seqs[resourceid].append(int(m.group(1)))
+        dups = {e: n for e, n in eventids.items() if n > 1}
+        self.assertEqual(dups, {}, "events applied more than once")
+        self.assertEqual(len(eventids), TOTAL)
+        self.assertEqual(len(seqs), RESOURCES, sorted(seqs))
+        for resourceid, s in seqs.items():
+            out_of_order = [(a, b) for a, b in zip(s, s[1:]) if b <= a]
+            self.assertEqual(out_of_order, [], f"{resourceid}: sequence numbers not increasing")
+            self.assertEqual(len(s), TOTAL // RESOURCES, resourceid)
+        all_seqs = sorted(x for s in seqs.values() for x in s)
+        self.assertEqual(all_seqs, list(range(all_seqs[0], all_seqs[0] + TOTAL)),
+                         "the global sequence numbers are not one contiguous run")
+
+        # -- each cut was seen and followed by a reconnect ----------------------------------------
+        closed = agent.count(r"Stream closed after \d+ms")
+        self.assertGreaterEqual(closed, len(CUT_AT), h.tail(agent.log))
+        self.assertEqual(agent.count(opened), closed + 1,
+                         f"expected one new stream after each of the {closed} closures:\n"
+                         f"{h.tail(agent.log)}")
+        self.assertGreaterEqual(agent.count(r"reconnecting to 127\.0\.0\.1:\d+ in \d+ms"), closed)
+
+
+if __name__ == "__main__":
+    unittest.main()
