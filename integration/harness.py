@@ -140,6 +140,10 @@ def snapshot_binaries(timeout=120.0):
     # In the build tree (not /tmp): it holds nothing but the copies, removed when the process ends.
     parent = os.path.join(BUILD_DIR, "integration", "bin-snapshots")
     os.makedirs(parent, exist_ok=True)
+    for old in os.listdir(parent):  # left by test processes that were killed
+        owner = old.split("-", 1)[0]
+        if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            shutil.rmtree(os.path.join(parent, old), ignore_errors=True)
     d = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent)
     atexit.register(shutil.rmtree, d, True)
     for x in (parent, d):
@@ -427,11 +431,49 @@ class Daemon:
             raise AssertionError(f"{e}; last status {last.get('status')}; log tail:\n{tail(self.log)}")
 
 
+# Every process started by spawn() and not yet stopped by a test's cleanup. If this test process
+# is itself terminated (ctest timeout, Ctrl-C, `timeout`), they are stopped by pid on the way out.
+_live = {}
+
+
+def _stop_all_live(grace=3.0):
+    procs = [p for p in list(_live.values()) if p.poll() is None]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+    _live.clear()
+
+
+def _on_sigterm(signum, frame):
+    _stop_all_live()
+    if _snapshot_dir:
+        shutil.rmtree(_snapshot_dir, ignore_errors=True)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_handlers():
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    atexit.register(_stop_all_live)
+
+
 class IntegrationTestCase(unittest.TestCase):
     """Base class: private temp dir, process bookkeeping, cleanup by pid."""
 
     def setUp(self):
         super().setUp()
+        if not getattr(IntegrationTestCase, "_handlers_installed", False):
+            _install_handlers()
+            IntegrationTestCase._handlers_installed = True
         snapshot_binaries()
         self.tmp = tempfile.mkdtemp(prefix="aai-", dir="/tmp")
         self._procs = []  # (popen, sigterm_grace_seconds)
@@ -447,8 +489,13 @@ class IntegrationTestCase(unittest.TestCase):
             p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f, **kw)
         finally:
             f.close()
-        self._procs.append((p, grace))
+        self.track(p, grace)
         return p, log
+
+    def track(self, popen, grace=8.0):
+        """Registers a started process: on cleanup it gets SIGTERM, `grace` seconds, then SIGKILL."""
+        self._procs.append((popen, grace))
+        _live[popen.pid] = popen
 
     def _cleanup(self):
         problems = []
@@ -491,6 +538,8 @@ class IntegrationTestCase(unittest.TestCase):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        for p, _ in self._procs:
+            _live.pop(p.pid, None)
         if os.environ.get("AA_KEEP_TMP"):
             sys.stderr.write(f"\n[kept {self.tmp}]\n")
         else:
@@ -547,7 +596,10 @@ class IntegrationTestCase(unittest.TestCase):
                 d.wait_log(rf"Event stream to 127\.0\.0\.1:{principal.port} opened",
                            timeout=STARTUP_TIMEOUT)
             except AssertionError as e:
-                raise AssertionError(f"{e}\n--- principal log tail:\n{tail(principal.log)}") from None
+                plog = getattr(principal, "log", None)
+                if not plog:
+                    raise
+                raise AssertionError(f"{e}\n--- principal log tail:\n{tail(plog)}") from None
             d.wait_all_ready()
         return d
 

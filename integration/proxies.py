@@ -60,6 +60,9 @@ class Proxy:
         self.log = os.path.join(self.dir, "proxy.log")
         self.popen = None
         self.starts = 0
+        # Runs before the harness's own cleanup (cleanups are LIFO): a proxy is killed, not asked
+        # to stop - its exit status says nothing about the code under test.
+        case.addCleanup(self.kill)
 
     # subclasses: write_config() -> path, argv(conf) -> list
     def start(self, timeout=10.0):

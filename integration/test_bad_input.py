@@ -21,7 +21,7 @@ class BadFlagsTest(h.IntegrationTestCase):
         out, err = self.path("bad.out"), self.path("bad.err")
         with open(out, "wb") as fo, open(err, "wb") as fe:
             p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe)
-        self._procs.append((p, 5.0))
+        self.track(p, 5.0)
         spawned = set()
         deadline = time.monotonic() + 10
         while p.poll() is None and time.monotonic() < deadline:
