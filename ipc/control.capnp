@@ -4,6 +4,8 @@
 
 $import "/capnp/c++.capnp".namespace("aa::ipc");
 
+using Sup = import "supervisor.capnp";
+
 struct WorkerStatus {
   role @0 :Text;
   pid @1 :Int32;              # 0 when not running
@@ -20,4 +22,6 @@ interface Control {
   status @0 () -> (side :Text, supervisorPid :Int32, version :Text, workers :List(WorkerStatus));
   restart @1 (role :Text) -> (ok :Bool, message :Text);
   setLogLevel @2 (role :Text, level :Text) -> (ok :Bool, message :Text);
+  agents @3 () -> (agents :List(Sup.AgentInfo));
+  # The principal's per-agent liveness view (from its listener worker).
 }

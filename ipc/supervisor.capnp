@@ -18,6 +18,19 @@ interface Worker {
 
   describe @2 () -> (detail :Text);
   # One line of role-specific state for `argocd-agentctl status` (e.g. the agent's connection).
+
+  agents @3 () -> (agents :List(AgentInfo));
+  # The principal's listener: every agent it has a session for. Other roles return an empty list.
+}
+
+struct AgentInfo {
+  name @0 :Text;
+  state @1 :Text;               # connected, stale, disconnected
+  connectedSinceMs @2 :UInt64;  # how long the current stream has been open (0 when none)
+  lastHeardMs @3 :UInt64;       # how long ago anything arrived from the agent
+  streams @4 :UInt32;           # streams opened so far (reconnects = streams - 1)
+  heartbeats @5 :UInt64;
+  unacknowledged @6 :UInt64;    # events sent or queued, not yet ACKed
 }
 
 interface Supervisor {

@@ -206,6 +206,13 @@ std::vector<Option> principalOptions(Config& c) {
       durationOpt("keepalive-min-interval", "ARGOCD_PRINCIPAL_KEEP_ALIVE_MIN_INTERVAL",
                   "drop agents that send HTTP/2 pings more often than this (0: grpc default, 5m)",
                   &p.keepaliveMinInterval),
+      durationOpt("agent-stale-after", "ARGOCD_PRINCIPAL_AGENT_STALE_AFTER",
+                  "mark a connected agent stale when nothing (event, ACK or heartbeat) arrived "
+                  "from it for this long (0: never; with heartbeats, 3x their interval)",
+                  &p.agentStaleAfter),
+      durationOpt("agent-disconnect-after", "ARGOCD_PRINCIPAL_AGENT_DISCONNECT_AFTER",
+                  "close the stream of an agent silent for this long (0: never)",
+                  &p.agentDisconnectAfter),
       Option{"synthetic-events", 0, "ARGOCD_PRINCIPAL_SYNTHETIC_EVENTS",
              "test/benchmark source: COUNT:RESOURCES:BYTES create events queued for each agent "
              "on its first subscribe",

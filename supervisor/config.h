@@ -47,6 +47,8 @@ struct PrincipalConfig {
   bool insecureJwtGenerate = false;
   std::chrono::nanoseconds keepaliveMinInterval{0};
   std::string syntheticEvents;  // COUNT:RESOURCES:BYTES test/benchmark source ("" = off)
+  std::chrono::nanoseconds agentStaleAfter{0};       // silence that marks an agent stale (0: off)
+  std::chrono::nanoseconds agentDisconnectAfter{0};  // silence that closes its stream (0: off)
 };
 
 struct AgentConfig {

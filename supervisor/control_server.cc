@@ -28,6 +28,10 @@ class ControlImpl final : public ipc::Control::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> agents(AgentsContext context) override {
+    return sup_.fillAgents(context.getResults());
+  }
+
   kj::Promise<void> setLogLevel(SetLogLevelContext context) override {
     auto p = context.getParams();
     return sup_.setLogLevel(p.getRole(), p.getLevel()).then([context](std::string err) mutable {

@@ -380,6 +380,16 @@ kj::Promise<void> Supervisor::fillStatus(ipc::Control::StatusResults::Builder re
   return kj::joinPromises(describes.releaseAsArray());
 }
 
+kj::Promise<void> Supervisor::fillAgents(ipc::Control::AgentsResults::Builder results) {
+  Slot* slot = find("listener");
+  if (slot == nullptr) return kj::READY_NOW;  // the agent side has no per-agent view
+  KJ_IF_MAYBE (link, slot->link) {
+    return timer_.timeoutAfter(kDescribeDeadline, (*link)->worker.agentsRequest().send())
+        .then([results](auto r) mutable { results.setAgents(r.getAgents()); });
+  }
+  return KJ_EXCEPTION(DISCONNECTED, "the listener is not running");
+}
+
 std::string Supervisor::restart(const std::string& role) {
   Slot* slot = find(role);
   if (slot == nullptr) return "no worker named \"" + role + "\"";

@@ -50,6 +50,7 @@ class Supervisor final : private kj::TaskSet::ErrorHandler {
   kj::Promise<void> fillStatus(ipc::Control::StatusResults::Builder results);
   std::string restart(const std::string& role);  // "" on success, else the reason
   kj::Promise<std::string> setLogLevel(const std::string& role, const std::string& level);
+  kj::Promise<void> fillAgents(ipc::Control::AgentsResults::Builder results);
 
  private:
   struct Slot;

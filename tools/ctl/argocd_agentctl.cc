@@ -29,6 +29,9 @@ const char kUsage[] =
     "                              uptime, last exit\n"
     "  restart <worker>            restart one worker (e.g. auth, listener, transport)\n"
     "  log-level <worker> <level>  change a worker's log level (or 'supervisor')\n"
+    "  agents [--json]             principal: per agent, state (connected, stale,\n"
+    "                              disconnected), connected since, last heard, streams,\n"
+    "                              heartbeats, unacknowledged events\n"
     "  hash-password               read a password on stdin, print a bcrypt hash for a\n"
     "                              userpass file\n\n"
     "Without --socket (or ARGOCD_AGENT_CONTROL_SOCKET), the single argocd-agent-*.sock in\n"
@@ -112,6 +115,34 @@ int run(const std::string& socketPath, const std::vector<std::string>& cmd) {
       printf("%-10s %-8d %-9s %-4u %-8u %-9s %-22s %s\n", w.getRole().cStr(), w.getPid(),
              w.getState().cStr(), w.getGeneration(), w.getRestarts(),
              formatUptime(w.getUptimeMs()).c_str(), lastExit.c_str(), w.getDetail().cStr());
+    }
+    return 0;
+  }
+  if (cmd[0] == "agents") {
+    bool json = cmd.size() > 1 && cmd[1] == "--json";
+    auto r = timeout(control.agentsRequest().send());
+    if (json) {
+      nlohmann::json j = nlohmann::json::array();
+      for (auto a : r.getAgents()) {
+        j.push_back({{"name", a.getName().cStr()},
+                     {"state", a.getState().cStr()},
+                     {"connectedSinceMs", a.getConnectedSinceMs()},
+                     {"lastHeardMs", a.getLastHeardMs()},
+                     {"streams", a.getStreams()},
+                     {"reconnects", a.getStreams() > 0 ? a.getStreams() - 1 : 0},
+                     {"heartbeats", a.getHeartbeats()},
+                     {"unacknowledged", a.getUnacknowledged()}});
+      }
+      std::cout << j.dump(2) << "\n";
+      return 0;
+    }
+    printf("%-24s %-13s %-10s %-11s %-10s %-11s %s\n", "AGENT", "STATE", "CONNECTED", "LAST HEARD",
+           "RECONNECTS", "HEARTBEATS", "UNACKED");
+    for (auto a : r.getAgents()) {
+      printf("%-24s %-13s %-10s %-11s %-10u %-11lu %lu\n", a.getName().cStr(), a.getState().cStr(),
+             formatUptime(a.getConnectedSinceMs()).c_str(),
+             (formatUptime(std::max<uint64_t>(a.getLastHeardMs(), 1)) + " ago").c_str(),
+             a.getStreams() > 0 ? a.getStreams() - 1 : 0, a.getHeartbeats(), a.getUnacknowledged());
     }
     return 0;
   }

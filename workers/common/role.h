@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <kj/async-io.h>
 
@@ -43,6 +44,13 @@ class Role {
   virtual kj::Promise<void> drain() { return kj::READY_NOW; }
   // One line for `argocd-agentctl status`.
   virtual std::string describe() { return ""; }
+  struct AgentView {
+    std::string name, state;
+    uint64_t connectedSinceMs = 0, lastHeardMs = 0, heartbeats = 0, unacknowledged = 0;
+    uint32_t streams = 0;
+  };
+  // The principal listener's per-agent view; empty for other roles.
+  virtual std::vector<AgentView> agents() { return {}; }
 };
 
 kj::Own<Role> makeListenerRole(WorkerEnv& env);

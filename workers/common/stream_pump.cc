@@ -111,11 +111,11 @@ namespace detail {
 std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                                 std::mutex& ledgerMu, std::string_view source,
                                 const std::string& peer, PumpStats& stats,
-                                const AckObserver& onAck) {
+                                const EventObserver& observer) {
   ++stats.received;
+  if (observer) observer(e);
   if (e.type() == ce::kProcessed) {
     ++stats.acksReceived;
-    if (onAck) onAck(e);
     outbox.ack(ce::stringAttr(e, "resourceid"), ce::stringAttr(e, "eventid"));
     return std::nullopt;
   }

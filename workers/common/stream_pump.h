@@ -62,15 +62,15 @@ struct PumpStats {
   uint64_t received = 0, applied = 0, duplicates = 0, rejected = 0, acksReceived = 0;
 };
 
-// Optional observer of every ACK received (heartbeat ACKs included; they are untracked).
-using AckObserver = std::function<void(const Event& ack)>;
+// Optional observer of every event received, before it is handled (ACKs and heartbeats included).
+using EventObserver = std::function<void(const Event& event)>;
 
 // Runs until the stream ends (Read fails) or a Write fails. `Stream` is a grpc++ sync
 // ReaderWriter (client or server side). `peer` names the other side in logs.
 template <class Stream>
 PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                      std::mutex& ledgerMu, std::string_view source, const std::string& peer,
-                     const AckObserver& onAck = nullptr);
+                     const EventObserver& observer = nullptr);
 
 // --- implementation helpers (stream_pump.cc) ---
 namespace detail {
@@ -78,13 +78,13 @@ namespace detail {
 std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                                 std::mutex& ledgerMu, std::string_view source,
                                 const std::string& peer, PumpStats& stats,
-                                const AckObserver& onAck);
+                                const EventObserver& observer);
 }  // namespace detail
 
 template <class Stream>
 PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                      std::mutex& ledgerMu, std::string_view source, const std::string& peer,
-                     const AckObserver& onAck) {
+                     const EventObserver& observer) {
   std::atomic<bool> done{false};
   outbox.onReconnect();
   std::thread writer([&] {
@@ -107,7 +107,7 @@ PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& 
   eventstreamapi::Event in;
   while (!done.load() && stream.Read(&in)) {
     if (auto ack = detail::onReceived(in.event(), outbox, sink, ledger, ledgerMu, source, peer,
-                                      stats, onAck)) {
+                                      stats, observer)) {
       outbox.enqueueUntracked(std::move(*ack));
     }
   }

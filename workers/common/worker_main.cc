@@ -40,6 +40,24 @@ class WorkerImpl final : public ipc::Worker::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> agents(AgentsContext context) override {
+    KJ_IF_MAYBE (r, role_) {
+      auto views = r->agents();
+      auto list = context.getResults().initAgents(views.size());
+      for (size_t i = 0; i < views.size(); ++i) {
+        auto a = list[i];
+        a.setName(views[i].name);
+        a.setState(views[i].state);
+        a.setConnectedSinceMs(views[i].connectedSinceMs);
+        a.setLastHeardMs(views[i].lastHeardMs);
+        a.setStreams(views[i].streams);
+        a.setHeartbeats(views[i].heartbeats);
+        a.setUnacknowledged(views[i].unacknowledged);
+      }
+    }
+    return kj::READY_NOW;
+  }
+
   kj::Promise<void> describe(DescribeContext context) override {
     KJ_IF_MAYBE (r, role_) {
       context.getResults().setDetail(r->describe());

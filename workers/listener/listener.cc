@@ -188,6 +188,11 @@ struct AgentSession {
   std::mutex mu;
   grpc::ServerContext* active = nullptr;  // guarded by mu
   std::thread producer;                   // synthetic source, if configured
+  // Liveness, guarded by mu.
+  std::chrono::steady_clock::time_point connectedSince{}, lastHeard{};
+  uint32_t streams = 0;
+  uint64_t heartbeats = 0;
+  bool stale = false;
 };
 
 class EventStreamService final : public eventstreamapi::EventStream::Service {
@@ -224,13 +229,25 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
         session->active->TryCancel();
       }
       session->active = ctx;
+      session->connectedSince = session->lastHeard = std::chrono::steady_clock::now();
+      session->streams++;
+      session->stale = false;
     }
     auto opened = std::chrono::steady_clock::now();
     streams_++;
     spdlog::info("agent {} subscribed (mode {}, peer {})", agent, claims->mode, ctx->peer());
     stream->SendInitialMetadata();
-    auto stats = delivery::pumpStream(*stream, session->outbox, sink_, session->ledger,
-                                      session->ledgerMu, "", "agent " + agent);
+    auto stats =
+        delivery::pumpStream(*stream, session->outbox, sink_, session->ledger, session->ledgerMu,
+                             "", "agent " + agent, [&session, &agent](const delivery::Event& e) {
+                               std::lock_guard<std::mutex> lock(session->mu);
+                               session->lastHeard = std::chrono::steady_clock::now();
+                               if (e.type() == ce::kPing) session->heartbeats++;
+                               if (session->stale) {
+                                 session->stale = false;
+                                 spdlog::info("agent {} is alive again", agent);
+                               }
+                             });
     {
       std::lock_guard<std::mutex> lock(session->mu);
       if (session->active == ctx) session->active = nullptr;
@@ -247,6 +264,52 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
   }
 
   int streams() const { return streams_.load(); }
+
+  std::vector<Role::AgentView> agents() {
+    auto now = std::chrono::steady_clock::now();
+    auto ms = [](auto d) {
+      return static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
+    };
+    std::vector<Role::AgentView> out;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [name, s] : sessions_) {
+      Role::AgentView v;
+      v.name = name;
+      v.unacknowledged = s->outbox.tracked();
+      std::lock_guard<std::mutex> l(s->mu);
+      v.state = s->active == nullptr ? "disconnected" : s->stale ? "stale" : "connected";
+      v.connectedSinceMs = s->active == nullptr ? 0 : ms(now - s->connectedSince);
+      v.lastHeardMs = ms(now - s->lastHeard);
+      v.streams = s->streams;
+      v.heartbeats = s->heartbeats;
+      out.push_back(std::move(v));
+    }
+    return out;
+  }
+
+  // Marks silent agents stale and, past the disconnect threshold, closes their stream. Called
+  // once a second by the listener's KJ thread.
+  void checkLiveness() {
+    const auto& p = config_.principal;
+    if (p.agentStaleAfter.count() == 0 && p.agentDisconnectAfter.count() == 0) return;
+    auto now = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [name, s] : sessions_) {
+      std::lock_guard<std::mutex> l(s->mu);
+      if (s->active == nullptr) continue;
+      auto silent = now - s->lastHeard;
+      auto secs = std::chrono::duration_cast<std::chrono::milliseconds>(silent).count() / 1000.0;
+      if (p.agentDisconnectAfter.count() > 0 && silent >= p.agentDisconnectAfter) {
+        spdlog::warn("agent {} silent for {:.1f}s: closing its stream (--agent-disconnect-after)",
+                     name, secs);
+        s->active->TryCancel();
+      } else if (p.agentStaleAfter.count() > 0 && silent >= p.agentStaleAfter && !s->stale) {
+        s->stale = true;
+        spdlog::warn("agent {} is stale: nothing heard for {:.1f}s", name, secs);
+      }
+    }
+  }
 
   std::string describe() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -368,6 +431,7 @@ class ListenerRole final : public Role {
       KJ_FAIL_REQUIRE("cannot listen", address);
     }
     spdlog::info("Listening on {} ({})", address, p.insecurePlaintext ? "plaintext" : "TLS");
+    liveness_ = livenessLoop().eagerlyEvaluate(nullptr);
     if (p.insecurePlaintext && p.listenHost != "127.0.0.1" && p.listenHost != "::1" &&
         p.listenHost != "localhost") {
       spdlog::warn(
@@ -393,6 +457,10 @@ class ListenerRole final : public Role {
 
   std::string describe() override { return events_ ? events_->describe() : "starting"; }
 
+  std::vector<AgentView> agents() override {
+    return events_ ? events_->agents() : std::vector<AgentView>{};
+  }
+
  private:
   WorkerEnv& env_;
   std::shared_ptr<const jwt::Key> key_;
@@ -403,6 +471,14 @@ class ListenerRole final : public Role {
   std::unique_ptr<grpc::Server> server_;
   kj::Own<kj::CrossThreadPromiseFulfiller<void>> shutdownDone_;
   std::thread shutdownThread_;
+  kj::Promise<void> liveness_ = nullptr;
+
+  kj::Promise<void> livenessLoop() {
+    return env_.timer.afterDelay(1 * kj::SECONDS).then([this]() {
+      events_->checkLiveness();
+      return livenessLoop();
+    });
+  }
 };
 
 }  // namespace

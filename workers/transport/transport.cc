@@ -314,6 +314,7 @@ class TransportRole final : public Role {
       auto stats =
           delivery::pumpStream(*stream, outbox_, sink_, ledger_, ledgerMu_, kSource, "principal",
                                [&](const delivery::Event& ack) {
+                                 if (ack.type() != ce::kProcessed) return;
                                  if (auto rtt = monitor.acked(ce::stringAttr(ack, "eventid"),
                                                               std::chrono::steady_clock::now())) {
                                    spdlog::debug("heartbeat ACK after {}us", rtt->count() / 1000);

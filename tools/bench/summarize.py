@@ -1,0 +1,120 @@
+#!/usr/bin/python3
+"""Summaries of tools/bench raw results: medians and spread (min-max) per case, as Markdown.
+
+  summarize.py delivery FILE.tsv    (tools/bench/delivery.sh)
+  summarize.py auth FILE.tsv        (tools/bench/auth.sh)
+  summarize.py heartbeat FILE.tsv   (tools/bench/heartbeat.sh)
+"""
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+
+def rows(path):
+    with open(path) as f:
+        return [r for r in csv.DictReader(f, delimiter="\t")]
+
+
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def spread(vals, fmt="{:.0f}"):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "n/a"
+    return (fmt + " ({}–{})").format(statistics.median(vals), fmt.format(min(vals)), fmt.format(max(vals)))
+
+
+def delivery(path):
+    groups = defaultdict(list)
+    for r in rows(path):
+        groups[(int(r["bytes"]), int(r["window"]), r["system"])].append(r)
+    print("| bytes | window | system | events/s median (min–max) | p50 µs | p99 µs | CPU µs/event (server+client) | load1 | runs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    ratios = []
+    for (b, w, s) in sorted(groups, key=lambda k: (k[0], k[1], k[2] != "ours")):
+        rs = groups[(b, w, s)]
+        ok = [r for r in rs if r["ms"] != "FAILED"]
+        cpu = [(num(r["server_cpu_ms"]) + num(r["client_cpu_ms"])) * 1000.0 / num(r["count"])
+               for r in ok if num(r["server_cpu_ms"]) is not None and num(r["client_cpu_ms"]) is not None]
+        name = "argocd-agent (principal→agent)" if s == "ours" else "bare grpc++ async echo"
+        print("| {} | {} | {} | {} | {} | {} | {} | {} | {}{} |".format(
+            b, w, name, spread([num(r["rate"]) for r in ok]), spread([num(r["p50_us"]) for r in ok]),
+            spread([num(r["p99_us"]) for r in ok]), spread(cpu, "{:.1f}"),
+            "/".join(r["load1"] for r in rs), len(ok), "" if len(ok) == len(rs) else " ({} failed)".format(len(rs) - len(ok))))
+    print()
+    print("| bytes | window | ours/bare rate (median of per-rep ratios, min–max) | ours/bare CPU per event |")
+    print("|---|---|---|---|")
+    keys = sorted({(b, w) for (b, w, s) in groups})
+    for (b, w) in keys:
+        ours = {r["rep"]: r for r in groups.get((b, w, "ours"), []) if r["ms"] != "FAILED"}
+        echo = {r["rep"]: r for r in groups.get((b, w, "echo"), []) if r["ms"] != "FAILED"}
+        rr, cr = [], []
+        for rep in ours:
+            if rep in echo:
+                rr.append(100.0 * num(ours[rep]["rate"]) / num(echo[rep]["rate"]))
+                co = (num(ours[rep]["server_cpu_ms"]) + num(ours[rep]["client_cpu_ms"])) / num(ours[rep]["count"])
+                ce = (num(echo[rep]["server_cpu_ms"]) + num(echo[rep]["client_cpu_ms"])) / num(echo[rep]["count"])
+                cr.append(co / ce)
+        print("| {} | {} | {} | {} |".format(b, w, spread(rr, "{:.0f} %"), spread(cr, "{:.1f}×")))
+
+
+def auth(path):
+    groups = defaultdict(list)
+    order = []
+    for r in rows(path):
+        k = r["case"]
+        if k not in groups:
+            order.append(k)
+        groups[k].append(r)
+    print("| case | calls/s median (min–max) | p50 µs | p99 µs | load1 | runs |")
+    print("|---|---|---|---|---|---|")
+    for k in order:
+        rs = groups[k]
+        print("| {} | {} | {} | {} | {} | {} |".format(
+            k, spread([num(r["rate"]) for r in rs]), spread([num(r["p50_us"]) for r in rs], "{:.0f}"),
+            spread([num(r["p99_us"]) for r in rs], "{:.0f}"), "/".join(r["load1"] for r in rs), len(rs)))
+
+
+def heartbeat(path):
+    groups = defaultdict(list)
+    for r in rows(path):
+        groups[r["heartbeats"]].append(r)
+    print("| heartbeats | listener CPU ms / 30 s window | CPU % of a core | RSS MiB at end | threads | heartbeats ACKed/s | RTT p50 µs | RTT p99 µs | load1 | runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for k in ("off", "on"):
+        rs = groups.get(k, [])
+        if not rs:
+            continue
+        print("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            k, spread([num(r["cpu_ms"]) for r in rs]), spread([num(r["cpu_pct"]) for r in rs], "{:.1f}"),
+            spread([num(r["rss_end_kib"]) / 1024 for r in rs], "{:.1f}"), spread([num(r["threads"]) for r in rs]),
+            spread([num(r["rate"]) for r in rs]), spread([num(r["rtt_p50_us"]) for r in rs]),
+            spread([num(r["rtt_p99_us"]) for r in rs]), "/".join(r["load1"] for r in rs), len(rs)))
+    on, off = groups.get("on", []), groups.get("off", [])
+    if on and off:
+        cpu_on = med([num(r["cpu_ms"]) / max(1.0, num(r["acked"])) * 1000.0 for r in on])
+        idle_ms = med([num(r["cpu_ms"]) for r in off])
+        on_ms = med([num(r["cpu_ms"]) for r in on])
+        acked = med([num(r["acked"]) for r in on])
+        rss_on = med([num(r["rss_end_kib"]) for r in on])
+        rss_off = med([num(r["rss_end_kib"]) for r in off])
+        print()
+        print("- listener CPU per 1,000 heartbeats, total (on): {:.0f} ms".format(cpu_on))
+        print("- listener CPU per 1,000 heartbeats, above idle (median on − median off): {:.0f} ms".format(
+            (on_ms - idle_ms) / acked * 1000.0))
+        print("- RSS with heartbeats on − off (medians): {:+.1f} MiB".format((rss_on - rss_off) / 1024))
+
+
+if __name__ == "__main__":
+    {"delivery": delivery, "auth": auth, "heartbeat": heartbeat}[sys.argv[1]](sys.argv[2])
