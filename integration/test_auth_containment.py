@@ -115,9 +115,11 @@ class HeaderContainmentTest(h.IntegrationTestCase):
                     self.assertEqual(mesh.jwt_client_id(r.response.accessToken), "agent-u8ok")
                     continue
                 self.assertEqual((r.code, r.details), FAILED, r)
+        principal.wait_log(r"identity header is not valid UTF-8", count=5, timeout=5)
+        principal.wait_log(r"identity header: extracted name is not a valid agent name", timeout=5)
+        principal.wait_log(r"\] agent agent-u8ok authenticated", timeout=5)
         self.assertEqual(principal.count(r"identity header is not valid UTF-8"), 5,
                          h.tail(principal.log, 12))
-        principal.wait_log(r"identity header: extracted name is not a valid agent name", timeout=5)
         self.assertEqual(principal.count(r"\] agent \S+ authenticated"), 1)
         self.assertUntouched(principal)
 

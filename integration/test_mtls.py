@@ -60,6 +60,8 @@ class MtlsTest(h.IntegrationTestCase):
         # A valid certificate from our CA, via Python: its CN.
         self.assertGranted(self.client_auth(principal, self.pki.client("agent-py")), "agent-py",
                            principal)
+        # (log lines of other processes may land after the reply: wait before counting)
+        principal.wait_log(r"\] agent agent-py authenticated \(method mtls", timeout=5)
 
         # Certificates the TLS layer must refuse: no Authenticate reaches the auth worker.
         other = mesh.Pki(self.path("other-ca"), name="other-ca")

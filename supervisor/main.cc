@@ -26,22 +26,11 @@
 #include "supervisor/control_server.h"
 #include "supervisor/pki.h"
 #include "supervisor/supervisor.h"
+#include "workers/common/role.h"
 #include "workers/common/worker_main.h"
 
 namespace aa {
 namespace {
-
-struct StartupError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-std::string readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw StartupError("cannot read " + path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // Binds (without listening) the principal's port with SO_REUSEPORT and keeps it for the
 // supervisor's lifetime: it resolves port 0 once, fails fast when another program holds the port,
@@ -56,17 +45,17 @@ kj::AutoCloseFd reservePort(const std::string& host, int port, int& resolved) {
   std::string h = host.empty() ? "0.0.0.0" : host;
   int rc = getaddrinfo(h.c_str(), std::to_string(port).c_str(), &hints, &res);
   if (rc != 0) {
-    throw StartupError("invalid value \"" + host + "\" for --listen-host: " + gai_strerror(rc));
+    throw ConfigError("invalid value \"" + host + "\" for --listen-host: " + gai_strerror(rc));
   }
   std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
   int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw StartupError(std::string("socket: ") + strerror(errno));
+  if (fd < 0) throw ConfigError(std::string("socket: ") + strerror(errno));
   kj::AutoCloseFd owned(fd);
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
   if (bind(fd, res->ai_addr, res->ai_addrlen) < 0) {
-    throw StartupError("cannot bind " + h + ":" + std::to_string(port) + ": " + strerror(errno));
+    throw ConfigError("cannot bind " + h + ":" + std::to_string(port) + ": " + strerror(errno));
   }
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
@@ -83,7 +72,7 @@ std::string prepareRuntime(const Config& config) {
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
   if (mkdtemp(buf.data()) == nullptr) {
-    throw StartupError("cannot create runtime directory under " + base + ": " + strerror(errno));
+    throw ConfigError("cannot create runtime directory under " + base + ": " + strerror(errno));
   }
   std::string dir(buf.data());
   if (config.side != Side::kPrincipal) return dir;
@@ -97,9 +86,10 @@ std::string prepareRuntime(const Config& config) {
     pki::writeSecretFile(dir + "/jwt.pub", key.publicPem);
   } else {
     try {
-      pki::writeSecretFile(dir + "/jwt.pub", pki::publicPemFromPrivatePem(readFile(p.jwtKey)));
+      pki::writeSecretFile(dir + "/jwt.pub",
+                           pki::publicPemFromPrivatePem(readConfigFile(p.jwtKey)));
     } catch (const std::runtime_error& e) {
-      throw StartupError("invalid value for --jwt-key: " + std::string(e.what()));
+      throw ConfigError("invalid value for --jwt-key: " + std::string(e.what()));
     }
   }
   if (p.insecureTlsGenerate) {
@@ -146,7 +136,7 @@ int supervisorMain(Side side, int argc, char** argv) {
     RuntimeInfo runtime;
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (n <= 0) throw StartupError("cannot resolve /proc/self/exe");
+    if (n <= 0) throw ConfigError("cannot resolve /proc/self/exe");
     runtime.executable.assign(exe, static_cast<size_t>(n));
     runtimeDir = prepareRuntime(config);
     runtime.dir = runtimeDir;
@@ -162,8 +152,8 @@ int supervisorMain(Side side, int argc, char** argv) {
     try {
       control = unix_socket::listenPrivate(config.common.controlSocket);
     } catch (const kj::Exception& e) {
-      throw StartupError("invalid value \"" + config.common.controlSocket +
-                         "\" for --control-socket: " + e.getDescription().cStr());
+      throw ConfigError("invalid value \"" + config.common.controlSocket +
+                        "\" for --control-socket: " + e.getDescription().cStr());
     }
     spdlog::info("argocd-agent {} {} starting (supervisor pid {}{})", toString(side),
                  ARGOCD_AGENT_VERSION, getpid(), getpid() == 1 ? ", PID 1" : "");
@@ -180,7 +170,7 @@ int supervisorMain(Side side, int argc, char** argv) {
     unlink(config.common.controlSocket.c_str());
     removeRuntime(runtimeDir);
     return code;
-  } catch (const StartupError& e) {
+  } catch (const ConfigError& e) {  // found before any worker started: one line, exit 78
     fprintf(stderr, "argocd-agent %s: %s\n", toString(side), e.what());
     removeRuntime(runtimeDir);
     return exit_code::kConfig;

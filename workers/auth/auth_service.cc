@@ -22,14 +22,6 @@ namespace {
 
 constexpr size_t kMaxCredential = 1024;
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("cannot read " + path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // Printable, bounded rendering of a client-supplied name for logs.
 std::string printable(std::string_view s) {
   std::string out;
@@ -200,13 +192,13 @@ class AuthRole final : public Role {
     std::string keyPath = p.jwtKey.empty() ? env_.args.runtimeDir + "/jwt.key" : p.jwtKey;
     std::shared_ptr<const jwt::Key> key;
     try {
-      key = jwt::Key::privateFromPem(readFile(keyPath));
+      key = jwt::Key::privateFromPem(readConfigFile(keyPath));
     } catch (const std::runtime_error& e) {
       throw ConfigError("JWT signing key " + keyPath + ": " + e.what());
     }
     userpass::ParseResult parsed;
     if (p.authMethod == "userpass") {
-      parsed = userpass::parse(readFile(p.authArg));
+      parsed = userpass::parse(readConfigFile(p.authArg));
       for (const auto& w : parsed.warnings) spdlog::warn("userpass file {}: {}", p.authArg, w);
       spdlog::info("userpass database {}: {} client(s)", p.authArg, parsed.users.size());
     }

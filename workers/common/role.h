@@ -19,6 +19,10 @@ struct ConfigError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The whole file at `path` (keys, certificates, credential files). Throws ConfigError naming the
+// path when it cannot be read.
+std::string readConfigFile(const std::string& path);
+
 // What the supervisor told this worker on its command line (see Supervisor::spawn).
 struct WorkerArgs {
   Side side = Side::kPrincipal;

@@ -5,6 +5,9 @@
 
 #include <malloc.h>
 #include <signal.h>
+
+#include <fstream>
+#include <sstream>
 #include <unistd.h>
 
 #include <capnp/rpc-twoparty.h>
@@ -116,6 +119,14 @@ kj::Own<Role> makeRole(WorkerEnv& env) {
 }
 
 }  // namespace
+
+std::string readConfigFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError("cannot read " + path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
 
 int workerMain(int argc, char** argv) {
   // Signals first, before any thread exists. Ctrl-C reaches the whole process group: workers

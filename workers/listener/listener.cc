@@ -32,14 +32,6 @@ namespace {
 constexpr auto kAuthDeadline = 2 * kj::SECONDS;
 constexpr size_t kMaxAuthorization = 16 * 1024;
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("cannot read " + path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 std::string versionString() { return std::string("argocd-agent-") + ARGOCD_AGENT_VERSION; }
 
 grpc::Status invalidAuth() {
@@ -384,7 +376,7 @@ class ListenerRole final : public Role {
     const auto& p = c.principal;
     const std::string& dir = env_.args.runtimeDir;
     try {
-      key_ = jwt::Key::publicFromPem(readFile(dir + "/jwt.pub"));
+      key_ = jwt::Key::publicFromPem(readConfigFile(dir + "/jwt.pub"));
     } catch (const std::runtime_error& e) {
       throw ConfigError(std::string("JWT public key: ") + e.what());
     }
@@ -400,10 +392,10 @@ class ListenerRole final : public Role {
       grpc::SslServerCredentialsOptions opts(
           p.requireClientCerts ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
                                : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-      if (p.requireClientCerts) opts.pem_root_certs = readFile(p.rootCaPath);
+      if (p.requireClientCerts) opts.pem_root_certs = readConfigFile(p.rootCaPath);
       std::string cert = p.tlsCert.empty() ? dir + "/tls.crt" : p.tlsCert;
       std::string keyPem = p.tlsKey.empty() ? dir + "/tls.key" : p.tlsKey;
-      opts.pem_key_cert_pairs.push_back({readFile(keyPem), readFile(cert)});
+      opts.pem_key_cert_pairs.push_back({readConfigFile(keyPem), readConfigFile(cert)});
       creds = grpc::SslServerCredentials(opts);
     }
     std::string host = p.listenHost.empty() ? "0.0.0.0" : p.listenHost;

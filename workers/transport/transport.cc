@@ -37,14 +37,6 @@ constexpr auto kBackoffCap = 60s;
 constexpr auto kStableStream = 30s;  // a stream that lived this long resets the backoff
 constexpr std::string_view kSource = "agent://agent-managed";  // upstream's literal (§1.4)
 
-std::string readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("cannot read " + path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 std::string codeName(grpc::StatusCode c) {
   static const char* names[] = {"OK",
                                 "CANCELLED",
@@ -98,7 +90,7 @@ class TransportRole final : public Role {
   kj::Promise<void> start() override {
     if (config_.credsMethod == "userpass") {
       try {
-        creds_ = userpass::parseAgentCredentials(readFile(config_.credsArg));
+        creds_ = userpass::parseAgentCredentials(readConfigFile(config_.credsArg));
       } catch (const std::runtime_error& e) {
         throw ConfigError("--creds userpass file " + config_.credsArg + ": " + e.what());
       }
@@ -142,16 +134,17 @@ class TransportRole final : public Role {
         opts.set_certificate_provider(
             std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
                 std::vector<grpc::experimental::IdentityKeyCertPair>{
-                    {readFile(config_.tlsClientKey), readFile(config_.tlsClientCert)}}));
+                    {readConfigFile(config_.tlsClientKey),
+                     readConfigFile(config_.tlsClientCert)}}));
         opts.watch_identity_key_cert_pairs();
       }
       return grpc::experimental::TlsCredentials(opts);
     }
     grpc::SslCredentialsOptions opts;
-    if (!config_.rootCaPath.empty()) opts.pem_root_certs = readFile(config_.rootCaPath);
+    if (!config_.rootCaPath.empty()) opts.pem_root_certs = readConfigFile(config_.rootCaPath);
     if (!config_.tlsClientCert.empty()) {
-      opts.pem_private_key = readFile(config_.tlsClientKey);
-      opts.pem_cert_chain = readFile(config_.tlsClientCert);
+      opts.pem_private_key = readConfigFile(config_.tlsClientKey);
+      opts.pem_cert_chain = readConfigFile(config_.tlsClientCert);
     }
     return grpc::SslCredentials(opts);
   }
