@@ -6,6 +6,8 @@
   mutual TLS, maps the client certificate's CN (DNS labels only) to $sa and *replaces* the
   identity header (x-forwarded-client-cert or l5d-client-id) before `grpc_pass` to a plaintext
   principal; started in the foreground on a free loopback port, stopped by pid (proxies.Proxy);
+* RawHeaderNginx: plain h2c nginx (proxies.Nginx) that sets the identity header to raw bytes
+  (e.g. invalid UTF-8) that grpc client libraries refuse to send;
 * start_principal_auth / start_agent_creds: the real binaries with --auth / --creds other than
   userpass (harness.start_principal/start_agent only do userpass);
 * authenticate(): one Authenticate call with arbitrary channel credentials and metadata, and
@@ -109,7 +111,6 @@ organizationName = optional
 organizationalUnitName = optional
 countryName = optional
 """)
-        self._n = 0
 
     def ca_pem(self):
         with open(self.cert, "rb") as f:
@@ -120,7 +121,6 @@ countryName = optional
         """Signs a new EC key for `subject` (openssl -subj form, e.g. "/CN=agent-1/O=x").
         server=True: serverAuth EKU, else clientAuth. Dates as YYYYMMDDHHMMSSZ (default: now to
         +30 days). Returns a Cert; files are <dir>/<name>.crt/.key."""
-        self._n += 1
         key = os.path.join(self.dir, f"{name}.key")
         csr = os.path.join(self.dir, f"{name}.csr")
         crt = os.path.join(self.dir, f"{name}.crt")
@@ -154,7 +154,7 @@ countryName = optional
         return self.issue(name or f"client-{cn}", f"/CN={cn}", **kw)
 
 
-def cert_subject_dates(cert_path):
+def cert_dates(cert_path):
     """(notBefore, notAfter) as printed by openssl."""
     out = _run([OPENSSL, "x509", "-in", cert_path, "-noout", "-startdate", "-enddate"]).stdout
     d = dict(line.split("=", 1) for line in out.strip().splitlines())

@@ -67,7 +67,7 @@ class MtlsTest(h.IntegrationTestCase):
         other = mesh.Pki(self.path("other-ca"), name="other-ca")
         expired = self.pki.client("agent-old", name="expired", startdate="20190101000000Z",
                                   enddate="20200101000000Z")
-        not_before, not_after = mesh.cert_subject_dates(expired.cert)
+        not_before, not_after = mesh.cert_dates(expired.cert)
         self.assertIn("2020", not_after, (not_before, not_after))
         granted_before = principal.count(r"\] agent \S+ authenticated \(method ")
         for what, cert in (("from another CA", other.client("agent-m1", name="foreign")),

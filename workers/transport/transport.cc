@@ -19,6 +19,7 @@
 #include "ipc/runtime/log.h"
 #include "version.grpc.pb.h"
 #include "workers/auth/userpass.h"
+#include "supervisor/duration.h"
 #include "workers/auth/jwt.h"
 #include "workers/common/cloudevents.h"
 #include "workers/common/heartbeat_monitor.h"
@@ -97,6 +98,19 @@ class TransportRole final : public Role {
     }
     channelCreds_ = makeCredentials();
     target_ = config_.serverAddress + ":" + std::to_string(config_.serverPort);
+    // The principal's enforcement is unknown here, but grpc's default (also upstream's with
+    // --keepalive-min-interval=0) drops a client that pings more often than every 5 minutes while
+    // no data flows. Heartbeat ACKs are data, so heartbeats make frequent pings safe.
+    if (config_.keepAlivePingInterval.count() > 0 &&
+        config_.keepAlivePingInterval < std::chrono::minutes(5) &&
+        config_.heartbeatInterval.count() == 0) {
+      spdlog::warn(
+          "--keep-alive-ping-interval={} is below grpc's default minimum of 5m that "
+          "principals enforce while no data flows (GOAWAY too_many_pings); set the "
+          "principal's --keepalive-min-interval at or below it, or enable "
+          "--heartbeat-interval",
+          formatGoDuration(config_.keepAlivePingInterval));
+    }
     if (config_.insecurePlaintext) {
       spdlog::warn(
           "INSECURE: Connecting without TLS - ensure Istio or similar service mesh "
