@@ -67,7 +67,11 @@ class AuthImpl final : public ipc::Auth::Server {
            "unknown or missing operation mode: '" + printable(mode) + "'");
       return kj::READY_NOW;
     }
-    if (method != config_.principal.authMethod) {
+    // Agents know only userpass, mtls and header (--creds); xfcc is the principal's structured
+    // reading of a header, so it accepts what a header agent sends.
+    const std::string& configured = config_.principal.authMethod;
+    bool methodOk = method == configured || (configured == "xfcc" && method == "header");
+    if (!methodOk) {
       deny(ipc::DenialCode::AUTHENTICATION_FAILED, "method '" + printable(method) +
                                                        "' is not enabled (principal uses '" +
                                                        config_.principal.authMethod + "')");
@@ -93,7 +97,7 @@ class AuthImpl final : public ipc::Auth::Server {
     } else {
       // header, xfcc, mtls: the identity comes from what the listener forwarded, parsed here.
       identity::Extracted got;
-      if (method == "mtls") {
+      if (configured == "mtls") {
         std::string pem(req.getPeerCertificate().asChars().begin(),
                         req.getPeerCertificate().size());
         got = pem.empty() ? identity::Extracted{std::nullopt, "no verified client certificate"}
@@ -107,7 +111,7 @@ class AuthImpl final : public ipc::Auth::Server {
         for (auto kv : req.getHeaders()) {
           if (kv.getKey() == config_.principal.authHeader) values.emplace_back(kv.getValue());
         }
-        got = method == "xfcc"
+        got = configured == "xfcc"
                   ? identity::fromXfcc(values, *pattern_, config_.principal.xfccRequireBy)
                   : identity::fromHeader(values, *pattern_);
       }

@@ -408,6 +408,9 @@ class ListenerRole final : public Role {
     builder.SetMaxReceiveMessageSize(static_cast<int>(c.common.grpcMaxMessageSize));
     builder.SetMaxSendMessageSize(static_cast<int>(c.common.grpcMaxMessageSize));
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 1);
+    // grpc's 8 KiB default would refuse identity headers (XFCC with several elements) before the
+    // auth worker can; 64 KiB leaves that to its documented 16 KiB cap and its clear message.
+    builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 64 * 1024);
     if (p.keepaliveMinInterval.count() > 0) {
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(p.keepaliveMinInterval);
       builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
