@@ -214,6 +214,13 @@ backend be
 
 EVENT_PREFIX = "io.argoproj.argocd-agent.event."
 
+# The agent's transport got GOAWAY ENHANCE_YOUR_CALM "too_many_pings": grpc core's own log line,
+# or the status it turns into (the agent also mentions too_many_pings in a start-up warning, so
+# the bare word proves nothing).
+TOO_MANY_PINGS = (r"GOAWAY with error code ENHANCE_YOUR_CALM "
+                  r'and debug data equal to "too_many_pings"'
+                  r"|: UNAVAILABLE: Too many pings")
+
 
 def attr_string(value):
     return cloudevent_pb2.CloudEventAttributeValue(ce_string=value)

@@ -95,7 +95,8 @@ class BadEventsTest(h.IntegrationTestCase):
 
     def peers(self):
         """Client addresses of the Subscribe calls the principal saw, in order."""
-        return re.findall(r"agent agent-a subscribed \(mode \w+, peer (\S+)\)", self.principal.text())
+        return re.findall(r"agent agent-a subscribed \(mode \w+, peer (\S+)\)",
+                          self.principal.text())
 
     def subscribe(self, token):
         call = px.SubscribeCall(self.channel, token)
@@ -143,10 +144,9 @@ class BadEventsTest(h.IntegrationTestCase):
         self.expect_ack(call, "good-e_1", "good-e_1_7")
 
         for resourceid, ev, problem in cases:
-            self.principal.wait_log(
-                r"^\S+ error .*" + re.escape(f"agent agent-a: rejected event type '{ev.event.type}' "
-                                              f"for resource '{resourceid}': {problem}") + "$",
-                timeout=5)
+            line = (f"agent agent-a: rejected event type '{ev.event.type}' "
+                    f"for resource '{resourceid}': {problem}")
+            self.principal.wait_log(r"^\S+ error .*" + re.escape(line) + "$", timeout=5)
 
         # The valid one was applied; none of the bad ones were.
         lines = h.wait_for(lambda: [l for l in h.read_text(self.event_log).splitlines() if l],

@@ -77,20 +77,44 @@ def auth(path):
         if k not in groups:
             order.append(k)
         groups[k].append(r)
-    print("| case | calls/s median (min–max) | p50 µs | p99 µs | load1 | runs |")
-    print("|---|---|---|---|---|---|")
+    print("| case | calls/s median (min–max) | p50 µs | p99 µs | auth worker CPU µs/call | listener CPU µs/call | load1 | runs |")
+    print("|---|---|---|---|---|---|---|---|")
     for k in order:
         rs = groups[k]
-        print("| {} | {} | {} | {} | {} | {} |".format(
+        print("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
             k, spread([num(r["rate"]) for r in rs]), spread([num(r["p50_us"]) for r in rs], "{:.0f}"),
-            spread([num(r["p99_us"]) for r in rs], "{:.0f}"), "/".join(r["load1"] for r in rs), len(rs)))
+            spread([num(r["p99_us"]) for r in rs], "{:.0f}"),
+            spread([num(r["auth_cpu_us_per_call"]) for r in rs]) if rs[0]["auth_cpu_us_per_call"] else "–",
+            spread([num(r["listener_cpu_us_per_call"]) for r in rs]) if rs[0]["listener_cpu_us_per_call"] else "–",
+            "/".join(r["load1"] for r in rs), len(rs)))
+
+    def by(prefix):
+        for k in order:
+            if k.startswith(prefix):
+                return {r["rep"]: r for r in groups[k]}
+        return {}
+
+    print()
+    print("| comparison | p50 ratio (worker / in-process) | p50 added by the worker, minus the grpc floor: worker − in-process − Version | rate ratio |")
+    print("|---|---|---|---|")
+    for name, w, i, f in (("userpass, sequential", "(b) ", "(a) ", "(b0)"), ("header, sequential", "(c) ", "(d) ", "(c0)"),
+                          ("userpass, 4 threads", "(b4)", "(a4)", "(b0)"), ("header, 4 threads", "(c4)", "(d4)", "(c0)")):
+        W, I, F = by(w), by(i), by(f)
+        ratio, added, rate = [], [], []
+        for rep in W:
+            if rep in I and rep in F:
+                ratio.append(num(W[rep]["p50_us"]) / num(I[rep]["p50_us"]))
+                added.append(num(W[rep]["p50_us"]) - num(I[rep]["p50_us"]) - num(F[rep]["p50_us"]))
+                rate.append(num(W[rep]["rate"]) / num(I[rep]["rate"]))
+        print("| {} | {} | {} | {} |".format(name, spread(ratio, "{:.2f}×"), spread(added, "{:.0f} µs"),
+                                            spread(rate, "{:.2f}×")))
 
 
 def heartbeat(path):
     groups = defaultdict(list)
     for r in rows(path):
         groups[r["heartbeats"]].append(r)
-    print("| heartbeats | listener CPU ms / 30 s window | CPU % of a core | RSS MiB at end | threads | heartbeats ACKed/s | RTT p50 µs | RTT p99 µs | load1 | runs |")
+    print("| heartbeats | listener CPU ms per window | CPU % of a core | RSS MiB at end | threads | heartbeats ACKed/s | RTT p50 µs | RTT p99 µs | load1 | runs |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for k in ("off", "on"):
         rs = groups.get(k, [])

@@ -428,4 +428,18 @@ std::string newUuidV4() {
   return out;
 }
 
+std::optional<std::chrono::system_clock::time_point> unverifiedExpiry(std::string_view token) {
+  if (token.size() > 16 * 1024) return std::nullopt;
+  size_t a = token.find('.');
+  size_t b = a == std::string_view::npos ? a : token.find('.', a + 1);
+  if (b == std::string_view::npos) return std::nullopt;
+  auto payload = base64UrlDecode(token.substr(a + 1, b - a - 1));
+  if (!payload) return std::nullopt;
+  auto j = nlohmann::json::parse(*payload, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("exp") || !j["exp"].is_number_integer()) {
+    return std::nullopt;
+  }
+  return std::chrono::system_clock::time_point(std::chrono::seconds(j["exp"].get<int64_t>()));
+}
+
 }  // namespace aa::jwt

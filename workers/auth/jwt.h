@@ -79,6 +79,10 @@ struct VerifyResult {
 VerifyResult verify(const Key& key, std::string_view token, std::string_view expectedAudience,
                     std::chrono::system_clock::time_point now);
 
+// The `exp` claim of a token WITHOUT verifying it (the agent's own scheduling of refreshes, as
+// upstream does); nullopt when the token is malformed.
+std::optional<std::chrono::system_clock::time_point> unverifiedExpiry(std::string_view token);
+
 // RFC 4648 §5 base64url without padding (exposed for tests).
 std::string base64UrlEncode(std::string_view in);
 std::optional<std::string> base64UrlDecode(std::string_view in);

@@ -436,4 +436,17 @@ TEST(JwtErrorTest, ToStringCoversAll) {
 }
 
 }  // namespace
+TEST(JwtUnverifiedExpiry, ReadsExpWithoutVerifying) {
+  auto key = Key::privateFromPem(generatePrivatePem(2048));
+  auto now = std::chrono::system_clock::now();
+  auto token = aa::jwt::issue(*key, "agent-a", "managed", aa::jwt::kAudienceAccess, now,
+                              std::chrono::seconds(300));
+  auto exp = aa::jwt::unverifiedExpiry(token);
+  ASSERT_TRUE(exp.has_value());
+  EXPECT_NEAR(std::chrono::duration_cast<std::chrono::milliseconds>(*exp - now).count(), 300000,
+              1000);
+  EXPECT_FALSE(aa::jwt::unverifiedExpiry("not.a-token").has_value());
+  EXPECT_FALSE(aa::jwt::unverifiedExpiry("abc").has_value());
+}
+
 }  // namespace aa::jwt

@@ -195,6 +195,70 @@ class TransportRole final : public Role {
     cv_.wait_for(lock, d, [this] { return stop_; });
   }
 
+  authapi::AuthRequest authRequest() const {
+    authapi::AuthRequest areq;
+    areq.set_method(config_.credsMethod);
+    areq.set_mode(config_.agentMode);
+    areq.set_version(ARGOCD_AGENT_VERSION);
+    areq.set_agentnamespace(config_.namespace_);
+    if (config_.credsMethod == "userpass") {
+      (*areq.mutable_credentials())["clientid"] = creds_.clientId;
+      (*areq.mutable_credentials())["clientsecret"] = creds_.password;
+    }
+    return areq;
+  }
+
+  // Keeps the access token fresh while a stream is open (upstream refreshes when < 30 s remain):
+  // RefreshToken on the same channel, and a full Authenticate if that fails. The open stream does
+  // not need it; every later RPC on the connection does.
+  void refreshLoop(const std::shared_ptr<grpc::Channel>& channel, std::atomic<bool>& streamDone) {
+    while (true) {
+      std::string access, refresh;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        access = accessToken_;
+        refresh = refreshToken_;
+      }
+      auto exp = jwt::unverifiedExpiry(access);
+      auto now = std::chrono::system_clock::now();
+      auto wait = exp ? std::chrono::duration_cast<std::chrono::milliseconds>(*exp - now) -
+                            std::chrono::milliseconds(30'000)
+                      : std::chrono::milliseconds(60'000);
+      if (wait < std::chrono::milliseconds(1000)) wait = std::chrono::milliseconds(1000);
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (cv_.wait_for(lock, wait, [&] { return stop_ || streamDone.load(); })) return;
+      }
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + kRpcDeadline);
+      authapi::RefreshTokenRequest req;
+      req.set_refreshtoken(refresh);
+      authapi::AuthResponse resp;
+      auto st = authapi::Authentication::NewStub(channel)->RefreshToken(&ctx, req, &resp);
+      if (st.ok() && !resp.accesstoken().empty()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        accessToken_ = resp.accesstoken();
+        if (!resp.refreshtoken().empty()) refreshToken_ = resp.refreshtoken();
+        spdlog::info("access token refreshed");
+        continue;
+      }
+      spdlog::warn("token refresh failed ({}: {}); authenticating again", codeName(st.error_code()),
+                   st.error_message());
+      grpc::ClientContext actx;
+      actx.set_deadline(std::chrono::system_clock::now() + kRpcDeadline);
+      authapi::AuthResponse aresp;
+      st = authapi::Authentication::NewStub(channel)->Authenticate(&actx, authRequest(), &aresp);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (st.ok()) {
+        accessToken_ = aresp.accesstoken();
+        refreshToken_ = aresp.refreshtoken();
+      } else {
+        spdlog::warn("re-authentication failed ({}); retrying", codeName(st.error_code()));
+        accessToken_.clear();  // unknown expiry: the next attempt comes after 60 s
+      }
+    }
+  }
+
   // One stream's heartbeats: every interval, judge the previous one, then send the next.
   void heartbeatLoop(HeartbeatMonitor& monitor, std::atomic<bool>& streamDone,
                      grpc::ClientContext& ctx) {
@@ -255,15 +319,7 @@ class TransportRole final : public Role {
     }
     auto channel = grpc::CreateCustomChannel(target_, channelCreds_, args);
 
-    authapi::AuthRequest areq;
-    areq.set_method(config_.credsMethod);
-    areq.set_mode(config_.agentMode);
-    areq.set_version(ARGOCD_AGENT_VERSION);
-    areq.set_agentnamespace(config_.namespace_);
-    if (config_.credsMethod == "userpass") {
-      (*areq.mutable_credentials())["clientid"] = creds_.clientId;
-      (*areq.mutable_credentials())["clientsecret"] = creds_.password;
-    }
+    authapi::AuthRequest areq = authRequest();
     authapi::AuthResponse aresp;
     {
       grpc::ClientContext ctx;
@@ -283,6 +339,11 @@ class TransportRole final : public Role {
     }
     spdlog::info("Authentication successful");
     const std::string token = aresp.accesstoken();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      accessToken_ = aresp.accesstoken();
+      refreshToken_ = aresp.refreshtoken();
+    }
 
     versionapi::VersionResponse vresp;
     {
@@ -318,6 +379,7 @@ class TransportRole final : public Role {
       if (config_.heartbeatInterval.count() > 0) {
         heartbeat = std::thread([&] { heartbeatLoop(monitor, streamDone, ctx); });
       }
+      std::thread refresher([&] { refreshLoop(channel, streamDone); });
       auto stats =
           delivery::pumpStream(*stream, outbox_, sink_, ledger_, ledgerMu_, kSource, "principal",
                                [&](const delivery::Event& ack) {
@@ -332,6 +394,7 @@ class TransportRole final : public Role {
       streamDone = true;
       cv_.notify_all();
       if (heartbeat.joinable()) heartbeat.join();
+      refresher.join();
       spdlog::debug("stream stats: {} received, {} applied, {} duplicates, {} rejected",
                     stats.received, stats.applied, stats.duplicates, stats.rejected);
     }
@@ -382,6 +445,7 @@ class TransportRole final : public Role {
   grpc::ClientContext* active_ = nullptr;
   std::string state_ = "starting";
   std::optional<std::chrono::nanoseconds> heartbeatRtt_;  // guarded by mu_
+  std::string accessToken_, refreshToken_;                // guarded by mu_
   std::atomic<bool> declaredDead_{false};
   LifetimePattern lifetimes_;
   // Delivery state outlives streams: un-ACKed events are re-sent on the next stream.
