@@ -177,6 +177,14 @@ def _read_proc(pid, name, binary=False):
         return None
 
 
+def resume(pid):
+    """SIGCONT a process this test froze, if it still exists."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
 def proc_comm(pid):
     v = _read_proc(pid, "comm")
     return None if v is None else v.rstrip("\n")

@@ -182,20 +182,7 @@ class MtlsSidecar(proxies.Proxy):
 
     def write_config(self):
         d = self.dir
-        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            os.makedirs(os.path.join(d, sub), exist_ok=True)
-        conf = f"""
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-worker_rlimit_nofile 1024;
-events {{ worker_connections 256; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+        conf = proxies.nginx_prologue(d) + f"""
     map $ssl_client_s_dn $sa {{
         default "";
         "~^CN=([a-z0-9](?:[-a-z0-9]{{0,61}}[a-z0-9])?)$" $1;

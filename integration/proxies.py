@@ -110,6 +110,26 @@ class Proxy:
         return self.popen.pid
 
 
+def nginx_prologue(d):
+    """The start of an nginx.conf running unprivileged in directory `d` (pid, logs and temp paths
+    there), up to and including `http {`; callers add their maps and servers and close it."""
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.makedirs(os.path.join(d, sub), exist_ok=True)
+    return f"""
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+worker_rlimit_nofile 1024;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+"""
+
+
 class Nginx(Proxy):
     """nginx as an HTTP/2 (h2c) gRPC reverse proxy: `grpc_pass grpc://127.0.0.1:BACKEND`.
 
@@ -125,20 +145,7 @@ class Nginx(Proxy):
 
     def write_config(self):
         d = self.dir
-        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            os.makedirs(os.path.join(d, sub), exist_ok=True)
-        conf = f"""
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-worker_rlimit_nofile 1024;
-events {{ worker_connections 256; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+        conf = nginx_prologue(d) + f"""
     server {{
         listen 127.0.0.1:{self.port} http2;
         client_body_timeout {self.client_body_timeout};

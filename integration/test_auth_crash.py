@@ -76,7 +76,7 @@ class AuthCrashTest(h.IntegrationTestCase):
 
         pid = self.principal.worker("auth")["pid"]
         os.kill(pid, signal.SIGSTOP)
-        self.addCleanup(_cont, pid)
+        self.addCleanup(h.resume, pid)
         h.wait_for(lambda: h.proc_state(pid) == "T", 5, f"auth pid {pid} stopped")
 
         for user, password, what in ((USER, PASSWORD, "valid"), (OTHER, "wrong", "invalid"),
@@ -90,7 +90,7 @@ class AuthCrashTest(h.IntegrationTestCase):
                 # The principal gives up on the auth worker after about 2 s.
                 self.assertLess(r.elapsed, 5.0, r)
 
-        _cont(pid)  # (the supervisor may have replaced a hung worker meanwhile)
+        h.resume(pid)  # (the supervisor may have replaced a hung worker meanwhile)
         last = {}
 
         def granted():
@@ -138,13 +138,6 @@ class AuthCrashTest(h.IntegrationTestCase):
                 self.assertIn("authentication service unavailable", details)
         # The grant came from the new generation of the auth worker.
         self.principal.wait_log(rf"\[principal/auth \d+ g{gen + 1}\] agent {USER} authenticated", timeout=5)
-
-
-def _cont(pid):
-    try:
-        os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ class DeadPeerTest(h.IntegrationTestCase):
         listener = principal.worker("listener")
         pid = listener["pid"]
         self.assertTrue(h.proc_alive(pid), listener)
-        self.addCleanup(self._cont, pid)  # never leave a stopped process behind
+        self.addCleanup(h.resume, pid)  # never leave a stopped process behind
         os.kill(pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
         h.wait_for(lambda: h.proc_state(pid) == "T", 2, f"listener {pid} stopped")
@@ -68,13 +68,6 @@ class DeadPeerTest(h.IntegrationTestCase):
         principal.wait_log(r"agent agent-a subscribed", count=2, timeout=5)
         self.assertAlive(agent)
         self.assertAlive(principal)
-
-    @staticmethod
-    def _cont(pid):
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
 
 
 if __name__ == "__main__":
