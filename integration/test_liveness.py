@@ -20,6 +20,9 @@ class LivenessTest(harness.IntegrationTestCase):
 
         harness.wait_for(lambda: self.agents(principal).get(name, {}).get("heartbeats", 0) >= 2,
                          10, "heartbeats counted in the agents view")
+        # The agent reports its measured heartbeat round trip on its next heartbeat.
+        harness.wait_for(lambda: self.agents(principal)[name]["heartbeatRttUs"] > 0, 5,
+                         "heartbeat RTT reported to the principal")
         view = self.agents(principal)[name]
         self.assertEqual(view["state"], "connected")
         self.assertEqual(view["reconnects"], 0)

@@ -31,6 +31,7 @@ struct AgentInfo {
   streams @4 :UInt32;           # streams opened so far (reconnects = streams - 1)
   heartbeats @5 :UInt64;
   unacknowledged @6 :UInt64;    # events sent or queued, not yet ACKed
+  heartbeatRttUs @7 :UInt64;    # the agent's last measured heartbeat round trip (0: unknown)
 }
 
 interface Supervisor {

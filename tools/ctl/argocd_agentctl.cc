@@ -131,18 +131,21 @@ int run(const std::string& socketPath, const std::vector<std::string>& cmd) {
                      {"streams", a.getStreams()},
                      {"reconnects", a.getStreams() > 0 ? a.getStreams() - 1 : 0},
                      {"heartbeats", a.getHeartbeats()},
+                     {"heartbeatRttUs", a.getHeartbeatRttUs()},
                      {"unacknowledged", a.getUnacknowledged()}});
       }
       std::cout << j.dump(2) << "\n";
       return 0;
     }
-    printf("%-24s %-13s %-10s %-11s %-10s %-11s %s\n", "AGENT", "STATE", "CONNECTED", "LAST HEARD",
-           "RECONNECTS", "HEARTBEATS", "UNACKED");
+    printf("%-24s %-13s %-10s %-11s %-10s %-11s %-10s %s\n", "AGENT", "STATE", "CONNECTED",
+           "LAST HEARD", "RECONNECTS", "HEARTBEATS", "HB RTT", "UNACKED");
     for (auto a : r.getAgents()) {
-      printf("%-24s %-13s %-10s %-11s %-10u %-11lu %lu\n", a.getName().cStr(), a.getState().cStr(),
-             formatUptime(a.getConnectedSinceMs()).c_str(),
+      printf("%-24s %-13s %-10s %-11s %-10u %-11lu %-10s %lu\n", a.getName().cStr(),
+             a.getState().cStr(), formatUptime(a.getConnectedSinceMs()).c_str(),
              (formatUptime(std::max<uint64_t>(a.getLastHeardMs(), 1)) + " ago").c_str(),
-             a.getStreams() > 0 ? a.getStreams() - 1 : 0, a.getHeartbeats(), a.getUnacknowledged());
+             a.getStreams() > 0 ? a.getStreams() - 1 : 0, a.getHeartbeats(),
+             a.getHeartbeatRttUs() ? (std::to_string(a.getHeartbeatRttUs()) + "us").c_str() : "-",
+             a.getUnacknowledged());
     }
     return 0;
   }

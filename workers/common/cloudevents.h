@@ -16,6 +16,9 @@ inline constexpr std::string_view kPing = "io.argoproj.argocd-agent.event.ping";
 inline constexpr std::string_view kTargetEventProcessed = "eventProcessed";
 inline constexpr std::string_view kTargetHeartbeat = "heartbeat";
 inline constexpr std::string_view kSpecVersion = "1.0";
+// Our extension on heartbeats: the agent's previous heartbeat round trip in microseconds
+// (ce_string). Upstream principals copy it into the ACK and otherwise ignore it.
+inline constexpr std::string_view kHeartbeatRttExtension = "heartbeatrttus";
 
 // Attributes that are CloudEvents context attributes, not extensions (never copied into ACKs).
 bool isContextAttribute(std::string_view name);

@@ -38,7 +38,7 @@ std::vector<Field> decode(const std::string& buf) {
   };
   while (i < buf.size()) {
     uint64_t key = varint();
-    Field f{static_cast<int>(key >> 3), static_cast<int>(key & 7)};
+    Field f{static_cast<int>(key >> 3), static_cast<int>(key & 7), 0, {}};
     if (f.wireType == 0) {
       f.varint = varint();
     } else if (f.wireType == 2) {

@@ -51,6 +51,7 @@ class Role {
   struct AgentView {
     std::string name, state;
     uint64_t connectedSinceMs = 0, lastHeardMs = 0, heartbeats = 0, unacknowledged = 0;
+    uint64_t heartbeatRttUs = 0;
     uint32_t streams = 0;
   };
   // The principal listener's per-agent view; empty for other roles.

@@ -56,6 +56,7 @@ class WorkerImpl final : public ipc::Worker::Server {
         a.setStreams(views[i].streams);
         a.setHeartbeats(views[i].heartbeats);
         a.setUnacknowledged(views[i].unacknowledged);
+        a.setHeartbeatRttUs(views[i].heartbeatRttUs);
       }
     }
     return kj::READY_NOW;

@@ -184,6 +184,7 @@ struct AgentSession {
   std::chrono::steady_clock::time_point connectedSince{}, lastHeard{};
   uint32_t streams = 0;
   uint64_t heartbeats = 0;
+  uint64_t heartbeatRttUs = 0;  // as reported by the agent
   bool stale = false;
 };
 
@@ -229,17 +230,24 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
     streams_++;
     spdlog::info("agent {} subscribed (mode {}, peer {})", agent, claims->mode, ctx->peer());
     stream->SendInitialMetadata();
-    auto stats =
-        delivery::pumpStream(*stream, session->outbox, sink_, session->ledger, session->ledgerMu,
-                             "", "agent " + agent, [&session, &agent](const delivery::Event& e) {
-                               std::lock_guard<std::mutex> lock(session->mu);
-                               session->lastHeard = std::chrono::steady_clock::now();
-                               if (e.type() == ce::kPing) session->heartbeats++;
-                               if (session->stale) {
-                                 session->stale = false;
-                                 spdlog::info("agent {} is alive again", agent);
-                               }
-                             });
+    auto stats = delivery::pumpStream(
+        *stream, session->outbox, sink_, session->ledger, session->ledgerMu, "", "agent " + agent,
+        [&session, &agent](const delivery::Event& e) {
+          std::lock_guard<std::mutex> lock(session->mu);
+          session->lastHeard = std::chrono::steady_clock::now();
+          if (e.type() == ce::kPing) {
+            session->heartbeats++;
+            std::string rtt = ce::stringAttr(e, std::string(ce::kHeartbeatRttExtension));
+            if (!rtt.empty() && rtt.size() < 16 &&
+                rtt.find_first_not_of("0123456789") == std::string::npos) {
+              session->heartbeatRttUs = std::stoull(rtt);
+            }
+          }
+          if (session->stale) {
+            session->stale = false;
+            spdlog::info("agent {} is alive again", agent);
+          }
+        });
     {
       std::lock_guard<std::mutex> lock(session->mu);
       if (session->active == ctx) session->active = nullptr;
@@ -275,6 +283,7 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
       v.lastHeardMs = ms(now - s->lastHeard);
       v.streams = s->streams;
       v.heartbeats = s->heartbeats;
+      v.heartbeatRttUs = s->heartbeatRttUs;
       out.push_back(std::move(v));
     }
     return out;

@@ -280,7 +280,13 @@ class TransportRole final : public Role {
       }
       std::string id = jwt::newUuidV4();
       monitor.sent(id, std::chrono::steady_clock::now());
-      outbox_.enqueueUntracked(ce::makeHeartbeat(kSource, id));
+      auto hb = ce::makeHeartbeat(kSource, id);
+      if (auto rtt = monitor.lastRtt()) {
+        auto us = std::chrono::duration_cast<std::chrono::microseconds>(*rtt).count();
+        (*hb.mutable_attributes())[std::string(ce::kHeartbeatRttExtension)].set_ce_string(
+            std::to_string(us));
+      }
+      outbox_.enqueueUntracked(std::move(hb));
     }
   }
 
