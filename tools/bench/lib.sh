@@ -73,5 +73,6 @@ stop_pid() {
 machine_info() {
   echo "machine: nproc=$(nproc) cpu=\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')\"" \
     "kernel=$(uname -r) load=\"$(cut -d' ' -f1-3 /proc/loadavg)\"" \
-    "commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo -dirty)"
+    "tree=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo -dirty)" \
+    "bin=$BIN argocd-agent-built=\"$(date -r "$BIN/argocd-agent" '+%F %T' 2>/dev/null)\""
 }

@@ -4,6 +4,7 @@
   summarize.py delivery FILE.tsv    (tools/bench/delivery.sh)
   summarize.py auth FILE.tsv        (tools/bench/auth.sh)
   summarize.py heartbeat FILE.tsv   (tools/bench/heartbeat.sh)
+  summarize.py raw FILE.tsv         every row, as a Markdown table
 """
 import csv
 import statistics
@@ -140,5 +141,14 @@ def heartbeat(path):
         print("- RSS with heartbeats on − off (medians): {:+.1f} MiB".format((rss_on - rss_off) / 1024))
 
 
+def raw(path):
+    with open(path) as f:
+        lines = [l.rstrip("\n").split("\t") for l in f if l.strip()]
+    print("| " + " | ".join(lines[0]) + " |")
+    print("|" + "---|" * len(lines[0]))
+    for l in lines[1:]:
+        print("| " + " | ".join(l) + " |")
+
+
 if __name__ == "__main__":
-    {"delivery": delivery, "auth": auth, "heartbeat": heartbeat}[sys.argv[1]](sys.argv[2])
+    {"delivery": delivery, "auth": auth, "heartbeat": heartbeat, "raw": raw}[sys.argv[1]](sys.argv[2])

@@ -15,6 +15,9 @@ struct AuthBridge::State {
     ipc::Auth::Client auth = nullptr;
   };
   kj::Maybe<kj::Own<Conn>> conn;
+  // A connection attempt in progress, shared by every call that arrives meanwhile (one link, not
+  // one per concurrent caller: a later link replacing an earlier one would cut its requests).
+  kj::Maybe<kj::ForkedPromise<ipc::Auth::Client>> connecting;
   unsigned epoch = 0;  // bumped whenever the connection is dropped
 };
 
@@ -33,19 +36,26 @@ kj::Promise<ipc::Auth::Client> AuthBridge::connection() {
   KJ_IF_MAYBE (c, state_->conn) {
     return (*c)->auth;
   }
-  return io_.provider->getNetwork()
-      .parseAddress(kj::str("unix:", socketPath_.c_str()))
-      .then([](kj::Own<kj::NetworkAddress> addr) { return addr->connect(); })
-      .then([this](kj::Own<kj::AsyncIoStream> stream) -> ipc::Auth::Client {
-        auto conn = kj::heap<State::Conn>();
-        conn->stream = kj::mv(stream);
-        conn->rpc = kj::heap<capnp::TwoPartyClient>(*conn->stream);
-        conn->auth = conn->rpc->bootstrap().castAs<ipc::Auth>();
-        ipc::Auth::Client cap = conn->auth;
-        state_->conn = kj::mv(conn);
-        spdlog::debug("connected to the auth worker");
-        return cap;
-      });
+  KJ_IF_MAYBE (pending, state_->connecting) {
+    return pending->addBranch();
+  }
+  auto forked = io_.provider->getNetwork()
+                    .parseAddress(kj::str("unix:", socketPath_.c_str()))
+                    .then([](kj::Own<kj::NetworkAddress> addr) { return addr->connect(); })
+                    .then([this](kj::Own<kj::AsyncIoStream> stream) -> ipc::Auth::Client {
+                      auto conn = kj::heap<State::Conn>();
+                      conn->stream = kj::mv(stream);
+                      conn->rpc = kj::heap<capnp::TwoPartyClient>(*conn->stream);
+                      conn->auth = conn->rpc->bootstrap().castAs<ipc::Auth>();
+                      ipc::Auth::Client cap = conn->auth;
+                      state_->conn = kj::mv(conn);
+                      spdlog::debug("connected to the auth worker");
+                      return cap;
+                    })
+                    .fork();
+  auto branch = forked.addBranch();
+  state_->connecting = kj::mv(forked);
+  return branch;
 }
 
 kj::Promise<AuthOutcome> AuthBridge::call(
@@ -58,6 +68,7 @@ kj::Promise<AuthOutcome> AuthBridge::call(
     // the next generation, which inherits the same socket), and refuse this request.
     if (state_->epoch == epoch) {
       state_->conn = nullptr;
+      state_->connecting = nullptr;
       ++state_->epoch;
     }
     AuthOutcome out;
