@@ -54,8 +54,8 @@ std::string readFile(const std::string& path) {
 }
 
 struct Options {
-  std::string mode, method = "userpass", jwtKey, users, target, password = "pw",
-                    agent = "agent-a", header = "x-id", version = ARGOCD_AGENT_VERSION;
+  std::string mode, method = "userpass", jwtKey, users, target, password = "pw", agent = "agent-a",
+                    header = "x-id", version = ARGOCD_AGENT_VERSION;
   uint64_t n = 1000, warmup = 200;
   int threads = 1;
 };
@@ -70,17 +70,28 @@ Options parse(int argc, char** argv) {
       if (i + 1 >= argc) usage("missing value for " + a);
       return argv[++i];
     };
-    if (a == "--method") o.method = next();
-    else if (a == "--jwt-key") o.jwtKey = next();
-    else if (a == "--users") o.users = next();
-    else if (a == "--target") o.target = next();
-    else if (a == "--password") o.password = next();
-    else if (a == "--agent") o.agent = next();
-    else if (a == "--header") o.header = next();
-    else if (a == "--n") o.n = std::stoull(next());
-    else if (a == "--warmup") o.warmup = std::stoull(next());
-    else if (a == "--threads") o.threads = std::stoi(next());
-    else usage("unknown argument " + a);
+    if (a == "--method")
+      o.method = next();
+    else if (a == "--jwt-key")
+      o.jwtKey = next();
+    else if (a == "--users")
+      o.users = next();
+    else if (a == "--target")
+      o.target = next();
+    else if (a == "--password")
+      o.password = next();
+    else if (a == "--agent")
+      o.agent = next();
+    else if (a == "--header")
+      o.header = next();
+    else if (a == "--n")
+      o.n = std::stoull(next());
+    else if (a == "--warmup")
+      o.warmup = std::stoull(next());
+    else if (a == "--threads")
+      o.threads = std::stoi(next());
+    else
+      usage("unknown argument " + a);
   }
   if (o.threads < 1) usage("--threads must be positive");
   return o;
@@ -125,12 +136,14 @@ int measure(const Options& o, const std::string& label, MakeCall makeCall) {
   auto q = [&](double f) {
     return all.empty() ? 0.0 : all[std::min(all.size() - 1, size_t(f * all.size()))] / 1000.0;
   };
-  printf("auth: mode=%s method=%s threads=%d n=%zu ms=%.0f rate=%.0f p50_us=%.1f p99_us=%.1f "
-         "fails=%llu\n",
-         o.mode.c_str(), label.c_str(), o.threads, all.size(), ms, all.size() * 1000.0 / ms,
-         q(0.5), q(0.99), static_cast<unsigned long long>(fails.load()));
-  if (warmFails > 0) fprintf(stderr, "auth_bench: %llu failures during warm-up\n",
-                             static_cast<unsigned long long>(warmFails));
+  printf(
+      "auth: mode=%s method=%s threads=%d n=%zu ms=%.0f rate=%.0f p50_us=%.1f p99_us=%.1f "
+      "fails=%llu\n",
+      o.mode.c_str(), label.c_str(), o.threads, all.size(), ms, all.size() * 1000.0 / ms, q(0.5),
+      q(0.99), static_cast<unsigned long long>(fails.load()));
+  if (warmFails > 0)
+    fprintf(stderr, "auth_bench: %llu failures during warm-up\n",
+            static_cast<unsigned long long>(warmFails));
   return fails.load() == 0 ? 0 : 1;
 }
 
@@ -186,9 +199,10 @@ int viaGrpc(const Options& o) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     auto channel = grpc::CreateCustomChannel(o.target, grpc::InsecureChannelCredentials(), args);
-    auto auth = std::shared_ptr<authapi::Authentication::Stub>(
-        authapi::Authentication::NewStub(channel));
-    auto version = std::shared_ptr<versionapi::Version::Stub>(versionapi::Version::NewStub(channel));
+    auto auth =
+        std::shared_ptr<authapi::Authentication::Stub>(authapi::Authentication::NewStub(channel));
+    auto version =
+        std::shared_ptr<versionapi::Version::Stub>(versionapi::Version::NewStub(channel));
     authapi::AuthRequest req;
     req.set_method(o.method);
     req.set_mode("managed");

@@ -70,15 +70,24 @@ Options parse(int argc, char** argv) {
       if (i + 1 >= argc) usage(("missing value for " + a).c_str());
       return argv[++i];
     };
-    if (a == "--role") o.role = next();
-    else if (a == "--count") o.count = std::stoull(next());
-    else if (a == "--window") o.window = std::stoull(next());
-    else if (a == "--bytes") o.bytes = std::stoul(next());
-    else if (a == "--tls-dir") o.tlsDir = next();
-    else if (a == "--plaintext") o.plaintext = true;
-    else if (a == "--port-fd") o.portFd = std::stoi(next());
-    else if (a == "--timeout-s") o.timeoutS = std::stoi(next());
-    else usage(("unknown argument " + a).c_str());
+    if (a == "--role")
+      o.role = next();
+    else if (a == "--count")
+      o.count = std::stoull(next());
+    else if (a == "--window")
+      o.window = std::stoull(next());
+    else if (a == "--bytes")
+      o.bytes = std::stoul(next());
+    else if (a == "--tls-dir")
+      o.tlsDir = next();
+    else if (a == "--plaintext")
+      o.plaintext = true;
+    else if (a == "--port-fd")
+      o.portFd = std::stoi(next());
+    else if (a == "--timeout-s")
+      o.timeoutS = std::stoi(next());
+    else
+      usage(("unknown argument " + a).c_str());
   }
   if (!o.plaintext && o.tlsDir.empty()) usage("give --tls-dir DIR or --plaintext");
   if (o.window == 0 || o.count == 0) usage("--count and --window must be positive");

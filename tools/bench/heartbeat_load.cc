@@ -66,16 +66,26 @@ Options parse(int argc, char** argv) {
       if (i + 1 >= argc) usage("missing value for " + a);
       return argv[++i];
     };
-    if (a == "--target") o.target = next();
-    else if (a == "--agents") o.agents = std::stoi(next());
-    else if (a == "--channels") o.channels = std::stoi(next());
-    else if (a == "--interval-ms") o.intervalMs = std::stoi(next());
-    else if (a == "--heartbeats") o.heartbeats = next() == "on";
-    else if (a == "--settle-s") o.settleS = std::stoi(next());
-    else if (a == "--window-s") o.windowS = std::stoi(next());
-    else if (a == "--listener-pid") o.listenerPid = std::stoi(next());
-    else if (a == "--header") o.header = next();
-    else usage("unknown argument " + a);
+    if (a == "--target")
+      o.target = next();
+    else if (a == "--agents")
+      o.agents = std::stoi(next());
+    else if (a == "--channels")
+      o.channels = std::stoi(next());
+    else if (a == "--interval-ms")
+      o.intervalMs = std::stoi(next());
+    else if (a == "--heartbeats")
+      o.heartbeats = next() == "on";
+    else if (a == "--settle-s")
+      o.settleS = std::stoi(next());
+    else if (a == "--window-s")
+      o.windowS = std::stoi(next());
+    else if (a == "--listener-pid")
+      o.listenerPid = std::stoi(next());
+    else if (a == "--header")
+      o.header = next();
+    else
+      usage("unknown argument " + a);
   }
   if (o.target.empty()) usage("--target is required");
   if (o.agents < 1 || o.channels < 1 || o.intervalMs < 1) usage("counts must be positive");
@@ -160,8 +170,8 @@ int main(int argc, char** argv) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt("aa.bench.channel", c);  // makes each channel's args distinct
-    channels.push_back(grpc::CreateCustomChannel(o.target, grpc::InsecureChannelCredentials(),
-                                                 args));
+    channels.push_back(
+        grpc::CreateCustomChannel(o.target, grpc::InsecureChannelCredentials(), args));
   }
   std::vector<std::unique_ptr<Agent>> agents;
   for (int i = 0; i < o.agents; ++i) {
@@ -293,10 +303,10 @@ int main(int argc, char** argv) {
       auto wake = std::min(until, onIdle(now));
       void* tag;
       bool ok;
-      auto st = cq.AsyncNext(&tag, &ok,
-                             std::chrono::system_clock::now() +
-                                 std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                                     wake - Clock::now()));
+      auto st = cq.AsyncNext(
+          &tag, &ok,
+          std::chrono::system_clock::now() +
+              std::chrono::duration_cast<std::chrono::system_clock::duration>(wake - Clock::now()));
       if (st == grpc::CompletionQueue::GOT_EVENT) handle(static_cast<Op*>(tag), ok);
     }
   };
@@ -306,7 +316,8 @@ int main(int argc, char** argv) {
   while (acked + dead < static_cast<uint64_t>(o.agents) && Clock::now() < connectDeadline) {
     void* tag;
     bool ok;
-    if (cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now() + std::chrono::milliseconds(200)) ==
+    if (cq.AsyncNext(&tag, &ok,
+                     std::chrono::system_clock::now() + std::chrono::milliseconds(200)) ==
         grpc::CompletionQueue::GOT_EVENT) {
       handle(static_cast<Op*>(tag), ok);
     }
@@ -349,17 +360,19 @@ int main(int argc, char** argv) {
     return rttNs.empty() ? 0.0 : rttNs[std::min(rttNs.size() - 1, size_t(f * rttNs.size()))] / 1e3;
   };
   double cpuMs = w1.cpuMs - w0.cpuMs;
-  printf("hb: heartbeats=%s agents=%d interval_ms=%d window_s=%.1f sent=%llu acked=%llu "
-         "skipped=%llu dead=%llu unmatched=%llu rate=%.0f rtt_p50_us=%.0f rtt_p99_us=%.0f\n",
-         o.heartbeats ? "on" : "off", o.agents, o.intervalMs, wallS,
-         static_cast<unsigned long long>(winSent), static_cast<unsigned long long>(winAcked),
-         static_cast<unsigned long long>(winSkipped), static_cast<unsigned long long>(dead),
-         static_cast<unsigned long long>(unmatched), winAcked / wallS, q(0.5), q(0.99));
+  printf(
+      "hb: heartbeats=%s agents=%d interval_ms=%d window_s=%.1f sent=%llu acked=%llu "
+      "skipped=%llu dead=%llu unmatched=%llu rate=%.0f rtt_p50_us=%.0f rtt_p99_us=%.0f\n",
+      o.heartbeats ? "on" : "off", o.agents, o.intervalMs, wallS,
+      static_cast<unsigned long long>(winSent), static_cast<unsigned long long>(winAcked),
+      static_cast<unsigned long long>(winSkipped), static_cast<unsigned long long>(dead),
+      static_cast<unsigned long long>(unmatched), winAcked / wallS, q(0.5), q(0.99));
   if (o.listenerPid > 0) {
-    printf("hb: listener_pid=%d cpu_ms=%.0f cpu_pct=%.2f rss_before_kib=%ld rss_connected_kib=%ld "
-           "rss_start_kib=%ld rss_end_kib=%ld threads_before=%ld threads=%ld\n",
-           o.listenerPid, cpuMs, cpuMs / (wallS * 10.0), before.rssKiB, connected.rssKiB,
-           w0.rssKiB, w1.rssKiB, before.threads, w1.threads);
+    printf(
+        "hb: listener_pid=%d cpu_ms=%.0f cpu_pct=%.2f rss_before_kib=%ld rss_connected_kib=%ld "
+        "rss_start_kib=%ld rss_end_kib=%ld threads_before=%ld threads=%ld\n",
+        o.listenerPid, cpuMs, cpuMs / (wallS * 10.0), before.rssKiB, connected.rssKiB, w0.rssKiB,
+        w1.rssKiB, before.threads, w1.threads);
   }
   printf("hb: loadgen_cpu_ms=%.0f\n", selfMs);
   fflush(stdout);

@@ -53,7 +53,12 @@ void Outbox::onReconnect() {
   cv_.notify_one();
 }
 
-void Outbox::wake() { cv_.notify_all(); }
+void Outbox::wake() {
+  // Taking the lock orders this after a waiter's check of its stop condition, so the
+  // notification cannot fall between that check and its wait.
+  { std::lock_guard<std::mutex> lock(mu_); }
+  cv_.notify_all();
+}
 
 std::vector<Event> Outbox::waitDue(const std::function<bool()>& stopped) {
   std::unique_lock<std::mutex> lock(mu_);
@@ -61,8 +66,10 @@ std::vector<Event> Outbox::waitDue(const std::function<bool()>& stopped) {
     auto now = Clock::now();
     auto out = writer_.takeDue(now, 256);
     if (!out.empty()) return out;
+    // Sleep until the next re-send is due or a producer, an ACK or wake() notifies; the 5 s cap
+    // is only a safety net (idle streams must not wake their thread several times a second).
     auto next = writer_.nextDeadline(now);
-    auto limit = now + std::chrono::milliseconds(250);
+    auto limit = now + std::chrono::seconds(5);
     cv_.wait_until(lock, next && *next < limit ? *next : limit);
   }
   return {};

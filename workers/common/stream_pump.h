@@ -31,7 +31,8 @@ class Outbox {
   void enqueueUntracked(Event e);
   bool ack(const std::string& resourceId, const std::string& eventId);
   void onReconnect();
-  // Blocks until something is due or `stopped()` returns true (checked at least every 250 ms).
+  // Blocks until something is due or `stopped()` returns true; whoever makes `stopped()` true
+  // must then call wake().
   std::vector<Event> waitDue(const std::function<bool()>& stopped);
   void wake();
   WriterStats stats();
