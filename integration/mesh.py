@@ -165,7 +165,7 @@ def cert_dates(cert_path):
 # nginx as the mTLS sidecar
 
 
-class MtlsSidecar(proxies.Proxy):
+class MtlsSidecar(proxies.Nginx):
     """nginx terminating mutual TLS (client certs from `client_ca`) and forwarding gRPC in
     plaintext to the principal, *setting* `header` to `template` with $sa = the client
     certificate's CN when the subject is exactly one DNS-label CN (else $sa is empty)."""
@@ -174,7 +174,7 @@ class MtlsSidecar(proxies.Proxy):
 
     def __init__(self, case, backend_port, server_cert, client_ca, header, template,
                  name="sidecar", listen_port=None):
-        super().__init__(case, name, backend_port, listen_port)
+        super().__init__(case, backend_port, name=name, listen_port=listen_port)
         self.server_cert = server_cert
         self.client_ca = client_ca  # path of the CA bundle that verifies client certs
         self.header = header
@@ -205,17 +205,7 @@ class MtlsSidecar(proxies.Proxy):
     }}
 }}
 """
-        path = os.path.join(d, "nginx.conf")
-        with open(path, "w") as f:
-            f.write(conf)
-        return path
-
-    def argv(self, conf):
-        return [proxies.NGINX, "-p", self.dir + "/", "-c", conf, "-g",
-                "daemon off; master_process off;"]
-
-    def access_log(self):
-        return os.path.join(self.dir, "access.log")
+        return self.write_conf(conf)
 
 
 # ------------------------------------------------------------------------------------------------

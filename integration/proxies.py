@@ -159,7 +159,10 @@ class Nginx(Proxy):
     }}
 }}
 """
-        path = os.path.join(d, "nginx.conf")
+        return self.write_conf(conf)
+
+    def write_conf(self, conf):
+        path = os.path.join(self.dir, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
         return path
