@@ -6,9 +6,11 @@
 //   auth_bench inproc --method userpass|header --jwt-key PEM --users FILE --n N [--threads T]
 //       (a) userpass: userpass::Database::verify + jwt::issue(access) + jwt::issue(refresh)
 //       (d) header:   identity::fromHeader + the same two jwt::issue
-//   auth_bench grpc --target HOST:PORT --method userpass|header|version --n N [--threads T]
+//   auth_bench grpc --target HOST:PORT --method userpass|header|denied|version --n N [--threads T]
 //       (b)/(c) Authenticate through a running principal (plaintext), or `version`: the
-//       unauthenticated Version RPC on the same listener (the grpc-only floor).
+//       unauthenticated Version RPC on the same listener (the grpc-only floor), or `denied`: header
+//       auth with a wrong agent version, which the auth worker refuses after parsing the identity
+//       and before any bcrypt or RSA (the round trip through the worker without the grant work).
 //   Options: --password PW (userpass, default "pw"), --agent NAME (default agent-a),
 //            --header NAME (header method, default x-id), --warmup N (default 200).
 //
@@ -191,8 +193,9 @@ int inproc(const Options& o) {
 
 int viaGrpc(const Options& o) {
   if (o.target.empty()) usage("grpc needs --target");
-  if (o.method != "userpass" && o.method != "header" && o.method != "version") {
-    usage("grpc --method must be userpass, header or version");
+  if (o.method != "userpass" && o.method != "header" && o.method != "denied" &&
+      o.method != "version") {
+    usage("grpc --method must be userpass, header, denied or version");
   }
   return measure(o, o.method, [&] {
     // One channel (one HTTP/2 connection) per client thread, as one agent per connection.
@@ -204,15 +207,16 @@ int viaGrpc(const Options& o) {
     auto version =
         std::shared_ptr<versionapi::Version::Stub>(versionapi::Version::NewStub(channel));
     authapi::AuthRequest req;
-    req.set_method(o.method);
+    bool denied = o.method == "denied";
+    req.set_method(denied ? "header" : o.method);
     req.set_mode("managed");
-    req.set_version(o.version);
+    req.set_version(denied ? o.version + "-bench-mismatch" : o.version);
     req.set_agentnamespace("argocd");
     if (o.method == "userpass") {
       (*req.mutable_credentials())["clientid"] = o.agent;
       (*req.mutable_credentials())["clientsecret"] = o.password;
     }
-    return [channel, auth, version, req, &o]() {
+    return [channel, auth, version, req, denied, &o]() {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
       grpc::Status st;
@@ -221,9 +225,13 @@ int viaGrpc(const Options& o) {
         versionapi::VersionResponse vresp;
         st = version->Version(&ctx, vreq, &vresp);
       } else {
-        if (o.method == "header") ctx.AddMetadata(o.header, o.agent);
+        if (o.method != "userpass") ctx.AddMetadata(o.header, o.agent);
         authapi::AuthResponse resp;
         st = auth->Authenticate(&ctx, req, &resp);
+        if (denied) {
+          if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION) return true;
+          if (st.ok()) return false;
+        }
         if (st.ok() && (resp.accesstoken().empty() || resp.refreshtoken().empty())) return false;
       }
       if (!st.ok()) {

@@ -1,7 +1,12 @@
-// The one seam between grpc++'s handler threads and the listener's KJ event loop, which owns the
-// Cap'n Proto link to the auth worker. Calls block the calling grpc thread (never the KJ thread)
-// and always return within the deadline. Fail closed: anything but an explicit grant from the
-// auth worker - a crash, a hang, a broken link, garbage - is a refusal.
+// The one seam between grpc++'s handler threads and the auth worker. Calls block the calling grpc
+// thread and always return within the deadline. Fail closed: anything but an explicit grant from
+// the auth worker - a crash, a hang, a broken link, garbage - is a refusal.
+//
+// Each call runs on the calling grpc thread itself, on a "channel" borrowed from a small pool: a
+// private KJ event loop plus its own Cap'n Proto link to the auth socket. No other thread is woken
+// on the listener's side (the listener's KJ thread is not involved), so a call costs one round
+// trip to the auth worker and nothing else. See auth_bridge.cc for why a pool and not one link or
+// one link per thread.
 #pragma once
 
 #include <string>
@@ -9,6 +14,8 @@
 #include <vector>
 
 #include <kj/async-io.h>
+#include <kj/mutex.h>
+#include <kj/vector.h>
 
 #include "ipc/auth.capnp.h"
 
@@ -33,26 +40,26 @@ struct AuthOutcome {
 
 class AuthBridge {
  public:
-  // Construct on the KJ thread. `socketPath` is the auth worker's service socket.
+  // `socketPath` is the auth worker's service socket. `io` and `timer` (the listener's KJ loop)
+  // are not used by calls any more; the parameters stay so that the listener constructs the
+  // bridge as before.
   AuthBridge(kj::AsyncIoContext& io, kj::Timer& timer, std::string socketPath,
              kj::Duration deadline);
   ~AuthBridge();
 
-  // Thread-safe; call from grpc threads only (never from the KJ thread: it would deadlock).
+  // Thread-safe; call from grpc threads only (never from a thread that runs a KJ event loop: the
+  // call runs its own loop on the calling thread, and such a call is refused).
   AuthOutcome authenticate(const AuthInput& input);
   AuthOutcome refresh(const std::string& refreshToken);
 
- private:
-  struct State;
-  kj::Promise<AuthOutcome> call(kj::Function<kj::Promise<AuthOutcome>(ipc::Auth::Client)> fn);
-  kj::Promise<ipc::Auth::Client> connection();
+  struct Channel;
 
-  kj::AsyncIoContext& io_;
-  kj::Timer& timer_;
+ private:
+  AuthOutcome call(kj::Function<kj::Promise<AuthOutcome>(ipc::Auth::Client)> fn);
+
   std::string socketPath_;
   kj::Duration deadline_;
-  const kj::Executor& executor_;
-  kj::Own<State> state_;  // touched only on the KJ thread
+  kj::MutexGuarded<kj::Vector<kj::Own<Channel>>> idle_;  // healthy links nobody is using
 };
 
 }  // namespace aa
