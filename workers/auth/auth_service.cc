@@ -2,11 +2,21 @@
 // crash without taking the listener or any stream with it. Serves ipc/auth.capnp on the Unix
 // socket inherited at fd 4 (bound once by the supervisor). Holds the JWT private key; nobody
 // else does.
+#include <fcntl.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <capnp/rpc-twoparty.h>
+#include <kj/async-unix.h>
 #include <kj/debug.h>
+#include <kj/mutex.h>
+#include <kj/thread.h>
+#include <kj/vector.h>
 
 #include "ipc/auth.capnp.h"
 #include "ipc/runtime/fd_contract.h"
@@ -30,22 +40,40 @@ std::string printable(std::string_view s) {
   return out;
 }
 
-class AuthImpl final : public ipc::Auth::Server {
- public:
-  AuthImpl(const Config& config, std::shared_ptr<const jwt::Key> key,
-           std::unique_ptr<userpass::Database> users)
-      : config_(config), key_(std::move(key)), users_(std::move(users)) {
+// What every serving thread's AuthImpl reads; immutable after start(), so shared without locks
+// (jwt::Key, userpass::Database::verify and RE2 matching are thread-safe for concurrent use).
+struct Shared {
+  Shared(const Config& config, std::shared_ptr<const jwt::Key> key,
+         std::unique_ptr<userpass::Database> users)
+      : config(config), key(std::move(key)), users(std::move(users)) {
     if (!config.principal.authPattern.empty()) {
       re2::RE2::Options options;
       options.set_log_errors(false);
       options.set_max_mem(8 << 20);
-      pattern_ = std::make_unique<re2::RE2>(config.principal.authPattern, options);
-      if (!pattern_->ok()) throw ConfigError("--auth regex: " + pattern_->error());
+      pattern = std::make_unique<re2::RE2>(config.principal.authPattern, options);
+      if (!pattern->ok()) throw ConfigError("--auth regex: " + pattern->error());
     }
     // Test-only fault switch (issue 4's containment test): crash while handling a request whose
     // clientid is this value. Off unless the variable is set; never set it in production.
-    if (const char* v = getenv("ARGOCD_AGENT_TEST_AUTH_CRASH_ON")) crashOn_ = v;
+    if (const char* v = getenv("ARGOCD_AGENT_TEST_AUTH_CRASH_ON")) crashOn = v;
   }
+
+  const Config& config;
+  std::shared_ptr<const jwt::Key> key;
+  std::unique_ptr<userpass::Database> users;
+  std::unique_ptr<re2::RE2> pattern;
+  std::string crashOn;
+};
+
+class AuthImpl final : public ipc::Auth::Server {
+ public:
+  explicit AuthImpl(std::shared_ptr<const Shared> shared)
+      : shared_(std::move(shared)),
+        config_(shared_->config),
+        key_(shared_->key),
+        users_(*shared_->users),
+        pattern_(shared_->pattern.get()),
+        crashOn_(shared_->crashOn) {}
 
   kj::Promise<void> authenticate(AuthenticateContext context) override {
     auto req = context.getParams().getRequest();
@@ -88,7 +116,7 @@ class AuthImpl final : public ipc::Auth::Server {
         deny(ipc::DenialCode::AUTHENTICATION_FAILED, "userpass: credential larger than 1 KiB");
         return kj::READY_NOW;
       }
-      if (!users_->verify(id, secret)) {
+      if (!users_.verify(id, secret)) {
         deny(ipc::DenialCode::AUTHENTICATION_FAILED,
              "userpass: invalid credentials for client '" + printable(id) + "'");
         return kj::READY_NOW;
@@ -179,11 +207,91 @@ class AuthImpl final : public ipc::Auth::Server {
   }
 
  private:
+  std::shared_ptr<const Shared> shared_;
   const Config& config_;
-  std::shared_ptr<const jwt::Key> key_;
-  std::unique_ptr<userpass::Database> users_;
-  std::unique_ptr<re2::RE2> pattern_;
-  std::string crashOn_;
+  const std::shared_ptr<const jwt::Key>& key_;
+  const userpass::Database& users_;
+  const re2::RE2* pattern_;
+  const std::string& crashOn_;
+};
+
+// A thread with its own KJ event loop, AuthImpl and TwoPartyServer (a capability belongs to one
+// loop), serving the connections that the main thread hands it. Why threads: the grant work (RSA
+// signing, bcrypt) is synchronous and CPU-bound, so one loop serialises concurrent handshakes on
+// one core. Why whole connections rather than a pool for the grant work: a request never changes
+// threads, so a sequential caller pays no extra wake-up (a pool would add two per call), while the
+// listener's concurrent calls, each on a link of its own (auth_bridge.cc), are spread round-robin
+// over the threads.
+class ServingThread {
+ public:
+  explicit ServingThread(std::shared_ptr<const Shared> shared)
+      : thread_([this, shared = std::move(shared)]() mutable { run(std::move(shared)); }) {
+    handles_.when([](const Handles& h) { return h.started; }, [](const Handles&) {});
+    KJ_IF_MAYBE (e, handles_.lockExclusive()->failed) {
+      kj::throwFatalException(kj::cp(*e));
+    }
+  }
+
+  ~ServingThread() noexcept(false) {
+    // Closes this thread's connections (the listener reconnects; this happens at exit only).
+    KJ_IF_MAYBE (stop, handles_.lockExclusive()->stop) {
+      (*stop)->fulfill();
+    }
+  }  // thread_ joins
+
+  // Called on the main thread: the connection is served on this thread from now on.
+  void hand(kj::AutoCloseFd fd) {
+    const kj::Executor* executor = handles_.lockExclusive()->executor;
+    executor
+        ->executeAsync([this, fd = kj::mv(fd)]() mutable {
+          server_->accept(lowLevel_->wrapSocketFd(
+              fd.release(), kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP |
+                                kj::LowLevelAsyncIoProvider::ALREADY_CLOEXEC |
+                                kj::LowLevelAsyncIoProvider::ALREADY_NONBLOCK));
+        })
+        .detach([](kj::Exception&& e) {
+          spdlog::error("auth connection lost before it was served: {}", e.getDescription().cStr());
+        });
+  }
+
+ private:
+  struct Handles {
+    bool started = false;
+    const kj::Executor* executor = nullptr;
+    kj::Maybe<kj::Own<kj::CrossThreadPromiseFulfiller<void>>> stop;
+    kj::Maybe<kj::Exception> failed;
+  };
+
+  void run(std::shared_ptr<const Shared> shared) {
+    kj::Maybe<kj::Exception> failed = kj::runCatchingExceptions([&]() {
+      auto io = kj::setupAsyncIo();
+      capnp::TwoPartyServer server(kj::heap<AuthImpl>(std::move(shared)));
+      auto stop = kj::newPromiseAndCrossThreadFulfiller<void>();
+      server_ = &server;
+      lowLevel_ = io.lowLevelProvider.get();
+      {
+        auto h = handles_.lockExclusive();
+        h->executor = &kj::getCurrentThreadExecutor();
+        h->stop = kj::mv(stop.fulfiller);
+        h->started = true;
+      }
+      stop.promise.wait(io.waitScope);
+    });
+    KJ_IF_MAYBE (e, failed) {
+      auto h = handles_.lockExclusive();
+      if (!h->started) {  // setup failed: the constructor rethrows it
+        h->failed = kj::mv(*e);
+        h->started = true;
+      } else {
+        spdlog::error("auth serving thread failed: {}", e->getDescription().cStr());
+      }
+    }
+  }
+
+  kj::MutexGuarded<Handles> handles_;
+  capnp::TwoPartyServer* server_ = nullptr;          // owned by, and used only on, the thread
+  kj::LowLevelAsyncIoProvider* lowLevel_ = nullptr;  // likewise
+  kj::Thread thread_;                                // last: joined first
 };
 
 class AuthRole final : public Role {
@@ -207,13 +315,25 @@ class AuthRole final : public Role {
       spdlog::info("userpass database {}: {} client(s)", p.authArg, parsed.users.size());
     }
     users_ = parsed.users.size();
-    server_ = kj::heap<capnp::TwoPartyServer>(kj::heap<AuthImpl>(
-        env_.config, key, std::make_unique<userpass::Database>(std::move(parsed.users))));
-    receiver_ = env_.io.lowLevelProvider->wrapListenSocketFd(
-        fds::kServiceSocket, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
-    listening_ = server_->listen(*receiver_).eagerlyEvaluate([](kj::Exception&& e) {
-      spdlog::error("auth socket failed: {}", e.getDescription().cStr());
-    });
+    auto shared = std::make_shared<const Shared>(
+        env_.config, key, std::make_unique<userpass::Database>(std::move(parsed.users)));
+    // One serving thread per core (at most 8): grants are CPU-bound and nothing else runs here.
+    unsigned n = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+    for (unsigned i = 0; i < n; ++i) threads_.add(kj::heap<ServingThread>(shared));
+
+    // The main thread only accepts (the socket is the one the supervisor bound, inherited at
+    // fd 4) and hands each connection to the next thread.
+    listenFd_ = kj::AutoCloseFd(fds::kServiceSocket);
+    int flags;
+    KJ_SYSCALL(flags = fcntl(listenFd_, F_GETFL));
+    KJ_SYSCALL(fcntl(listenFd_, F_SETFL, flags | O_NONBLOCK));
+    observer_ = kj::heap<kj::UnixEventPort::FdObserver>(
+        env_.io.unixEventPort, listenFd_, kj::UnixEventPort::FdObserver::OBSERVE_READ);
+    listening_ =
+        kj::evalLater([this]() { return acceptLoop(); }).eagerlyEvaluate([](kj::Exception&& e) {
+          spdlog::error("auth socket failed: {}", e.getDescription().cStr());
+        });
+    spdlog::debug("serving on {} thread(s)", n);
     return kj::READY_NOW;
   }
 
@@ -224,10 +344,27 @@ class AuthRole final : public Role {
   }
 
  private:
+  kj::Promise<void> acceptLoop() {
+    for (;;) {
+      int fd = ::accept4(listenFd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd >= 0) {
+        threads_[next_++ % threads_.size()]->hand(kj::AutoCloseFd(fd));
+        continue;
+      }
+      int err = errno;
+      if (err == EAGAIN || err == EWOULDBLOCK) break;
+      if (err == EINTR || err == ECONNABORTED) continue;
+      KJ_FAIL_SYSCALL("accept4", err);
+    }
+    return observer_->whenBecomesReadable().then([this]() { return acceptLoop(); });
+  }
+
   WorkerEnv& env_;
   size_t users_ = 0;
-  kj::Own<capnp::TwoPartyServer> server_;
-  kj::Own<kj::ConnectionReceiver> receiver_;
+  size_t next_ = 0;
+  kj::AutoCloseFd listenFd_;
+  kj::Vector<kj::Own<ServingThread>> threads_;
+  kj::Own<kj::UnixEventPort::FdObserver> observer_;
   kj::Promise<void> listening_ = nullptr;
 };
 
