@@ -11,8 +11,15 @@
 //       unauthenticated Version RPC on the same listener (the grpc-only floor), or `denied`: header
 //       auth with a wrong agent version, which the auth worker refuses after parsing the identity
 //       and before any bcrypt or RSA (the round trip through the worker without the grant work).
+//   auth_bench serve --method userpass|header --jwt-key PEM [--users FILE]
+//       (e)/(f) the same grant code as `inproc`, called in-process by the Authenticate handler of
+//       a grpc++ sync server like the listener's (plaintext, 127.0.0.1, a free port): no
+//       AuthBridge, no auth worker. Prints "serve: port=P" and serves until killed. Measured with
+//       `grpc --target`, this is the in-process design the auth worker is compared with.
 //   Options: --password PW (userpass, default "pw"), --agent NAME (default agent-a),
-//            --header NAME (header method, default x-id), --warmup N (default 200).
+//            --header NAME (header method, default x-id), --warmup N (default 200),
+//            --gap-us U (sleep U µs between calls, untimed: in-process calls then start on an
+//            idle CPU, as the auth worker's do, instead of back to back).
 //
 // Prints one line: "auth: mode=... method=... threads=T n=N ms=M rate=R p50_us=X p99_us=Y
 // fails=F". Latency is per call (client side for grpc); rate = N / wall time.
@@ -24,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -58,7 +66,7 @@ std::string readFile(const std::string& path) {
 struct Options {
   std::string mode, method = "userpass", jwtKey, users, target, password = "pw", agent = "agent-a",
                     header = "x-id", version = ARGOCD_AGENT_VERSION;
-  uint64_t n = 1000, warmup = 200;
+  uint64_t n = 1000, warmup = 200, gapUs = 0;
   int threads = 1;
 };
 
@@ -90,6 +98,8 @@ Options parse(int argc, char** argv) {
       o.n = std::stoull(next());
     else if (a == "--warmup")
       o.warmup = std::stoull(next());
+    else if (a == "--gap-us")
+      o.gapUs = std::stoull(next());
     else if (a == "--threads")
       o.threads = std::stoi(next());
     else
@@ -119,6 +129,7 @@ int measure(const Options& o, const std::string& label, MakeCall makeCall) {
       ready++;
       while (!go.load()) std::this_thread::yield();
       for (uint64_t i = 0; i < per; ++i) {
+        if (o.gapUs > 0) std::this_thread::sleep_for(std::chrono::microseconds(o.gapUs));
         auto a = Clock::now();
         bool ok = call();
         lat[t].push_back((Clock::now() - a).count());
@@ -246,6 +257,78 @@ int viaGrpc(const Options& o) {
   });
 }
 
+// The in-process design: the listener's Authenticate handler, minus AuthBridge, running the grant
+// code itself (the same steps as inproc and as workers/auth/auth_service.cc).
+class InProcessAuth final : public authapi::Authentication::Service {
+ public:
+  InProcessAuth(const Options& o, std::shared_ptr<const aa::jwt::Key> key,
+                std::unique_ptr<aa::userpass::Database> db)
+      : o_(o), key_(std::move(key)), db_(std::move(db)) {
+    re2::RE2::Options ro;
+    ro.set_log_errors(false);
+    ro.set_max_mem(8 << 20);
+    pattern_ = std::make_unique<re2::RE2>("^([a-z0-9-]+)$", ro);
+  }
+
+  grpc::Status Authenticate(grpc::ServerContext* ctx, const authapi::AuthRequest* req,
+                            authapi::AuthResponse* resp) override {
+    std::string id;
+    if (o_.method == "userpass") {
+      auto c = req->credentials();
+      if (!db_->verify(c["clientid"], c["clientsecret"])) {
+        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authentication failed");
+      }
+      id = c["clientid"];
+    } else {
+      std::vector<std::string> values;
+      auto range = ctx->client_metadata().equal_range(grpc::string_ref(o_.header));
+      for (auto it = range.first; it != range.second; ++it) {
+        values.emplace_back(it->second.data(), it->second.size());
+      }
+      auto got = aa::identity::fromHeader(values, *pattern_);
+      if (!got.id) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authentication failed");
+      id = *got.id;
+    }
+    auto now = std::chrono::system_clock::now();
+    resp->set_accesstoken(aa::jwt::issue(*key_, id, req->mode(), aa::jwt::kAudienceAccess, now,
+                                         aa::jwt::kAccessValidity));
+    resp->set_refreshtoken(aa::jwt::issue(*key_, id, req->mode(), aa::jwt::kAudienceRefresh, now,
+                                          aa::jwt::kRefreshValidity));
+    resp->set_version(std::string("argocd-agent-") + ARGOCD_AGENT_VERSION);
+    resp->set_principalnamespace("argocd");
+    return grpc::Status::OK;
+  }
+
+ private:
+  const Options& o_;
+  std::shared_ptr<const aa::jwt::Key> key_;
+  std::unique_ptr<aa::userpass::Database> db_;
+  std::unique_ptr<re2::RE2> pattern_;
+};
+
+int serve(const Options& o) {
+  if (o.jwtKey.empty()) usage("serve needs --jwt-key");
+  if (o.method != "userpass" && o.method != "header") usage("serve --method: userpass or header");
+  std::map<std::string, std::string> users;
+  if (o.method == "userpass") {
+    if (o.users.empty()) usage("serve userpass needs --users");
+    users = aa::userpass::parse(readFile(o.users)).users;
+  }
+  InProcessAuth service(o, aa::jwt::Key::privateFromPem(readFile(o.jwtKey)),
+                        std::make_unique<aa::userpass::Database>(std::move(users)));
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 64 * 1024);  // as the listener
+  builder.RegisterService(&service);
+  auto server = builder.BuildAndStart();
+  if (!server || port == 0) usage("serve: cannot listen");
+  printf("serve: port=%d\n", port);
+  fflush(stdout);
+  server->Wait();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -259,5 +342,6 @@ int main(int argc, char** argv) {
   Options o = parse(argc, argv);
   if (o.mode == "inproc") return inproc(o);
   if (o.mode == "grpc") return viaGrpc(o);
+  if (o.mode == "serve") return serve(o);
   usage("unknown mode " + o.mode);
 }
