@@ -13,6 +13,7 @@
 
 #include "ipc/runtime/log.h"
 #include "supervisor/duration.h"
+#include "supervisor/tls_policy.h"
 
 #include <re2/re2.h>
 
@@ -120,6 +121,42 @@ Option durationOpt(std::string name, std::string env, std::string help, Dur* tar
                 }};
 }
 
+Option tlsVersionOpt(std::string name, std::string env, std::string help, int* target) {
+  return Option{name,
+                0,
+                env,
+                help,
+                *target == tls::kUnset ? "" : tls::versionName(*target),
+                false,
+                [target](const std::string& v) -> std::optional<BadValue> {
+                  if (v.empty()) {
+                    *target = tls::kUnset;
+                    return std::nullopt;
+                  }
+                  auto parsed = tls::parseVersion(v);
+                  if (!parsed) return BadValue{"must be tls1.1, tls1.2 or tls1.3"};
+                  *target = *parsed;
+                  return std::nullopt;
+                }};
+}
+
+// A comma-separated list, items trimmed (Go's StringSlice flags); "" is the empty list.
+Option listOpt(std::string name, std::string env, std::string help,
+               std::vector<std::string>* target) {
+  return Option{
+      name, 0, env, help, "", false, [target](const std::string& v) -> std::optional<BadValue> {
+        target->clear();
+        std::stringstream in(v);
+        std::string item;
+        while (std::getline(in, item, ',')) {
+          item.erase(0, item.find_first_not_of(" \t"));
+          item.erase(item.find_last_not_of(" \t") + 1);
+          if (!item.empty()) target->push_back(item);
+        }
+        return std::nullopt;
+      }};
+}
+
 Option logLevelOpt(std::string env, std::string* target) {
   return Option{"log-level",
                 0,
@@ -190,6 +227,17 @@ std::vector<Option> principalOptions(Config& c) {
               &p.clientCertSubjectMatch),
       stringOpt("root-ca-path", "ARGOCD_PRINCIPAL_TLS_SERVER_ROOT_CA_PATH",
                 "CA bundle (PEM) that verifies agent client certificates", &p.rootCaPath),
+      tlsVersionOpt("tls-min-version", "ARGOCD_PRINCIPAL_TLS_MIN_VERSION",
+                    "minimum TLS version to accept: tls1.1, tls1.2, tls1.3", &p.tls.minVersion),
+      tlsVersionOpt("tls-max-version", "ARGOCD_PRINCIPAL_TLS_MAX_VERSION",
+                    "maximum TLS version to accept (empty: the newest, tls1.3)", &p.tls.maxVersion),
+      listOpt("tls-ciphersuites", "ARGOCD_PRINCIPAL_TLS_CIPHERSUITES",
+              "comma-separated cipher suites to accept, Go names ('list' prints them; TLS 1.3 "
+              "names restrict TLS 1.3 too)",
+              &p.tls.cipherSuites),
+      durationOpt("tls-handshake-timeout", "ARGOCD_PRINCIPAL_TLS_HANDSHAKE_TIMEOUT",
+                  "close connections whose TLS handshake takes longer than this",
+                  &p.tlsHandshakeTimeout),
       boolOpt("insecure-plaintext", "ARGOCD_PRINCIPAL_INSECURE_PLAINTEXT",
               "serve without TLS (only behind a service-mesh sidecar)", &p.insecurePlaintext),
       boolOpt("insecure-tls-generate", "ARGOCD_PRINCIPAL_TLS_SERVER_ALLOW_GENERATE",
@@ -394,6 +442,10 @@ std::string validatePrincipal(PrincipalConfig& p) {
   for (const auto* f : {&p.tlsCert, &p.tlsKey}) {
     if (!f->empty() && !readable(*f)) return "TLS file \"" + *f + "\" is not readable";
   }
+  if (auto e = tls::validate(p.tls); !e.empty()) return "invalid TLS settings: " + e;
+  if (p.tlsHandshakeTimeout.count() == 0) {
+    return "--tls-handshake-timeout must be greater than 0";
+  }
   if (p.jwtKey.empty() == !p.insecureJwtGenerate) {
     return p.jwtKey.empty() ? "no JWT signing key: give --jwt-key <file> or --insecure-jwt-generate"
                             : "--jwt-key and --insecure-jwt-generate are mutually exclusive";
@@ -506,6 +558,13 @@ ParseResult parseConfig(Side side, const std::vector<std::string>& args, const E
       return fail("invalid value \"" + *v + "\" for " + o.env + " (--" + o.name +
                   "): " + bad->accepted);
     }
+  }
+  // `--tls-ciphersuites list` prints the accepted names and exits, as upstream.
+  if (side == Side::kPrincipal &&
+      config.principal.tls.cipherSuites == std::vector<std::string>{"list"}) {
+    result.helpRequested = true;
+    result.message = tls::cipherSuiteListing();
+    return result;
   }
   std::string err =
       side == Side::kPrincipal ? validatePrincipal(config.principal) : validateAgent(config.agent);

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "supervisor/tls_policy.h"
+
 namespace aa {
 
 enum class Side { kPrincipal, kAgent };
@@ -39,6 +41,8 @@ struct PrincipalConfig {
   bool requireClientCerts = false;
   bool clientCertSubjectMatch = false;
   std::string rootCaPath;
+  tls::Policy tls{tls::kTls13, tls::kUnset, {}};  // upstream's default minimum: TLS 1.3
+  std::chrono::nanoseconds tlsHandshakeTimeout{std::chrono::seconds(10)};
   bool insecurePlaintext = false;
   bool insecureTlsGenerate = false;
   std::string tlsCert;

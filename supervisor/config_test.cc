@@ -140,3 +140,51 @@ TEST_F(ConfigTest, HelpListsFlagsWithEnv) {
 
 }  // namespace
 }  // namespace aa
+
+namespace aa {
+namespace {
+
+TEST_F(ConfigTest, TlsPolicyDefaultsAndSources) {
+  auto r = parseConfig(Side::kPrincipal, principalArgs(), env({}), 1);
+  ASSERT_TRUE(r.config) << r.message;
+  EXPECT_EQ(r.config->principal.tls.minVersion, tls::kTls13);  // upstream's default
+  EXPECT_EQ(r.config->principal.tls.maxVersion, tls::kUnset);
+  EXPECT_TRUE(r.config->principal.tls.cipherSuites.empty());
+
+  auto e =
+      env({{"ARGOCD_PRINCIPAL_TLS_MIN_VERSION", "tls1.2"},
+           {"ARGOCD_PRINCIPAL_TLS_CIPHERSUITES",
+            " TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 , TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"}});
+  r = parseConfig(Side::kPrincipal, principalArgs(), e, 1);
+  ASSERT_TRUE(r.config) << r.message;
+  EXPECT_EQ(r.config->principal.tls.minVersion, tls::kTls12);
+  EXPECT_EQ(r.config->principal.tls.cipherSuites,
+            (std::vector<std::string>{"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                                      "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"}));
+
+  // An empty minimum means OpenSSL's (TLS 1.2 here); the flag beats the environment.
+  r = parseConfig(Side::kPrincipal, principalArgs({"--tls-min-version="}), e, 1);
+  ASSERT_TRUE(r.config) << r.message;
+  EXPECT_EQ(r.config->principal.tls.minVersion, tls::kUnset);
+}
+
+TEST_F(ConfigTest, TlsPolicyErrorsAndList) {
+  auto r = parseConfig(
+      Side::kPrincipal,
+      principalArgs({"--tls-ciphersuites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"}), env({}), 1);
+  ASSERT_FALSE(r.config);
+  EXPECT_EQ(r.message,
+            "invalid TLS settings: cipher suite TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 is not "
+            "supported by minimum TLS version tls1.3");
+  r = parseConfig(Side::kPrincipal, principalArgs({"--tls-max-version", "tls1.4"}), env({}), 1);
+  ASSERT_FALSE(r.config);
+  EXPECT_EQ(r.message,
+            "invalid value \"tls1.4\" for --tls-max-version: must be tls1.1, tls1.2 or tls1.3");
+  // `list` prints and exits even when the rest of the command line is incomplete.
+  r = parseConfig(Side::kPrincipal, {"--tls-ciphersuites=list"}, env({}), 1);
+  EXPECT_TRUE(r.helpRequested);
+  EXPECT_EQ(r.message.rfind("Available TLS cipher suites:", 0), 0u);
+}
+
+}  // namespace
+}  // namespace aa

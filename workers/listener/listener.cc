@@ -1,7 +1,8 @@
 // The listener worker (principal): serves the upstream gRPC API (Version, Authenticate,
 // RefreshToken, EventStream.Subscribe) on --listen-host/--listen-port with grpc++. Credentials are
 // never parsed here: Authenticate goes to the auth worker through AuthBridge (fail closed); the
-// per-RPC token check uses only the JWT public key. Binds with SO_REUSEPORT next to the
+// per-RPC token check uses only the JWT public key. The port belongs to the FrontDoor
+// (front_door.h: accept, TLS, hand-off to grpc), bound with SO_REUSEPORT next to the
 // supervisor's reservation of the port, so a restarted listener gets the same port back.
 #include <atomic>
 #include <map>
@@ -11,6 +12,7 @@
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/server_posix.h>
 #include <kj/debug.h>
 
 #include "auth.grpc.pb.h"
@@ -25,6 +27,7 @@
 #include "workers/common/synthetic.h"
 #include "workers/common/role.h"
 #include "workers/listener/auth_bridge.h"
+#include "workers/listener/front_door.h"
 
 namespace aa {
 namespace {
@@ -34,13 +37,20 @@ constexpr size_t kMaxAuthorization = 16 * 1024;
 
 std::string versionString() { return std::string("argocd-agent-") + ARGOCD_AGENT_VERSION; }
 
+// The connection's peer as the front door recorded it (grpc itself only knows "fd:<n>").
+std::shared_ptr<const PeerInfo> peerOf(const PeerRegistry& peers, const grpc::ServerContext& ctx) {
+  auto info = peers.find(ctx.peer());
+  return info ? info : std::make_shared<const PeerInfo>(PeerInfo{ctx.peer()});
+}
+
 grpc::Status invalidAuth() {
   return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid authentication data");
 }
 
 // Validates the `authorization` metadata (raw JWT, no "Bearer"). Returns the claims or nullopt.
 std::optional<jwt::Claims> checkToken(const grpc::ServerContext& ctx, const jwt::Key& key,
-                                      const std::string& principalNamespace, bool subjectMatch) {
+                                      const std::string& principalNamespace, bool subjectMatch,
+                                      const PeerRegistry& peers) {
   const auto& md = ctx.client_metadata();
   auto it = md.find("authorization");
   if (it == md.end() || it->second.size() > kMaxAuthorization) return std::nullopt;
@@ -56,9 +66,9 @@ std::optional<jwt::Claims> checkToken(const grpc::ServerContext& ctx, const jwt:
     return std::nullopt;
   }
   if (subjectMatch) {
-    // grpc verified the chain and parsed the leaf's CN; no certificate parsing here.
-    auto cn = ctx.auth_context()->FindPropertyValues("x509_common_name");
-    if (cn.empty() || std::string_view(cn.front().data(), cn.front().size()) != c.clientId) {
+    // The front door verified the chain and read the leaf's CN; no certificate parsing here.
+    auto peer = peers.find(ctx.peer());
+    if (!peer || peer->commonName.empty() || peer->commonName != c.clientId) {
       spdlog::warn("agent {}: client certificate CN does not match the agent name", c.clientId);
       return std::nullopt;
     }
@@ -76,8 +86,8 @@ class VersionService final : public versionapi::Version::Service {
 
 class AuthenticationService final : public authapi::Authentication::Service {
  public:
-  AuthenticationService(AuthBridge& bridge, const Config& config)
-      : bridge_(bridge), config_(config) {}
+  AuthenticationService(AuthBridge& bridge, const Config& config, const PeerRegistry& peers)
+      : bridge_(bridge), config_(config), peers_(peers) {}
 
   grpc::Status Authenticate(grpc::ServerContext* ctx, const authapi::AuthRequest* req,
                             authapi::AuthResponse* resp) override {
@@ -88,6 +98,7 @@ class AuthenticationService final : public authapi::Authentication::Service {
     in.agentNamespace = req->agentnamespace();
     for (const auto& [k, v] : req->credentials()) in.credentials.emplace_back(k, v);
     const auto& md = ctx->client_metadata();
+    auto peer = peerOf(peers_, *ctx);
     if (spdlog::should_log(spdlog::level::debug)) {
       // Which headers arrived (so an operator sees whether the sidecar injected one); values are
       // redacted to a recognisable prefix, never logged whole.
@@ -98,7 +109,7 @@ class AuthenticationService final : public authapi::Authentication::Service {
         names += (names.empty() ? "" : ", ") + std::string(key) + "=" +
                  log::redact(std::string_view(v.data(), v.size()));
       }
-      spdlog::debug("Authenticate from {} (method {}): headers: {}", ctx->peer(), req->method(),
+      spdlog::debug("Authenticate from {} (method {}): headers: {}", peer->address, req->method(),
                     names.empty() ? "(none)" : names);
     }
     const auto& p = config_.principal;
@@ -112,9 +123,8 @@ class AuthenticationService final : public authapi::Authentication::Service {
       }
     }
     if (p.authMethod == "mtls") {
-      auto certs = ctx->auth_context()->FindPropertyValues("x509_pem_cert");
-      if (!certs.empty() && certs.front().size() <= identity::kMaxCertificatePem) {
-        in.peerCertificate.assign(certs.front().data(), certs.front().size());
+      if (peer->certificatePem.size() <= identity::kMaxCertificatePem) {
+        in.peerCertificate = peer->certificatePem;
       }
     }
     AuthOutcome out = bridge_.authenticate(in);
@@ -126,7 +136,7 @@ class AuthenticationService final : public authapi::Authentication::Service {
         resp->set_principalnamespace(config_.principal.namespace_);
         return grpc::Status::OK;
       case AuthOutcome::Kind::kDenied:
-        spdlog::warn("authentication failed from {}: {}", ctx->peer(), out.reason);
+        spdlog::warn("authentication failed from {}: {}", peer->address, out.reason);
         switch (out.code) {
           case ipc::DenialCode::INVALID_MODE:
             return grpc::Status(grpc::StatusCode::UNKNOWN, out.reason);
@@ -140,7 +150,7 @@ class AuthenticationService final : public authapi::Authentication::Service {
       case AuthOutcome::Kind::kUnavailable:
         break;
     }
-    spdlog::error("authentication refused from {}: auth worker unavailable ({})", ctx->peer(),
+    spdlog::error("authentication refused from {}: auth worker unavailable ({})", peer->address,
                   out.reason);
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "authentication service unavailable");
   }
@@ -155,17 +165,18 @@ class AuthenticationService final : public authapi::Authentication::Service {
       return grpc::Status::OK;
     }
     if (out.kind == AuthOutcome::Kind::kUnavailable) {
-      spdlog::error("token refresh refused from {}: auth worker unavailable ({})", ctx->peer(),
-                    out.reason);
+      spdlog::error("token refresh refused from {}: auth worker unavailable ({})",
+                    peerOf(peers_, *ctx)->address, out.reason);
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "authentication service unavailable");
     }
-    spdlog::warn("token refresh failed from {}: {}", ctx->peer(), out.reason);
+    spdlog::warn("token refresh failed from {}: {}", peerOf(peers_, *ctx)->address, out.reason);
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authentication failed");
   }
 
  private:
   AuthBridge& bridge_;
   const Config& config_;
+  const PeerRegistry& peers_;
 };
 
 // Per-agent delivery state. It outlives streams: what an agent has not acknowledged when its
@@ -190,8 +201,8 @@ struct AgentSession {
 
 class EventStreamService final : public eventstreamapi::EventStream::Service {
  public:
-  EventStreamService(const jwt::Key& key, const Config& config)
-      : key_(key), config_(config), sink_(config.common.eventLog) {
+  EventStreamService(const jwt::Key& key, const Config& config, const PeerRegistry& peers)
+      : key_(key), config_(config), peers_(peers), sink_(config.common.eventLog) {
     if (!config.principal.syntheticEvents.empty()) {
       synthetic_ = delivery::parseSyntheticSpec(config.principal.syntheticEvents);
     }
@@ -209,9 +220,9 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
       grpc::ServerContext* ctx,
       grpc::ServerReaderWriter<eventstreamapi::Event, eventstreamapi::Event>* stream) override {
     const auto& p = config_.principal;
-    auto claims =
-        checkToken(*ctx, key_, p.namespace_,
-                   p.clientCertSubjectMatch && p.requireClientCerts && !p.insecurePlaintext);
+    auto claims = checkToken(
+        *ctx, key_, p.namespace_,
+        p.clientCertSubjectMatch && p.requireClientCerts && !p.insecurePlaintext, peers_);
     if (!claims) return invalidAuth();
     const std::string agent = claims->clientId;
     auto session = sessionFor(agent);
@@ -228,7 +239,8 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
     }
     auto opened = std::chrono::steady_clock::now();
     streams_++;
-    spdlog::info("agent {} subscribed (mode {}, peer {})", agent, claims->mode, ctx->peer());
+    spdlog::info("agent {} subscribed (mode {}, peer {})", agent, claims->mode,
+                 peerOf(peers_, *ctx)->address);
     stream->SendInitialMetadata();
     auto stats = delivery::pumpStream(
         *stream, session->outbox, sink_, session->ledger, session->ledgerMu, "", "agent " + agent,
@@ -363,6 +375,7 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
 
   const jwt::Key& key_;
   const Config& config_;
+  const PeerRegistry& peers_;
   delivery::MemorySink sink_;
   std::optional<delivery::SyntheticSpec> synthetic_;
   std::atomic<bool> stopping_{false};
@@ -391,32 +404,25 @@ class ListenerRole final : public Role {
     }
     bridge_ = kj::heap<AuthBridge>(env_.io, env_.timer, dir + "/auth.sock", kAuthDeadline);
     version_ = std::make_unique<VersionService>();
-    auth_ = std::make_unique<AuthenticationService>(*bridge_, c);
-    events_ = std::make_unique<EventStreamService>(*key_, c);
+    auth_ = std::make_unique<AuthenticationService>(*bridge_, c, peers_);
+    events_ = std::make_unique<EventStreamService>(*key_, c, peers_);
 
-    std::shared_ptr<grpc::ServerCredentials> creds;
-    if (p.insecurePlaintext) {
-      creds = grpc::InsecureServerCredentials();
-    } else {
-      grpc::SslServerCredentialsOptions opts(
-          p.requireClientCerts ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                               : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-      if (p.requireClientCerts) opts.pem_root_certs = readConfigFile(p.rootCaPath);
-      std::string cert = p.tlsCert.empty() ? dir + "/tls.crt" : p.tlsCert;
-      std::string keyPem = p.tlsKey.empty() ? dir + "/tls.key" : p.tlsKey;
-      opts.pem_key_cert_pairs.push_back({readConfigFile(keyPem), readConfigFile(cert)});
-      creds = grpc::SslServerCredentials(opts);
+    FrontDoor::Options front;
+    front.host = p.listenHost;
+    front.port = env_.args.listenPort;
+    front.registry = &peers_;
+    front.handshakeTimeout =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(p.tlsHandshakeTimeout).count() *
+        kj::NANOSECONDS;
+    if (!p.insecurePlaintext) {
+      front.tls = makeServerTlsContext(p, p.tlsCert.empty() ? dir + "/tls.crt" : p.tlsCert,
+                                       p.tlsKey.empty() ? dir + "/tls.key" : p.tlsKey);
     }
-    std::string host = p.listenHost.empty() ? "0.0.0.0" : p.listenHost;
-    if (host.find(':') != std::string::npos) host = "[" + host + "]";
-    std::string address = host + ":" + std::to_string(env_.args.listenPort);
 
+    // grpc listens on no port of its own: every connection comes from the front door.
     grpc::ServerBuilder builder;
-    int bound = 0;
-    builder.AddListeningPort(address, creds, &bound);
     builder.SetMaxReceiveMessageSize(static_cast<int>(c.common.grpcMaxMessageSize));
     builder.SetMaxSendMessageSize(static_cast<int>(c.common.grpcMaxMessageSize));
-    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 1);
     // grpc's 8 KiB default would refuse identity headers (XFCC with several elements) before the
     // auth worker can; 64 KiB leaves that to its documented 16 KiB cap and its clear message.
     builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 64 * 1024);
@@ -430,11 +436,26 @@ class ListenerRole final : public Role {
     builder.RegisterService(auth_.get());
     builder.RegisterService(events_.get());
     server_ = builder.BuildAndStart();
-    if (!server_ || bound == 0) {
-      // Usually the port is taken by a process that is not ours: temporary, retry with backoff.
-      KJ_FAIL_REQUIRE("cannot listen", address);
-    }
+    KJ_REQUIRE(server_ != nullptr, "grpc server did not start");
+    grpc::Server* server = server_.get();
+    front.handOff = [server](int fd) { grpc::AddInsecureChannelFromFd(server, fd); };
+    // Usually a bind failure means the port is taken by a process that is not ours: temporary,
+    // the supervisor retries with backoff.
+    front_ = std::make_unique<FrontDoor>(std::move(front));
+    front_->start();
+    std::string address = front_->address();
     spdlog::info("Listening on {} ({})", address, p.insecurePlaintext ? "plaintext" : "TLS");
+    if (!p.insecurePlaintext) {
+      auto range = [](int v, int dflt) { return tls::versionName(v == tls::kUnset ? dflt : v); };
+      spdlog::info("TLS {} to {}, cipher suites: {}, client certificates: {}",
+                   range(p.tls.minVersion, tls::kTls12), range(p.tls.maxVersion, tls::kTls13),
+                   p.tls.cipherSuites.empty() ? std::string("default") : [&p]() {
+                     std::string out;
+                     for (const auto& n : p.tls.cipherSuites) out += (out.empty() ? "" : ",") + n;
+                     return out;
+                   }(),
+                   p.requireClientCerts ? "required" : "not requested");
+    }
     liveness_ = livenessLoop().eagerlyEvaluate(nullptr);
     if (p.insecurePlaintext && p.listenHost != "127.0.0.1" && p.listenHost != "::1" &&
         p.listenHost != "localhost") {
@@ -449,6 +470,7 @@ class ListenerRole final : public Role {
   kj::Promise<void> drain() override {
     // grpc's Shutdown blocks until handlers return, and handlers may be waiting on this KJ
     // thread (AuthBridge): run it on its own thread and wait for it here without blocking.
+    if (front_) front_->stopAccepting();  // open connections drain through grpc's GOAWAY
     auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
     shutdownDone_ = kj::mv(paf.fulfiller);
     auto deadline = std::chrono::system_clock::now() + env_.config.common.shutdownTimeout / 2;
@@ -472,7 +494,9 @@ class ListenerRole final : public Role {
   std::unique_ptr<VersionService> version_;
   std::unique_ptr<AuthenticationService> auth_;
   std::unique_ptr<EventStreamService> events_;
+  PeerRegistry peers_;  // before the services and the front door, which use it
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<FrontDoor> front_;  // destroyed before server_: no hand-off to a dead server
   kj::Own<kj::CrossThreadPromiseFulfiller<void>> shutdownDone_;
   std::thread shutdownThread_;
   kj::Promise<void> liveness_ = nullptr;
