@@ -218,7 +218,8 @@ constexpr size_t kScratch = 32 * 1024;
 
 class FrontDoor::Loop {
  public:
-  Loop(const Options& options, int listenFd) : options_(options), listenFd_(listenFd) {}
+  Loop(const Options& options, int listenFd, const std::atomic<bool>& stopped)
+      : options_(options), listenFd_(listenFd), stopped_(stopped) {}
 
   // Runs on the front door's thread until `stopped` resolves.
   void run(kj::AsyncIoContext& io, kj::Promise<void> stopped) {
@@ -250,6 +251,7 @@ class FrontDoor::Loop {
 
   const Options& options_;
   int listenFd_;
+  const std::atomic<bool>& stopped_;
   kj::UnixEventPort* eventPort_ = nullptr;
   kj::Timer* timer_ = nullptr;
   kj::TaskSet* tasks_ = nullptr;
@@ -293,7 +295,7 @@ class FrontDoor::Loop::Connection {
         .exclusiveJoin(kj::mv(timeout))
         .then(
             [this]() -> kj::Promise<void> {
-              finishHandshake();
+              if (!finishHandshake()) return kj::READY_NOW;
               return relay();
             },
             [this](kj::Exception&& e) -> kj::Promise<void> {
@@ -325,9 +327,12 @@ class FrontDoor::Loop::Connection {
     }
   }
 
-  void finishHandshake() {
+  // Returns false when the front door was stopped meanwhile (grpc may be shutting down: nothing
+  // is handed to it any more).
+  bool finishHandshake() {
     handshaking_ = false;
     --loop_.handshaking_;
+    if (loop_.stopped_.load()) return false;
     SSL* s = ssl_.get();
     info_->tlsVersion = SSL_get_version(s);
     info_->cipher = SSL_CIPHER_get_name(SSL_get_current_cipher(s));
@@ -362,6 +367,7 @@ class FrontDoor::Loop::Connection {
     spdlog::debug("TLS connection from {}: {} {}", info_->address, info_->tlsVersion,
                   info_->cipher);
     loop_.options_.handOff(pair[1]);  // grpc owns pair[1] from here on
+    return true;
   }
 
   // What each side is blocked on after a pass of `pump`.
@@ -543,6 +549,10 @@ kj::Promise<void> FrontDoor::Loop::acceptLoop() {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     auto info = std::make_shared<PeerInfo>();
     info->address = formatAddress(ss);
+    if (stopped_.load()) {
+      close(fd);
+      continue;
+    }
     if (!options_.tls) {
       options_.registry->add(fd, std::move(info));
       options_.handOff(fd);  // plaintext: grpc reads the socket itself
@@ -606,6 +616,7 @@ FrontDoor::FrontDoor(Options options) : options_(std::move(options)) {
 }
 
 void FrontDoor::stopAccepting() {
+  stopped_ = true;
   if (listenFd_ >= 0) shutdown(listenFd_, SHUT_RDWR);  // wakes accept4() with EINVAL
 }
 
@@ -618,7 +629,7 @@ FrontDoor::~FrontDoor() {
 }
 
 void FrontDoor::start() {
-  loop_ = std::make_unique<Loop>(options_, listenFd_);
+  loop_ = std::make_unique<Loop>(options_, listenFd_, stopped_);
   std::mutex mu;
   std::condition_variable cv;
   thread_ = std::thread([this, &mu, &cv]() {

@@ -14,6 +14,7 @@
 // ("fd:<n>").
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -77,7 +78,8 @@ class FrontDoor {
 
   // Begin accepting on the front door's thread.
   void start();
-  // New connections are refused from now on; open ones go on until grpc closes them.
+  // Thread-safe. New connections are refused from now on, and handshakes still in progress are
+  // never handed to grpc; relayed connections go on until grpc closes them.
   void stopAccepting();
   std::string address() const { return boundAddress_; }
 
@@ -85,6 +87,7 @@ class FrontDoor {
   class Loop;
   Options options_;
   int listenFd_ = -1;
+  std::atomic<bool> stopped_{false};
   std::string boundAddress_;
   std::unique_ptr<Loop> loop_;
   kj::Own<kj::CrossThreadPromiseFulfiller<void>> stop_;

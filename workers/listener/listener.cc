@@ -389,6 +389,7 @@ class ListenerRole final : public Role {
   explicit ListenerRole(WorkerEnv& env) : env_(env) {}
 
   ~ListenerRole() noexcept(false) override {
+    if (front_) front_->stopAccepting();  // nothing more is handed to the server below
     if (server_) server_->Shutdown(std::chrono::system_clock::now());
     if (shutdownThread_.joinable()) shutdownThread_.join();
   }
