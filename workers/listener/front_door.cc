@@ -213,6 +213,8 @@ struct SslDeleter {
 // Scratch space shared by every relay on the front door's thread: data is copied into a
 // connection's own buffer only when the other side cannot take it at once.
 constexpr size_t kScratch = 32 * 1024;
+// Passes of Connection::relay (each moves up to kScratch per direction) before it yields.
+constexpr int kPassesPerTurn = 16;
 
 }  // namespace
 
@@ -376,7 +378,11 @@ class FrontDoor::Loop::Connection {
   // Moves as much as possible in both directions without blocking, then waits for whatever
   // blocked it. Returns when the connection is over.
   kj::Promise<void> relay() {
-    for (;;) {
+    for (int pass = 0;; ++pass) {
+      if (pass == kPassesPerTurn) {
+        // A busy connection yields so that others (and the accept loop) get their turn.
+        return kj::evalLater([this]() { return relay(); });
+      }
       bool progress = false;
       tlsReadWait_ = tlsWriteWait_ = Wait::kNone;
       localReadBlocked_ = localWriteBlocked_ = false;
