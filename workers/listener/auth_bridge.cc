@@ -3,9 +3,11 @@
 // Why the calling thread talks to the auth worker itself: the first version hopped every call
 // onto the listener's KJ thread (kj::Executor::executeSync) and back, so a sequential Authenticate
 // woke four threads or processes (grpc thread -> KJ thread -> auth worker -> KJ thread -> grpc
-// thread) and the KJ thread spent ~300 µs of CPU per call, mostly in wake-up syscalls, on this
-// project's VMs (docs/benchmarks.md §2). Now the grpc thread writes the request and waits for the
-// answer on its own event loop: two wake-ups, the minimum for a separate process.
+// thread), and every call depended on one shared link that concurrent first calls had to
+// (re)establish together. Now the grpc thread writes the request and waits for the answer on its
+// own event loop: two wake-ups, the minimum for a separate process, and no shared state but the
+// pool. (Measured on the benchmark VM, docs/benchmarks.md section 2, the latency is the same as
+// with the hop: the round trip's cost there is CPU in grpc and Cap'n Proto, not wake-ups.)
 //
 // Why a pool of channels rather than one link per grpc thread: grpc's sync server creates and
 // retires handler threads as load changes, and a thread that once authenticated may then serve a
