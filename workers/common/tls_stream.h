@@ -1,0 +1,89 @@
+// One TLS connection driven by OpenSSL on a KJ event loop: the handshake (either side), then a
+// relay between it and a plaintext byte stream that grpc owns the other end of (a socketpair),
+// because grpc++ 1.51 cannot be told which TLS versions and suites to use (ARCHITECTURE.md,
+// decision 13). Used by the principal's front door (server side) and the agent's connector
+// (client side). Everything here runs on one thread: the loop that owns the stream.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <kj/async-unix.h>
+#include <kj/io.h>
+
+#include "supervisor/config.h"
+
+typedef struct ssl_st SSL;
+typedef struct ssl_ctx_st SSL_CTX;
+
+namespace aa::tls {
+
+struct SslDeleter {
+  void operator()(SSL* s) const;
+};
+using SslPtr = std::unique_ptr<SSL, SslDeleter>;
+
+// OpenSSL's queued errors of this thread as one line (and clears them).
+std::string opensslErrors();
+
+// OpenSSL's reason plus the setting that usually explains it, for the operator reading the log.
+std::string explainHandshakeFailure(const std::string& reason);
+
+// Applies the version range and suites of `policy` to `ctx`. `defaultMin` is used when the policy
+// sets no minimum. Returns "" or what OpenSSL refused.
+std::string applyPolicy(SSL_CTX* ctx, const Policy& policy, int defaultMin);
+
+struct SessionInfo {
+  std::string version;         // "TLSv1.3"
+  std::string cipher;          // OpenSSL's name
+  std::string certificatePem;  // the peer's leaf certificate, if it sent one
+  std::string commonName;      // its subject CN when there is exactly one; else ""
+};
+
+// Scratch space shared by every stream of one thread: a stream copies data into a buffer of its
+// own only when the other side cannot take it at once, so idle streams hold no buffers.
+struct Scratch {
+  static constexpr size_t kSize = 32 * 1024;
+  char data[kSize];
+};
+
+class TlsStream {
+ public:
+  // Takes the connected, non-blocking socket and an SSL object already set to accept or connect
+  // state (not yet bound to a descriptor). `peer` names the other side in log lines.
+  TlsStream(kj::UnixEventPort& port, kj::AutoCloseFd tcp, SslPtr ssl, std::string peer);
+  ~TlsStream() noexcept(false);
+
+  // Completes the handshake; rejects with OpenSSL's reason, explained.
+  kj::Promise<void> handshake();
+  SessionInfo sessionInfo() const;
+
+  // Moves bytes between this TLS stream and `local` (our end of the socketpair whose other end
+  // grpc reads and writes) until either side closes or fails. A close by the TLS peer reaches grpc
+  // as end of stream; a close by grpc sends close_notify and ends the connection.
+  kj::Promise<void> relay(kj::AutoCloseFd local, Scratch& scratch);
+
+  const std::string& peer() const { return peer_; }
+
+ private:
+  enum class Wait { kNone, kRead, kWrite };
+  kj::Promise<void> pump();
+  bool sendLocal(const char* data, size_t size, bool& progress);
+  bool writeTls(const char* data, size_t size, bool& progress);
+
+  // Members are destroyed in reverse order: observers before their descriptors.
+  kj::UnixEventPort& port_;
+  kj::AutoCloseFd tcp_;
+  SslPtr ssl_;  // does not own tcp_
+  std::string peer_;
+  kj::UnixEventPort::FdObserver tcpObserver_;
+  kj::AutoCloseFd local_;
+  kj::Own<kj::UnixEventPort::FdObserver> localObserver_;
+  Scratch* scratch_ = nullptr;
+  std::string toLocal_, toTls_;
+  bool tlsEof_ = false, localEof_ = false;
+  Wait tlsReadWait_ = Wait::kNone, tlsWriteWait_ = Wait::kNone;
+  bool localReadBlocked_ = false, localWriteBlocked_ = false;
+};
+
+}  // namespace aa::tls
