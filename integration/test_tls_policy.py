@@ -8,6 +8,7 @@ import time
 import unittest
 
 import harness as h
+import mesh
 
 REFUSAL_CASES = [
     # (extra flags or env, fragment of the one-line error)
@@ -187,6 +188,59 @@ class TlsPolicyTest(h.IntegrationTestCase):
                       p.stdout)
         self.assertIn("  TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA\n    Supported versions: TLS 1.0, "
                       "TLS 1.1, TLS 1.2\n", p.stdout)
+
+
+class AgentTlsPolicyTest(h.IntegrationTestCase):
+    """The agent's side: its own TLS client with the same flags (upstream has them on both)."""
+
+    def userpass_agent(self, principal, name, transport, wait):
+        creds = h.write_creds_file(self.path(f"{name}.creds"), "agent1", "secret-1")
+        return mesh.start_agent_creds(self, principal.port, f"userpass:{creds}", name=name,
+                                      transport=transport, wait=wait)
+
+    def test_agent_versions_and_suites(self):
+        principal = self.start_principal(extra=["--tls-min-version", "tls1.2", "--log-level",
+                                                "debug"])
+        # The agent offers only TLS 1.2 and one suite: that is what the connection uses.
+        self.userpass_agent(principal, "a12", wait=True, transport=[
+            "--insecure-tls", "--tls-max-version", "tls1.2",
+            "--tls-ciphersuites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"])
+        principal.wait_log(r"TLS connection from ipv4:127\.0\.0\.1:\d+: TLSv1\.2 "
+                           r"ECDHE-RSA-AES128-GCM-SHA256")
+        principal.wait_log(r"agent agent1 subscribed")
+
+    def test_agent_without_a_common_version_says_why(self):
+        principal = self.start_principal()  # TLS 1.3 only
+        agent = self.userpass_agent(principal, "a12", wait=False, transport=[
+            "--insecure-tls", "--tls-max-version", "tls1.2"])
+        line = agent.wait_log(rf"Connection to 127\.0\.0\.1:{principal.port} failed: (.*)")[0]
+        self.assertRegex(line.group(1), r"protocol version.*--tls-min-version/--tls-max-version")
+        agent.wait_log(r"reconnecting to 127\.0\.0\.1:\d+ in \d+ms")
+        self.assertEqual(principal.count(r"subscribed"), 0)
+        self.assertAlive(agent)
+
+    def test_agent_verifies_the_principal(self):
+        principal = self.start_principal()  # a self-signed certificate the agent cannot verify
+        other = mesh.Pki(self.path("other-pki"))
+        agent = self.userpass_agent(principal, "verify", wait=False,
+                                    transport=["--root-ca-path", other.cert])
+        line = agent.wait_log(rf"Connection to 127\.0\.0\.1:{principal.port} failed: (.*)")[0]
+        self.assertRegex(line.group(1), r"certificate verify failed.*--root-ca-path")
+        self.assertEqual(principal.count(r"subscribed"), 0)
+
+    def test_agent_flags_checked_and_list(self):
+        base = [h.AGENT_BIN, "agent", "--server-address", "127.0.0.1", "--creds", "header:",
+                "--control-socket", self.path("a.sock")]
+        p = subprocess.run(base + ["--tls-min-version", "tls1.3", "--tls-ciphersuites",
+                                   "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+        self.assertEqual(p.returncode, h.EXIT_CONFIG, p.stderr)
+        self.assertIn("cipher suite TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 is not supported by "
+                      "minimum TLS version tls1.3", p.stderr)
+        p = subprocess.run([h.AGENT_BIN, "agent", "--tls-ciphersuites=list"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("  TLS_CHACHA20_POLY1305_SHA256\n    Supported versions: TLS 1.3\n", p.stdout)
 
 
 if __name__ == "__main__":

@@ -303,6 +303,14 @@ std::vector<Option> agentOptions(Config& c) {
                 "client certificate (PEM) presented to the principal", &a.tlsClientCert),
       stringOpt("tls-client-key", "ARGOCD_AGENT_TLS_CLIENT_KEY_PATH", "client private key (PEM)",
                 &a.tlsClientKey),
+      tlsVersionOpt("tls-min-version", "ARGOCD_AGENT_TLS_MIN_VERSION",
+                    "minimum TLS version to use: tls1.1, tls1.2, tls1.3 (empty: tls1.2)",
+                    &a.tls.minVersion),
+      tlsVersionOpt("tls-max-version", "ARGOCD_AGENT_TLS_MAX_VERSION",
+                    "maximum TLS version to use (empty: tls1.3)", &a.tls.maxVersion),
+      listOpt("tls-ciphersuites", "ARGOCD_AGENT_TLS_CIPHERSUITES",
+              "comma-separated cipher suites to offer, Go names ('list' prints them)",
+              &a.tls.cipherSuites),
       durationOpt("keep-alive-ping-interval", "ARGOCD_AGENT_KEEP_ALIVE_PING_INTERVAL",
                   "send HTTP/2 PING frames this often while connected (0: none); detects dead "
                   "TCP connections, does not keep proxies from closing idle streams",
@@ -488,6 +496,7 @@ std::string validateAgent(AgentConfig& a) {
   for (const auto* f : {&a.rootCaPath, &a.tlsClientCert, &a.tlsClientKey}) {
     if (!f->empty() && !readable(*f)) return "TLS file \"" + *f + "\" is not readable";
   }
+  if (auto e = tls::validate(a.tls); !e.empty()) return "invalid TLS settings: " + e;
   if (a.credsMethod == "mtls" && a.tlsClientCert.empty()) {
     return "--creds=mtls: needs --tls-client-cert and --tls-client-key";
   }
@@ -560,8 +569,9 @@ ParseResult parseConfig(Side side, const std::vector<std::string>& args, const E
     }
   }
   // `--tls-ciphersuites list` prints the accepted names and exits, as upstream.
-  if (side == Side::kPrincipal &&
-      config.principal.tls.cipherSuites == std::vector<std::string>{"list"}) {
+  const auto& suites =
+      side == Side::kPrincipal ? config.principal.tls.cipherSuites : config.agent.tls.cipherSuites;
+  if (suites == std::vector<std::string>{"list"}) {
     result.helpRequested = true;
     result.message = tls::cipherSuiteListing();
     return result;

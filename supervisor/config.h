@@ -68,6 +68,7 @@ struct AgentConfig {
   std::string rootCaPath;
   std::string tlsClientCert;
   std::string tlsClientKey;
+  tls::Policy tls{tls::kUnset, tls::kUnset, {}};      // unset minimum: TLS 1.2, as Go's client
   std::chrono::nanoseconds keepAlivePingInterval{0};  // HTTP/2 PINGs; 0 = none
   std::chrono::nanoseconds heartbeatInterval{0};      // application heartbeats; 0 = none
   int heartbeatMaxMissed = 3;  // un-ACKed heartbeats in a row that declare the stream dead

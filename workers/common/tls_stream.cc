@@ -118,8 +118,14 @@ kj::Promise<void> TlsStream::handshake() {
         return failure("the peer closed the connection during the handshake");
       }
       [[fallthrough]];
-    default:
-      return failure(explainHandshakeFailure(opensslErrors()));
+    default: {
+      std::string reason = opensslErrors();
+      long verify = SSL_get_verify_result(ssl_.get());
+      if (verify != X509_V_OK) {
+        reason += std::string(": ") + X509_verify_cert_error_string(verify);
+      }
+      return failure(explainHandshakeFailure(reason));
+    }
   }
 }
 
@@ -128,6 +134,10 @@ SessionInfo TlsStream::sessionInfo() const {
   SSL* s = ssl_.get();
   info.version = SSL_get_version(s);
   info.cipher = SSL_CIPHER_get_name(SSL_get_current_cipher(s));
+  const unsigned char* alpn = nullptr;
+  unsigned alpnLen = 0;
+  SSL_get0_alpn_selected(s, &alpn, &alpnLen);
+  if (alpn != nullptr) info.alpn.assign(reinterpret_cast<const char*>(alpn), alpnLen);
   X509* cert = SSL_get0_peer_certificate(s);
   if (cert == nullptr) return info;
   if (BIO* bio = BIO_new(BIO_s_mem())) {

@@ -36,6 +36,7 @@ std::string applyPolicy(SSL_CTX* ctx, const Policy& policy, int defaultMin);
 struct SessionInfo {
   std::string version;         // "TLSv1.3"
   std::string cipher;          // OpenSSL's name
+  std::string alpn;            // the protocol ALPN agreed on ("h2"), "" if none
   std::string certificatePem;  // the peer's leaf certificate, if it sent one
   std::string commonName;      // its subject CN when there is exactly one; else ""
 };

@@ -9,9 +9,8 @@
 #include <sstream>
 #include <thread>
 
+#include <grpcpp/create_channel_posix.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/security/tls_certificate_verifier.h>
-#include <grpcpp/security/tls_credentials_options.h>
 #include <kj/debug.h>
 
 #include "auth.grpc.pb.h"
@@ -26,6 +25,7 @@
 #include "workers/common/stream_pump.h"
 #include "workers/common/synthetic.h"
 #include "workers/common/role.h"
+#include "workers/transport/tls_connector.h"
 
 namespace aa {
 namespace {
@@ -96,7 +96,9 @@ class TransportRole final : public Role {
         throw ConfigError("--creds userpass file " + config_.credsArg + ": " + e.what());
       }
     }
-    channelCreds_ = makeCredentials();
+    // TLS is ours (tls_connector.h: versions, suites, verification, client certificate); grpc
+    // gets the plaintext side. Plaintext (behind a mesh sidecar) is grpc's own channel.
+    if (!config_.insecurePlaintext) connector_ = std::make_unique<TlsConnector>(config_);
     target_ = config_.serverAddress + ":" + std::to_string(config_.serverPort);
     // The principal's enforcement is unknown here, but grpc's default (also upstream's with
     // --keepalive-min-interval=0) drops a client that pings more often than every 5 minutes while
@@ -136,33 +138,6 @@ class TransportRole final : public Role {
   }
 
  private:
-  std::shared_ptr<grpc::ChannelCredentials> makeCredentials() {
-    if (config_.insecurePlaintext) return grpc::InsecureChannelCredentials();
-    if (config_.insecureTls) {
-      grpc::experimental::TlsChannelCredentialsOptions opts;
-      opts.set_verify_server_certs(false);
-      opts.set_check_call_host(false);
-      opts.set_certificate_verifier(
-          std::make_shared<grpc::experimental::NoOpCertificateVerifier>());
-      if (!config_.tlsClientCert.empty()) {
-        opts.set_certificate_provider(
-            std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
-                std::vector<grpc::experimental::IdentityKeyCertPair>{
-                    {readConfigFile(config_.tlsClientKey),
-                     readConfigFile(config_.tlsClientCert)}}));
-        opts.watch_identity_key_cert_pairs();
-      }
-      return grpc::experimental::TlsCredentials(opts);
-    }
-    grpc::SslCredentialsOptions opts;
-    if (!config_.rootCaPath.empty()) opts.pem_root_certs = readConfigFile(config_.rootCaPath);
-    if (!config_.tlsClientCert.empty()) {
-      opts.pem_private_key = readConfigFile(config_.tlsClientKey);
-      opts.pem_cert_chain = readConfigFile(config_.tlsClientCert);
-    }
-    return grpc::SslCredentials(opts);
-  }
-
   void setState(std::string s) {
     std::lock_guard<std::mutex> lock(mu_);
     state_ = std::move(s);
@@ -323,7 +298,19 @@ class TransportRole final : public Role {
       args.SetInt(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS, ms);
       args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
     }
-    auto channel = grpc::CreateCustomChannel(target_, channelCreds_, args);
+    std::shared_ptr<grpc::Channel> channel;
+    if (connector_) {
+      auto conn = connector_->connect(config_.serverAddress, config_.serverPort, kRpcDeadline);
+      if (conn.fd < 0) {
+        spdlog::warn("Connection to {} failed: {}", target_, conn.error);
+        setState("connection failed: " + conn.error);
+        return 0ms;
+      }
+      spdlog::debug("TLS connection to {}: {} {}", target_, conn.version, conn.cipher);
+      channel = grpc::CreateCustomInsecureChannelFromFd(target_, conn.fd, args);
+    } else {
+      channel = grpc::CreateCustomChannel(target_, grpc::InsecureChannelCredentials(), args);
+    }
 
     authapi::AuthRequest areq = authRequest();
     authapi::AuthResponse aresp;
@@ -442,7 +429,7 @@ class TransportRole final : public Role {
   WorkerEnv& env_;
   const AgentConfig& config_;
   userpass::AgentCredentials creds_;
-  std::shared_ptr<grpc::ChannelCredentials> channelCreds_;
+  std::unique_ptr<TlsConnector> connector_;  // null with --insecure-plaintext
   std::string target_;
   std::thread thread_;
   std::mutex mu_;

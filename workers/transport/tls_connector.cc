@@ -1,0 +1,257 @@
+// The agent's TLS client (tls_connector.h).
+#include "workers/transport/tls_connector.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <mutex>
+
+#include <kj/async-io.h>
+#include <kj/debug.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "ipc/runtime/log.h"
+#include "workers/common/role.h"
+#include "workers/common/tls_stream.h"
+
+namespace aa {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Non-blocking TCP connect to each address of host:port in turn, all within `deadline`.
+int tcpConnect(const std::string& host, int port, Clock::time_point deadline, std::string& error) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string service = std::to_string(port);
+  int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
+  if (rc != 0) {
+    error = "cannot resolve " + host + ": " + gai_strerror(rc);
+    return -1;
+  }
+  KJ_DEFER(freeaddrinfo(res));
+  error = "no address for " + host;
+  for (const addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    int fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      error = std::string("socket: ") + strerror(errno);
+      continue;
+    }
+    int err = 0;
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
+      err = errno;
+      if (err == EINPROGRESS) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        pollfd p{fd, POLLOUT, 0};
+        int n = left.count() > 0 ? poll(&p, 1, static_cast<int>(left.count())) : 0;
+        socklen_t len = sizeof err;
+        if (n <= 0) {
+          err = ETIMEDOUT;
+        } else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+          err = errno;
+        }
+      }
+    }
+    if (err == 0) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      return fd;
+    }
+    close(fd);
+    error = "connect to " + host + ":" + service + " failed: " + strerror(err);
+  }
+  return -1;
+}
+
+bool isIpLiteral(const std::string& host) {
+  unsigned char buf[sizeof(in6_addr)];
+  return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
+
+kj::Exception failure(const std::string& what) {
+  return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, kj::str(what.c_str()));
+}
+
+}  // namespace
+
+// The connector's thread: its KJ loop runs every handshake and every relay of this agent.
+class TlsConnector::Loop {
+ public:
+  void run() {
+    auto io = kj::setupAsyncIo();
+    kj::TaskSet tasks(errorHandler_);
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      io_ = &io;
+      tasks_ = &tasks;
+      executor_ = &kj::getCurrentThreadExecutor();
+      stop_ = kj::mv(paf.fulfiller);
+    }
+    cv_.notify_all();
+    paf.promise.wait(io.waitScope);
+    std::lock_guard<std::mutex> lock(mu_);
+    executor_ = nullptr;
+    tasks_ = nullptr;  // `tasks` (every relay) is destroyed on return, on this thread
+  }
+
+  void waitStarted() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return executor_ != nullptr; });
+  }
+
+  void stop() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) stop_->fulfill();
+  }
+
+  Result connect(kj::AutoCloseFd fd, tls::SslPtr ssl, std::string peer,
+                 std::chrono::milliseconds timeout) {
+    const kj::Executor* executor;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      executor = executor_;
+    }
+    if (executor == nullptr) return Result{-1, "the TLS connector is stopping", "", ""};
+    return executor->executeSync(
+        [&]() { return handshake(kj::mv(fd), std::move(ssl), peer, timeout); });
+  }
+
+ private:
+  // On the loop's thread.
+  kj::Promise<Result> handshake(kj::AutoCloseFd fd, tls::SslPtr ssl, const std::string& peer,
+                                std::chrono::milliseconds timeout) {
+    auto stream = kj::heap<tls::TlsStream>(io_->unixEventPort, kj::mv(fd), std::move(ssl), peer);
+    auto& ref = *stream;
+    auto expired = io_->provider->getTimer()
+                       .afterDelay(timeout.count() * kj::MILLISECONDS)
+                       .then([]() -> kj::Promise<void> {
+                         return failure("no complete TLS handshake within the connect timeout");
+                       });
+    return ref.handshake()
+        .exclusiveJoin(kj::mv(expired))
+        .then(
+            [this, stream = kj::mv(stream)]() mutable -> Result {
+              auto session = stream->sessionInfo();
+              if (session.alpn != "h2") {
+                return Result{-1, "the principal did not agree to ALPN h2 (not a gRPC server?)", "",
+                              ""};
+              }
+              int pair[2];
+              if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) != 0) {
+                return Result{-1, std::string("socketpair: ") + strerror(errno), "", ""};
+              }
+              auto& s = *stream;
+              tasks_->add(s.relay(kj::AutoCloseFd(pair[0]), scratch_).attach(kj::mv(stream)));
+              return Result{pair[1], "", session.version, session.cipher};
+            },
+            [](kj::Exception&& e) -> Result {
+              return Result{-1, e.getDescription().cStr(), "", ""};
+            });
+  }
+
+  struct ErrorHandler final : kj::TaskSet::ErrorHandler {
+    void taskFailed(kj::Exception&& e) override {
+      spdlog::debug("TLS connection ended: {}", e.getDescription().cStr());
+    }
+  };
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  kj::AsyncIoContext* io_ = nullptr;
+  kj::TaskSet* tasks_ = nullptr;
+  const kj::Executor* executor_ = nullptr;
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> stop_;
+  ErrorHandler errorHandler_;
+  tls::Scratch scratch_;
+};
+
+TlsConnector::TlsConnector(const AgentConfig& a) : config_(a) {
+  ctx_.reset(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
+  if (!ctx_) throw ConfigError("TLS: cannot create a context: " + tls::opensslErrors());
+  SSL_CTX* c = ctx_.get();
+  // Go's client default minimum is TLS 1.2, as is OpenSSL's.
+  if (auto e = tls::applyPolicy(c, a.tls, tls::kTls12); !e.empty()) throw ConfigError("TLS: " + e);
+  if (a.insecureTls) {
+    SSL_CTX_set_verify(c, SSL_VERIFY_NONE, nullptr);
+  } else {
+    SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nullptr);
+    int ok = a.rootCaPath.empty() ? SSL_CTX_set_default_verify_paths(c)
+                                  : SSL_CTX_load_verify_locations(c, a.rootCaPath.c_str(), nullptr);
+    if (ok != 1) {
+      throw ConfigError("TLS: cannot load the CA \"" +
+                        (a.rootCaPath.empty() ? std::string("(system)") : a.rootCaPath) +
+                        "\": " + tls::opensslErrors());
+    }
+  }
+  if (!a.tlsClientCert.empty()) {
+    if (SSL_CTX_use_certificate_chain_file(c, a.tlsClientCert.c_str()) != 1) {
+      throw ConfigError("TLS: cannot load the client certificate \"" + a.tlsClientCert +
+                        "\": " + tls::opensslErrors());
+    }
+    if (SSL_CTX_use_PrivateKey_file(c, a.tlsClientKey.c_str(), SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(c) != 1) {
+      throw ConfigError("TLS: cannot load the client key \"" + a.tlsClientKey +
+                        "\" (or it does not match the certificate): " + tls::opensslErrors());
+    }
+  }
+  static const unsigned char kH2[] = {2, 'h', '2'};
+  SSL_CTX_set_alpn_protos(c, kH2, sizeof kH2);
+  loop_ = std::make_unique<Loop>();
+  thread_ = std::thread([this]() {
+    try {
+      loop_->run();
+    } catch (const kj::Exception& e) {
+      spdlog::critical("TLS connector failed: {}", e.getDescription().cStr());
+      std::terminate();  // a transport that cannot connect must be restarted
+    }
+  });
+  loop_->waitStarted();
+}
+
+TlsConnector::~TlsConnector() {
+  loop_->stop();
+  thread_.join();
+}
+
+TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
+                                           std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  std::string error;
+  int fd = tcpConnect(host, port, deadline, error);
+  if (fd < 0) return Result{-1, error, "", ""};
+  kj::AutoCloseFd tcp(fd);
+  tls::SslPtr ssl(SSL_new(ctx_.get()));
+  if (!ssl) return Result{-1, "cannot create a TLS session: " + tls::opensslErrors(), "", ""};
+  SSL_set_connect_state(ssl.get());
+  // SNI and the name the certificate must carry: --server-address, as upstream (an IP address
+  // is checked against the certificate's IP SANs and not sent as SNI).
+  bool ip = isIpLiteral(host);
+  if (!ip) SSL_set_tlsext_host_name(ssl.get(), host.c_str());
+  if (!config_.insecureTls) {
+    int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl.get()), host.c_str())
+                : SSL_set1_host(ssl.get(), host.c_str());
+    if (ok != 1) return Result{-1, "cannot check the certificate for " + host, "", ""};
+  }
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+  std::string peer = host + ":" + std::to_string(port);
+  try {
+    return loop_->connect(kj::mv(tcp), std::move(ssl), peer,
+                          std::max(left, std::chrono::milliseconds(1)));
+  } catch (const kj::Exception& e) {
+    return Result{-1, e.getDescription().cStr(), "", ""};
+  }
+}
+
+}  // namespace aa

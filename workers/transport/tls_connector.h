@@ -1,0 +1,46 @@
+// The agent's TLS client: connects to the principal, runs the OpenSSL handshake with the agent's
+// --tls-min-version/--tls-max-version/--tls-ciphersuites, verification and client certificate,
+// and returns grpc's end of a socketpair carrying plaintext HTTP/2 (for
+// grpc::CreateCustomInsecureChannelFromFd). The handshake and the relay run on the connector's own
+// thread and KJ loop (workers/common/tls_stream.h), as on the principal's front door.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <kj/async.h>
+
+#include "supervisor/config.h"
+
+typedef struct ssl_ctx_st SSL_CTX;
+
+namespace aa {
+
+class TlsConnector {
+ public:
+  // Builds the TLS context from the agent's flags; throws ConfigError (unreadable CA,
+  // certificate or key, or a setting OpenSSL refuses).
+  explicit TlsConnector(const AgentConfig& config);
+  ~TlsConnector();  // closes every relayed connection
+
+  struct Result {
+    int fd = -1;        // grpc's end; -1 on failure
+    std::string error;  // why not, for the log
+    std::string version, cipher;
+  };
+  // Blocking (call from a transport thread, never from a KJ loop thread): TCP connect to
+  // `host`:`port` (every address it resolves to, in order) and the handshake, both within
+  // `timeout`.
+  Result connect(const std::string& host, int port, std::chrono::milliseconds timeout);
+
+ private:
+  class Loop;
+  const AgentConfig& config_;
+  std::shared_ptr<SSL_CTX> ctx_;
+  std::unique_ptr<Loop> loop_;
+  std::thread thread_;
+};
+
+}  // namespace aa
