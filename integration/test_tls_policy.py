@@ -2,6 +2,7 @@
 (--tls-min-version, --tls-max-version, --tls-ciphersuites, --tls-handshake-timeout). Every
 handshake is made by a real `openssl s_client`; agents are our own (grpc++ TLS client)."""
 
+import signal
 import socket
 import subprocess
 import time
@@ -227,6 +228,26 @@ class AgentTlsPolicyTest(h.IntegrationTestCase):
         line = agent.wait_log(rf"Connection to 127\.0\.0\.1:{principal.port} failed: (.*)")[0]
         self.assertRegex(line.group(1), r"certificate verify failed.*--root-ca-path")
         self.assertEqual(principal.count(r"subscribed"), 0)
+
+    def test_agent_stops_promptly_mid_handshake(self):
+        # A peer that accepts TCP and never answers the ClientHello: the agent must still stop
+        # cleanly on SIGTERM (its connector gives up when the agent stops, not after 10 s).
+        silent = socket.socket()
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        silent.settimeout(h.STARTUP_TIMEOUT)
+        port = silent.getsockname()[1]
+        creds = h.write_creds_file(self.path("stuck.creds"), "agent1", "secret-1")
+        agent = mesh.start_agent_creds(self, port, f"userpass:{creds}", name="stuck",
+                                       transport=["--insecure-tls"], wait=False)
+        conn, _ = silent.accept()  # the agent is now waiting for the ServerHello
+        self.addCleanup(conn.close)
+        self.assertNotEqual(conn.recv(1), b"", "the agent sent its ClientHello")
+        agent.popen.send_signal(signal.SIGTERM)
+        rc = agent.popen.wait(timeout=h._duration_seconds(h.SHUTDOWN_TIMEOUT) + 5)
+        self.assertEqual(rc, 0, h.tail(agent.log))
+        self.assertEqual(agent.count(r"did not stop in time"), 0, h.tail(agent.log))
 
     def test_agent_flags_checked_and_list(self):
         base = [h.AGENT_BIN, "agent", "--server-address", "127.0.0.1", "--creds", "header:",

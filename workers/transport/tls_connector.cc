@@ -28,7 +28,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Non-blocking TCP connect to each address of host:port in turn, all within `deadline`.
-int tcpConnect(const std::string& host, int port, Clock::time_point deadline, std::string& error) {
+constexpr auto kCancelCheck = std::chrono::milliseconds(100);
+
+int tcpConnect(const std::string& host, int port, Clock::time_point deadline,
+               const std::function<bool()>& cancelled, std::string& error) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -52,12 +55,18 @@ int tcpConnect(const std::string& host, int port, Clock::time_point deadline, st
     if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
       err = errno;
       if (err == EINPROGRESS) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        pollfd p{fd, POLLOUT, 0};
-        int n = left.count() > 0 ? poll(&p, 1, static_cast<int>(left.count())) : 0;
+        int n = 0;
+        while (n == 0 && !cancelled()) {
+          auto left =
+              std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+          if (left.count() <= 0) break;
+          pollfd p{fd, POLLOUT, 0};
+          n = poll(&p, 1, static_cast<int>(std::min(left, kCancelCheck).count()));
+          if (n < 0 && errno == EINTR) n = 0;
+        }
         socklen_t len = sizeof err;
         if (n <= 0) {
-          err = ETIMEDOUT;
+          err = cancelled() ? ECANCELED : ETIMEDOUT;
         } else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
           err = errno;
         }
@@ -117,7 +126,7 @@ class TlsConnector::Loop {
   }
 
   Result connect(kj::AutoCloseFd fd, tls::SslPtr ssl, std::string peer,
-                 std::chrono::milliseconds timeout) {
+                 std::chrono::milliseconds timeout, const std::function<bool()>& cancelled) {
     const kj::Executor* executor;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -125,13 +134,14 @@ class TlsConnector::Loop {
     }
     if (executor == nullptr) return Result{-1, "the TLS connector is stopping", "", ""};
     return executor->executeSync(
-        [&]() { return handshake(kj::mv(fd), std::move(ssl), peer, timeout); });
+        [&]() { return handshake(kj::mv(fd), std::move(ssl), peer, timeout, cancelled); });
   }
 
  private:
   // On the loop's thread.
   kj::Promise<Result> handshake(kj::AutoCloseFd fd, tls::SslPtr ssl, const std::string& peer,
-                                std::chrono::milliseconds timeout) {
+                                std::chrono::milliseconds timeout,
+                                const std::function<bool()>& cancelled) {
     auto stream = kj::heap<tls::TlsStream>(io_->unixEventPort, kj::mv(fd), std::move(ssl), peer);
     auto& ref = *stream;
     auto expired = io_->provider->getTimer()
@@ -141,6 +151,7 @@ class TlsConnector::Loop {
                        });
     return ref.handshake()
         .exclusiveJoin(kj::mv(expired))
+        .exclusiveJoin(watchCancel(cancelled))
         .then(
             [this, stream = kj::mv(stream)]() mutable -> Result {
               auto session = stream->sessionInfo();
@@ -159,6 +170,16 @@ class TlsConnector::Loop {
             [](kj::Exception&& e) -> Result {
               return Result{-1, e.getDescription().cStr(), "", ""};
             });
+  }
+
+  // Rejects once `cancelled()` (checked every 100 ms; the caller outlives this promise).
+  kj::Promise<void> watchCancel(const std::function<bool()>& cancelled) {
+    return io_->provider->getTimer()
+        .afterDelay(kCancelCheck.count() * kj::MILLISECONDS)
+        .then([this, &cancelled]() -> kj::Promise<void> {
+          if (cancelled()) return failure("cancelled: the agent is stopping");
+          return watchCancel(cancelled);
+        });
   }
 
   struct ErrorHandler final : kj::TaskSet::ErrorHandler {
@@ -226,10 +247,11 @@ TlsConnector::~TlsConnector() {
 }
 
 TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
-                                           std::chrono::milliseconds timeout) {
+                                           std::chrono::milliseconds timeout,
+                                           const std::function<bool()>& cancelled) {
   auto deadline = Clock::now() + timeout;
   std::string error;
-  int fd = tcpConnect(host, port, deadline, error);
+  int fd = tcpConnect(host, port, deadline, cancelled, error);
   if (fd < 0) return Result{-1, error, "", ""};
   kj::AutoCloseFd tcp(fd);
   tls::SslPtr ssl(SSL_new(ctx_.get()));
@@ -248,7 +270,7 @@ TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
   std::string peer = host + ":" + std::to_string(port);
   try {
     return loop_->connect(kj::mv(tcp), std::move(ssl), peer,
-                          std::max(left, std::chrono::milliseconds(1)));
+                          std::max(left, std::chrono::milliseconds(1)), cancelled);
   } catch (const kj::Exception& e) {
     return Result{-1, e.getDescription().cStr(), "", ""};
   }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -32,8 +33,9 @@ class TlsConnector {
   };
   // Blocking (call from a transport thread, never from a KJ loop thread): TCP connect to
   // `host`:`port` (every address it resolves to, in order) and the handshake, both within
-  // `timeout`.
-  Result connect(const std::string& host, int port, std::chrono::milliseconds timeout);
+  // `timeout`. Gives up within ~100 ms once `cancelled()` returns true (shutdown).
+  Result connect(const std::string& host, int port, std::chrono::milliseconds timeout,
+                 const std::function<bool()>& cancelled);
 
  private:
   class Loop;

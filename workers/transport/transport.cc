@@ -300,8 +300,10 @@ class TransportRole final : public Role {
     }
     std::shared_ptr<grpc::Channel> channel;
     if (connector_) {
-      auto conn = connector_->connect(config_.serverAddress, config_.serverPort, kRpcDeadline);
+      auto conn = connector_->connect(config_.serverAddress, config_.serverPort, kRpcDeadline,
+                                      [this]() { return stopping(); });
       if (conn.fd < 0) {
+        if (stopping()) return 0ms;
         spdlog::warn("Connection to {} failed: {}", target_, conn.error);
         setState("connection failed: " + conn.error);
         return 0ms;
