@@ -469,8 +469,9 @@ class ListenerRole final : public Role {
   }
 
   kj::Promise<void> drain() override {
-    // grpc's Shutdown blocks until handlers return, and handlers may be waiting on this KJ
-    // thread (AuthBridge): run it on its own thread and wait for it here without blocking.
+    // grpc's Shutdown blocks until handlers return (an Authenticate may wait up to the auth
+    // deadline, a stream until its deadline): run it on its own thread so that this KJ loop
+    // (supervisor link, watchdog) keeps answering, and resolve when it is done.
     if (front_) front_->stopAccepting();  // open connections drain through grpc's GOAWAY
     auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
     shutdownDone_ = kj::mv(paf.fulfiller);
