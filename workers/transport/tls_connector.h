@@ -8,8 +8,10 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <kj/async.h>
 
@@ -39,6 +41,22 @@ class TlsConnector {
 
  private:
   class Loop;
+
+ public:
+  // An http:// forward proxy from HTTPS_PROXY (upstream's agent is Go and honours it the same
+  // way): the principal is reached through an HTTP CONNECT tunnel, TLS end to end inside it.
+  struct Proxy {
+    std::string host;
+    int port = 0;
+    std::string authorization;         // "Basic ..." when the URL carries user:password
+    std::string shown;                 // host:port, for logs (never the credentials)
+    std::vector<std::string> noProxy;  // NO_PROXY entries
+  };
+
+ private:
+  static std::optional<Proxy> proxyFromEnvironment();
+  const Proxy* proxyFor(const std::string& host, int port) const;
+  std::optional<Proxy> proxy_;
   const AgentConfig& config_;
   std::shared_ptr<SSL_CTX> ctx_;
   std::unique_ptr<Loop> loop_;
