@@ -39,8 +39,9 @@ class HttpsProxyTest(h.IntegrationTestCase):
         self.principal.port = int(m[0].group(1))
         self.principal.wait_all_ready()
 
-    def start_proxy(self, allowed_port):
-        """tinyproxy on 127.0.0.1:<free port>, CONNECT allowed to `allowed_port` only."""
+    def start_proxy(self, allowed_port, basic_auth=None):
+        """tinyproxy on 127.0.0.1:<free port>, CONNECT allowed to `allowed_port` only; with
+        basic_auth=(user, password) it requires those credentials."""
         port = free_port()
         self.proxy_log = self.path("tinyproxy.log")
         conf = self.path("tinyproxy.conf")
@@ -48,6 +49,8 @@ class HttpsProxyTest(h.IntegrationTestCase):
             f.write(f"Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nConnectPort {allowed_port}\n"
                     f"Timeout 60\nMaxClients 16\nLogLevel Connect\nLogFile \"{self.proxy_log}\"\n"
                     f"PidFile \"{self.path('tinyproxy.pid')}\"\nDisableViaHeader Yes\n")
+            if basic_auth:
+                f.write(f"BasicAuth {basic_auth[0]} {basic_auth[1]}\n")
         self.spawn(["tinyproxy", "-d", "-c", conf], "tinyproxy.out")
 
         def listening():
@@ -71,14 +74,24 @@ class HttpsProxyTest(h.IntegrationTestCase):
         return h.count_log(self.proxy_log, rf"CONNECT {re.escape(self.ip)}:{self.principal.port}")
 
     def test_agent_tunnels_through_the_proxy(self):
-        proxy = self.start_proxy(self.principal.port)
-        agent = self.start_agent("tunnelled", {"HTTPS_PROXY": f"http://user:s3cret@127.0.0.1:{proxy}"})
+        proxy = self.start_proxy(self.principal.port, basic_auth=("user", "s3cret"))
+        # Credentials are percent-decoded as in any URL ("%65" is "e").
+        agent = self.start_agent("tunnelled",
+                                 {"HTTPS_PROXY": f"http://us%65r:s3cret@127.0.0.1:{proxy}"})
         agent.wait_log(rf"Event stream to {re.escape(self.ip)}:\d+ opened", timeout=h.STARTUP_TIMEOUT)
         self.principal.wait_log(r"agent agent1 subscribed")
         self.assertGreaterEqual(self.connects(), 1, h.tail(self.proxy_log))
         # The agent names the proxy once, never its credentials.
         agent.wait_log(rf"HTTPS proxy 127\.0\.0\.1:{proxy} tunnels connections to the principal")
         self.assertNotIn("s3cret", agent.text())
+
+    def test_wrong_proxy_credentials_are_named(self):
+        proxy = self.start_proxy(self.principal.port, basic_auth=("user", "s3cret"))
+        agent = self.start_agent("badauth", {"HTTPS_PROXY": f"http://user:wrong@127.0.0.1:{proxy}"})
+        line = agent.wait_log(r"Connection to \S+ failed: (.*)", timeout=h.STARTUP_TIMEOUT)[0]
+        # tinyproxy answers 401 where RFC 9110 says 407; either way the status is in the log.
+        self.assertRegex(line.group(1), r"refused the tunnel .*: HTTP/1\.\d 40[17]")
+        self.assertNotIn("wrong", agent.text())
 
     def test_no_proxy_goes_direct(self):
         proxy = self.start_proxy(self.principal.port)

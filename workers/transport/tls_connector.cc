@@ -113,8 +113,11 @@ bool isLoopback(const std::string& host) {
 bool noProxyMatches(std::string entry, const std::string& host, int port) {
   if (entry == "*") return true;
   auto colon = entry.rfind(':');
-  if (colon != std::string::npos && entry.find(']') == std::string::npos &&
-      entry.find(':') == colon) {  // host:port (not a bare IPv6 address)
+  bool bracketedWithPort =
+      !entry.empty() && entry.front() == '[' && entry.find("]:") != std::string::npos;
+  if (colon != std::string::npos &&
+      (bracketedWithPort || (entry.find(']') == std::string::npos && entry.find(':') == colon))) {
+    // host:port or [v6]:port (not a bare IPv6 address)
     if (entry.substr(colon + 1) != std::to_string(port)) return false;
     entry.resize(colon);
   }
@@ -186,7 +189,18 @@ std::optional<TlsConnector::Proxy> TlsConnector::proxyFromEnvironment() {
   Proxy p;
   auto at = rest.rfind('@');
   if (at != std::string::npos) {
-    p.authorization = "Basic " + base64(rest.substr(0, at));  // user:password, as given
+    // user:password, percent-decoded as in any URL
+    std::string userinfo = rest.substr(0, at), decoded;
+    for (size_t i = 0; i < userinfo.size(); ++i) {
+      if (userinfo[i] == '%' && i + 2 < userinfo.size() && isxdigit(userinfo[i + 1]) &&
+          isxdigit(userinfo[i + 2])) {
+        decoded += static_cast<char>(std::stoi(userinfo.substr(i + 1, 2), nullptr, 16));
+        i += 2;
+      } else {
+        decoded += userinfo[i];
+      }
+    }
+    p.authorization = "Basic " + base64(decoded);
     rest.erase(0, at + 1);
   }
   std::string port = "80";
