@@ -22,6 +22,7 @@
 #include "ipc/runtime/log.h"
 #include "workers/common/role.h"
 #include "workers/common/tls_stream.h"
+#include "workers/transport/https_proxy.h"
 
 namespace aa {
 
@@ -90,158 +91,12 @@ bool isIpLiteral(const std::string& host) {
   return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
 }
 
-// ---- HTTPS proxies, as Go (upstream's agent) finds them: HTTPS_PROXY/https_proxy, NO_PROXY/
-// no_proxy; localhost and loopback addresses are never proxied.
-
-std::string envFirst(const char* upper, const char* lower) {
-  const char* v = getenv(upper);
-  if (v == nullptr || *v == '\0') v = getenv(lower);
-  return v == nullptr ? "" : v;
-}
-
-bool isLoopback(const std::string& host) {
-  if (host == "localhost") return true;
-  in_addr a4{};
-  in6_addr a6{};
-  if (inet_pton(AF_INET, host.c_str(), &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
-  if (inet_pton(AF_INET6, host.c_str(), &a6) == 1) return IN6_IS_ADDR_LOOPBACK(&a6);
-  return false;
-}
-
-// One NO_PROXY entry: "*", a host or domain (".example.com" or "example.com": it and its
-// subdomains), an IP address, or an IP/prefix; an optional ":port" must then match too.
-bool noProxyMatches(std::string entry, const std::string& host, int port) {
-  if (entry == "*") return true;
-  auto colon = entry.rfind(':');
-  bool bracketedWithPort =
-      !entry.empty() && entry.front() == '[' && entry.find("]:") != std::string::npos;
-  if (colon != std::string::npos &&
-      (bracketedWithPort || (entry.find(']') == std::string::npos && entry.find(':') == colon))) {
-    // host:port or [v6]:port (not a bare IPv6 address)
-    if (entry.substr(colon + 1) != std::to_string(port)) return false;
-    entry.resize(colon);
-  }
-  if (!entry.empty() && entry.front() == '[' && entry.back() == ']') {
-    entry = entry.substr(1, entry.size() - 2);
-  }
-  auto slash = entry.find('/');
-  if (slash != std::string::npos) {  // CIDR
-    int bits = atoi(entry.c_str() + slash + 1);
-    std::string net = entry.substr(0, slash);
-    unsigned char n[16], h[16];
-    int family = net.find(':') == std::string::npos ? AF_INET : AF_INET6;
-    int len = family == AF_INET ? 4 : 16;
-    if (inet_pton(family, net.c_str(), n) != 1 || inet_pton(family, host.c_str(), h) != 1 ||
-        bits < 0 || bits > len * 8) {
-      return false;
-    }
-    for (int i = 0; i < len && bits > 0; ++i, bits -= 8) {
-      unsigned char mask = bits >= 8 ? 0xff : static_cast<unsigned char>(0xff << (8 - bits));
-      if ((n[i] & mask) != (h[i] & mask)) return false;
-    }
-    return true;
-  }
-  if (!entry.empty() && entry.front() == '.') entry.erase(0, 1);
-  if (entry.empty()) return false;
-  if (host == entry) return true;
-  return host.size() > entry.size() &&
-         host.compare(host.size() - entry.size(), entry.size(), entry) == 0 &&
-         host[host.size() - entry.size() - 1] == '.';
-}
-
-std::string base64(const std::string& in) {
-  static const char* kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    unsigned v = (static_cast<unsigned char>(in[i]) << 16) |
-                 (static_cast<unsigned char>(in[i + 1]) << 8) |
-                 static_cast<unsigned char>(in[i + 2]);
-    for (int k = 18; k >= 0; k -= 6) out += kAlphabet[(v >> k) & 63];
-  }
-  if (i < in.size()) {
-    unsigned v = static_cast<unsigned char>(in[i]) << 16;
-    if (i + 1 < in.size()) v |= static_cast<unsigned char>(in[i + 1]) << 8;
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += i + 1 < in.size() ? kAlphabet[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
-
 }  // namespace
-
-// HTTPS_PROXY as Go reads it: [http://][user:password@]host[:port][/...]. Throws ConfigError for
-// a value that cannot be used (an https:// proxy, no host, a bad port).
-std::optional<TlsConnector::Proxy> TlsConnector::proxyFromEnvironment() {
-  std::string url = envFirst("HTTPS_PROXY", "https_proxy");
-  if (url.empty()) return std::nullopt;
-  std::string rest = url;
-  if (rest.rfind("http://", 0) == 0) {
-    rest.erase(0, 7);
-  } else if (rest.find("://") != std::string::npos) {
-    throw ConfigError(
-        "HTTPS_PROXY: only http:// proxies are supported (the connection to the "
-        "principal is TLS end to end inside the tunnel)");
-  }
-  rest = rest.substr(0, rest.find('/'));
-  Proxy p;
-  auto at = rest.rfind('@');
-  if (at != std::string::npos) {
-    // user:password, percent-decoded as in any URL
-    std::string userinfo = rest.substr(0, at), decoded;
-    for (size_t i = 0; i < userinfo.size(); ++i) {
-      if (userinfo[i] == '%' && i + 2 < userinfo.size() && isxdigit(userinfo[i + 1]) &&
-          isxdigit(userinfo[i + 2])) {
-        decoded += static_cast<char>(std::stoi(userinfo.substr(i + 1, 2), nullptr, 16));
-        i += 2;
-      } else {
-        decoded += userinfo[i];
-      }
-    }
-    p.authorization = "Basic " + base64(decoded);
-    rest.erase(0, at + 1);
-  }
-  std::string port = "80";
-  if (!rest.empty() && rest.front() == '[') {  // [IPv6]:port
-    auto close = rest.find(']');
-    if (close == std::string::npos) throw ConfigError("HTTPS_PROXY: unbalanced [ in the host");
-    p.host = rest.substr(1, close - 1);
-    if (rest.size() > close + 2 && rest[close + 1] == ':') port = rest.substr(close + 2);
-  } else {
-    auto colon = rest.rfind(':');
-    p.host = rest.substr(0, colon);
-    if (colon != std::string::npos) port = rest.substr(colon + 1);
-  }
-  p.port = port.find_first_not_of("0123456789") == std::string::npos && port.size() <= 5
-               ? atoi(port.c_str())
-               : 0;
-  if (p.host.empty() || p.port <= 0 || p.port > 65535) {
-    throw ConfigError("HTTPS_PROXY: cannot read a host and port from it");
-  }
-  p.shown = p.host + ":" + std::to_string(p.port);  // never the credentials
-  std::stringstream noProxy(envFirst("NO_PROXY", "no_proxy"));
-  for (std::string e; std::getline(noProxy, e, ',');) {
-    e.erase(0, e.find_first_not_of(" \t"));
-    e.erase(e.find_last_not_of(" \t") + 1);
-    if (!e.empty()) p.noProxy.push_back(e);
-  }
-  return p;
-}
-
-const TlsConnector::Proxy* TlsConnector::proxyFor(const std::string& host, int port) const {
-  if (!proxy_ || isLoopback(host)) return nullptr;
-  for (const auto& e : proxy_->noProxy) {
-    if (noProxyMatches(e, host, port)) return nullptr;
-  }
-  return &*proxy_;
-}
 
 namespace {
 
 // Asks the proxy for a tunnel to host:port on `fd` (blocking with poll, within `deadline`).
-bool connectTunnel(int fd, const TlsConnector::Proxy& proxy, const std::string& host, int port,
+bool connectTunnel(int fd, const proxy::Proxy& proxy, const std::string& host, int port,
                    Clock::time_point deadline, const std::function<bool()>& cancelled,
                    std::string& error) {
   std::string target =
@@ -443,7 +298,11 @@ TlsConnector::TlsConnector(const AgentConfig& a) : config_(a) {
   }
   static const unsigned char kH2[] = {2, 'h', '2'};
   SSL_CTX_set_alpn_protos(c, kH2, sizeof kH2);
-  proxy_ = proxyFromEnvironment();
+  try {
+    proxy_ = proxy::fromEnvironment();
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(e.what());
+  }
   if (proxy_) {
     spdlog::info(
         "HTTPS proxy {} tunnels connections to the principal (HTTPS_PROXY; NO_PROXY "
@@ -472,7 +331,7 @@ TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
                                            const std::function<bool()>& cancelled) {
   auto deadline = Clock::now() + timeout;
   std::string error;
-  const Proxy* proxy = proxyFor(host, port);
+  const proxy::Proxy* proxy = proxy_ && !proxy::bypass(*proxy_, host, port) ? &*proxy_ : nullptr;
   int fd = proxy ? tcpConnect(proxy->host, proxy->port, deadline, cancelled, error)
                  : tcpConnect(host, port, deadline, cancelled, error);
   if (fd < 0) return Result{-1, error, "", ""};

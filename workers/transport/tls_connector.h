@@ -16,6 +16,7 @@
 #include <kj/async.h>
 
 #include "supervisor/config.h"
+#include "workers/transport/https_proxy.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
 
@@ -41,23 +42,8 @@ class TlsConnector {
 
  private:
   class Loop;
-
- public:
-  // An http:// forward proxy from HTTPS_PROXY (upstream's agent is Go and honours it the same
-  // way): the principal is reached through an HTTP CONNECT tunnel, TLS end to end inside it.
-  struct Proxy {
-    std::string host;
-    int port = 0;
-    std::string authorization;         // "Basic ..." when the URL carries user:password
-    std::string shown;                 // host:port, for logs (never the credentials)
-    std::vector<std::string> noProxy;  // NO_PROXY entries
-  };
-
- private:
-  static std::optional<Proxy> proxyFromEnvironment();
-  const Proxy* proxyFor(const std::string& host, int port) const;
-  std::optional<Proxy> proxy_;
   const AgentConfig& config_;
+  std::optional<proxy::Proxy> proxy_;  // HTTPS_PROXY (https_proxy.h), if set
   std::shared_ptr<SSL_CTX> ctx_;
   std::unique_ptr<Loop> loop_;
   std::thread thread_;
