@@ -5,7 +5,6 @@ handshake is made by a real `openssl s_client`; agents are our own (grpc++ TLS c
 import signal
 import socket
 import subprocess
-import time
 import unittest
 
 import harness as h
@@ -138,9 +137,9 @@ class TlsPolicyTest(h.IntegrationTestCase):
         stalled = socket.create_connection(("127.0.0.1", principal.port), timeout=10)
         garbage = socket.create_connection(("127.0.0.1", principal.port), timeout=10)
         garbage.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        started = time.monotonic()
+        # recv is bounded by the socket's 10 s timeout; the log line says the handshake deadline
+        # (1 s) closed it, not anything else.
         self.assertEqual(stalled.recv(1), b"", "the stalled connection was closed")
-        self.assertLess(time.monotonic() - started, 9.0)
         principal.wait_log(r"failed: no complete TLS handshake within --tls-handshake-timeout")
         # Plain HTTP gets a TLS alert, a close or a reset, never a hang or an HTTP answer, and a
         # clear reason in the log.

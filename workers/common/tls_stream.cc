@@ -19,11 +19,38 @@ namespace {
 // busy connection lets the others on its loop (and an accept loop) have their turn.
 constexpr int kPassesPerTurn = 16;
 
+}  // namespace
+
 kj::Exception failure(const std::string& what) {
   return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, kj::str(what.c_str()));
 }
 
-}  // namespace
+LoopThread::LoopThread(std::string what, Main main) {
+  thread_ = std::thread([this, what = std::move(what), main = std::move(main)]() {
+    try {
+      // The stop promise must belong to this thread's loop; its fulfiller goes to the destructor.
+      auto io = kj::setupAsyncIo();
+      auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        stop_ = kj::mv(paf.fulfiller);
+        executor_ = &kj::getCurrentThreadExecutor();
+      }
+      cv_.notify_all();
+      main(io, kj::mv(paf.promise));
+    } catch (const kj::Exception& e) {
+      spdlog::critical("{} failed: {}", what, e.getDescription().cStr());
+      std::terminate();
+    }
+  });
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this]() { return executor_ != nullptr; });
+}
+
+LoopThread::~LoopThread() {
+  stop_->fulfill();
+  thread_.join();
+}
 
 void SslDeleter::operator()(SSL* s) const { SSL_free(s); }
 

@@ -5,9 +5,14 @@
 // (client side). Everything here runs on one thread: the loop that owns the stream.
 #pragma once
 
+#include <condition_variable>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
+#include <kj/async-io.h>
 #include <kj/async-unix.h>
 #include <kj/io.h>
 
@@ -22,6 +27,9 @@ struct SslDeleter {
   void operator()(SSL* s) const;
 };
 using SslPtr = std::unique_ptr<SSL, SslDeleter>;
+
+// A rejection carrying `what` as its whole description (for log lines).
+kj::Exception failure(const std::string& what);
 
 // OpenSSL's queued errors of this thread as one line (and clears them).
 std::string opensslErrors();
@@ -85,6 +93,28 @@ class TlsStream {
   bool tlsEof_ = false, localEof_ = false;
   Wait tlsReadWait_ = Wait::kNone, tlsWriteWait_ = Wait::kNone;
   bool localReadBlocked_ = false, localWriteBlocked_ = false;
+};
+
+// A thread with its own KJ event loop, where a side's TLS streams live (the principal's front
+// door, the agent's connector): crypto never runs on the worker's main loop or on grpc's threads.
+// `main(io, stopped)` runs on that thread and must return once `stopped` resolves, after
+// dropping what it owns there. The constructor returns once the loop exists; work sent with
+// executor() runs when `main` waits. A kj::Exception out of `main` ends the process: the
+// supervisor restarts a worker that cannot serve.
+class LoopThread {
+ public:
+  using Main = std::function<void(kj::AsyncIoContext& io, kj::Promise<void> stopped)>;
+  LoopThread(std::string what, Main main);
+  ~LoopThread();  // resolves `stopped` and joins
+
+  const kj::Executor& executor() const { return *executor_; }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> stop_;
+  const kj::Executor* executor_ = nullptr;
+  std::thread thread_;
 };
 
 }  // namespace aa::tls

@@ -12,7 +12,6 @@
 #include <atomic>
 #include <charconv>
 #include <chrono>
-#include <condition_variable>
 
 #include <kj/async-unix.h>
 #include <kj/debug.h>
@@ -149,10 +148,6 @@ class LogLimiter {
   unsigned count_ = 0, suppressed_ = 0;
 };
 
-kj::Exception failure(const std::string& what) {
-  return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, kj::str(what.c_str()));
-}
-
 }  // namespace
 
 class FrontDoor::Loop {
@@ -219,7 +214,7 @@ class FrontDoor::Loop::Connection {
   kj::Promise<void> run() {
     auto timeout =
         loop_.timer_->afterDelay(loop_.options_.handshakeTimeout).then([]() -> kj::Promise<void> {
-          return failure("no complete TLS handshake within --tls-handshake-timeout");
+          return tls::failure("no complete TLS handshake within --tls-handshake-timeout");
         });
     return stream_.handshake()
         .exclusiveJoin(kj::mv(timeout))
@@ -365,36 +360,17 @@ void FrontDoor::stopAccepting() {
 }
 
 FrontDoor::~FrontDoor() {
-  if (thread_.joinable()) {
-    stop_->fulfill();
-    thread_.join();
-  }
+  thread_ = nullptr;  // every relay is closed on its own thread
   if (listenFd_ >= 0) close(listenFd_);
 }
 
 void FrontDoor::start() {
   loop_ = std::make_unique<Loop>(options_, listenFd_, stopped_);
-  std::mutex mu;
-  std::condition_variable cv;
-  thread_ = std::thread([this, &mu, &cv]() {
-    try {
-      // The stop promise must belong to this thread's event loop; its fulfiller goes back to
-      // start() for the destructor.
-      auto io = kj::setupAsyncIo();
-      auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        stop_ = kj::mv(paf.fulfiller);
-      }
-      cv.notify_one();
-      loop_->run(io, kj::mv(paf.promise));
-    } catch (const kj::Exception& e) {
-      spdlog::critical("front door failed: {}", e.getDescription().cStr());
-      std::terminate();  // a listener that cannot accept must be restarted
-    }
-  });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [this]() { return stop_.get() != nullptr; });
+  // A listener that cannot accept must be restarted: LoopThread ends the process on failure.
+  thread_ = std::make_unique<tls::LoopThread>(
+      "front door", [this](kj::AsyncIoContext& io, kj::Promise<void> stopped) {
+        loop_->run(io, kj::mv(stopped));
+      });
 }
 
 }  // namespace aa

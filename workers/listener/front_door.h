@@ -21,11 +21,11 @@
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <thread>
 
 #include <kj/async-io.h>
 
 #include "supervisor/config.h"
+#include "workers/common/tls_stream.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
 
@@ -90,8 +90,7 @@ class FrontDoor {
   std::atomic<bool> stopped_{false};
   std::string boundAddress_;
   std::unique_ptr<Loop> loop_;
-  kj::Own<kj::CrossThreadPromiseFulfiller<void>> stop_;
-  std::thread thread_;
+  std::unique_ptr<tls::LoopThread> thread_;  // runs loop_; destroyed first
 };
 
 }  // namespace aa

@@ -9,10 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <optional>
 #include <sstream>
-#include <mutex>
 
 #include <kj/async-io.h>
 #include <kj/debug.h>
@@ -157,52 +155,25 @@ bool connectTunnel(int fd, const proxy::Proxy& proxy, const std::string& host, i
   return true;
 }
 
-kj::Exception failure(const std::string& what) {
-  return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__, kj::str(what.c_str()));
-}
-
 }  // namespace
 
 // The connector's thread: its KJ loop runs every handshake and every relay of this agent.
 class TlsConnector::Loop {
  public:
-  void run() {
-    auto io = kj::setupAsyncIo();
+  // On the connector's thread (tls::LoopThread), until `stopped`.
+  void run(kj::AsyncIoContext& io, kj::Promise<void> stopped) {
     kj::TaskSet tasks(errorHandler_);
-    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      io_ = &io;
-      tasks_ = &tasks;
-      executor_ = &kj::getCurrentThreadExecutor();
-      stop_ = kj::mv(paf.fulfiller);
-    }
-    cv_.notify_all();
-    paf.promise.wait(io.waitScope);
-    std::lock_guard<std::mutex> lock(mu_);
-    executor_ = nullptr;
+    io_ = &io;
+    tasks_ = &tasks;
+    stopped.wait(io.waitScope);
     tasks_ = nullptr;  // `tasks` (every relay) is destroyed on return, on this thread
   }
 
-  void waitStarted() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return executor_ != nullptr; });
-  }
-
-  void stop() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stop_) stop_->fulfill();
-  }
-
-  Result connect(kj::AutoCloseFd fd, tls::SslPtr ssl, std::string peer,
-                 std::chrono::milliseconds timeout, const std::function<bool()>& cancelled) {
-    const kj::Executor* executor;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      executor = executor_;
-    }
-    if (executor == nullptr) return Result{-1, "the TLS connector is stopping", "", ""};
-    return executor->executeSync(
+  // From a transport thread: the handshake runs on the loop, this thread waits for its result.
+  Result connect(const kj::Executor& executor, kj::AutoCloseFd fd, tls::SslPtr ssl,
+                 std::string peer, std::chrono::milliseconds timeout,
+                 const std::function<bool()>& cancelled) {
+    return executor.executeSync(
         [&]() { return handshake(kj::mv(fd), std::move(ssl), peer, timeout, cancelled); });
   }
 
@@ -213,11 +184,12 @@ class TlsConnector::Loop {
                                 const std::function<bool()>& cancelled) {
     auto stream = kj::heap<tls::TlsStream>(io_->unixEventPort, kj::mv(fd), std::move(ssl), peer);
     auto& ref = *stream;
-    auto expired = io_->provider->getTimer()
-                       .afterDelay(timeout.count() * kj::MILLISECONDS)
-                       .then([]() -> kj::Promise<void> {
-                         return failure("no complete TLS handshake within the connect timeout");
-                       });
+    auto expired =
+        io_->provider->getTimer()
+            .afterDelay(timeout.count() * kj::MILLISECONDS)
+            .then([]() -> kj::Promise<void> {
+              return tls::failure("no complete TLS handshake within the connect timeout");
+            });
     return ref.handshake()
         .exclusiveJoin(kj::mv(expired))
         .exclusiveJoin(watchCancel(cancelled))
@@ -246,7 +218,7 @@ class TlsConnector::Loop {
     return io_->provider->getTimer()
         .afterDelay(kCancelCheck.count() * kj::MILLISECONDS)
         .then([this, &cancelled]() -> kj::Promise<void> {
-          if (cancelled()) return failure("cancelled: the agent is stopping");
+          if (cancelled()) return tls::failure("cancelled: the agent is stopping");
           return watchCancel(cancelled);
         });
   }
@@ -257,12 +229,8 @@ class TlsConnector::Loop {
     }
   };
 
-  std::mutex mu_;
-  std::condition_variable cv_;
   kj::AsyncIoContext* io_ = nullptr;
   kj::TaskSet* tasks_ = nullptr;
-  const kj::Executor* executor_ = nullptr;
-  kj::Own<kj::CrossThreadPromiseFulfiller<void>> stop_;
   ErrorHandler errorHandler_;
   tls::Scratch scratch_;
 };
@@ -310,20 +278,15 @@ TlsConnector::TlsConnector(const AgentConfig& a) : config_(a) {
         proxy_->shown, proxy_->noProxy.size());
   }
   loop_ = std::make_unique<Loop>();
-  thread_ = std::thread([this]() {
-    try {
-      loop_->run();
-    } catch (const kj::Exception& e) {
-      spdlog::critical("TLS connector failed: {}", e.getDescription().cStr());
-      std::terminate();  // a transport that cannot connect must be restarted
-    }
-  });
-  loop_->waitStarted();
+  // A transport that cannot connect must be restarted: LoopThread ends the process on failure.
+  thread_ = std::make_unique<tls::LoopThread>(
+      "TLS connector", [this](kj::AsyncIoContext& io, kj::Promise<void> stopped) {
+        loop_->run(io, kj::mv(stopped));
+      });
 }
 
 TlsConnector::~TlsConnector() {
-  loop_->stop();
-  thread_.join();
+  thread_ = nullptr;  // every relay is closed on its own thread
 }
 
 TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
@@ -357,7 +320,7 @@ TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
   std::string peer = host + ":" + std::to_string(port);
   try {
-    return loop_->connect(kj::mv(tcp), std::move(ssl), peer,
+    return loop_->connect(thread_->executor(), kj::mv(tcp), std::move(ssl), peer,
                           std::max(left, std::chrono::milliseconds(1)), cancelled);
   } catch (const kj::Exception& e) {
     return Result{-1, e.getDescription().cStr(), "", ""};

@@ -10,15 +10,13 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <kj/async.h>
 
 #include "supervisor/config.h"
+#include "workers/common/tls_stream.h"
 #include "workers/transport/https_proxy.h"
-
-typedef struct ssl_ctx_st SSL_CTX;
 
 namespace aa {
 
@@ -46,7 +44,7 @@ class TlsConnector {
   std::optional<proxy::Proxy> proxy_;  // HTTPS_PROXY (https_proxy.h), if set
   std::shared_ptr<SSL_CTX> ctx_;
   std::unique_ptr<Loop> loop_;
-  std::thread thread_;
+  std::unique_ptr<tls::LoopThread> thread_;  // runs loop_; destroyed first
 };
 
 }  // namespace aa
