@@ -6,6 +6,12 @@
 
 $import "/capnp/c++.capnp".namespace("aa::ipc");
 
+# Limits both ends apply. The listener caps what it forwards one byte past them, so that the auth
+# worker (which parses, and checks them before parsing) can still name the input as too large.
+const maxHeaderValueBytes :UInt32 = 16384;     # one identity header value
+const maxHeaderValues :UInt32 = 8;             # values of the identity header forwarded per call
+const maxCertificatePemBytes :UInt32 = 65536;  # the verified client leaf, PEM
+
 struct KeyValue {
   key @0 :Text;
   value @1 :Text;
@@ -17,8 +23,8 @@ struct AuthRequest {
   mode @2 :Text;              # "managed" or "autonomous"
   version @3 :Text;           # agent version, must equal the principal's
   agentNamespace @4 :Text;
-  headers @5 :List(KeyValue); # request metadata relevant to identity (header auth); capped by the listener
-  peerCertificate @6 :Data;   # DER of the verified client leaf certificate, if any
+  headers @5 :List(KeyValue); # the configured identity header's values (header/xfcc auth), capped as above
+  peerCertificate @6 :Data;   # PEM text of the verified client leaf certificate, if any (mtls)
 }
 
 enum DenialCode {

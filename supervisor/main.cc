@@ -22,12 +22,11 @@
 #include "ipc/runtime/log.h"
 #include "ipc/runtime/proc_title.h"
 #include "ipc/runtime/unix_socket.h"
-#include "supervisor/config.h"
+#include "ipc/config/config.h"
 #include "supervisor/control_server.h"
-#include "supervisor/pki.h"
+#include "ipc/crypto/pki.h"
 #include "supervisor/supervisor.h"
-#include "workers/common/role.h"
-#include "workers/common/worker_main.h"
+#include "ipc/runtime/worker_entry.h"
 
 namespace aa {
 namespace {

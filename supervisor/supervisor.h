@@ -14,7 +14,7 @@
 
 #include "ipc/control.capnp.h"
 #include "ipc/supervisor.capnp.h"
-#include "supervisor/config.h"
+#include "ipc/config/config.h"
 #include "supervisor/worker_state.h"
 
 namespace aa {

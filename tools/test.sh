@@ -15,7 +15,7 @@ for f in header xfcc subject userpass; do
   work=$(mktemp -d)
   echo "fuzzing $f for ${FUZZ_SECONDS:-20}s"
   build-fuzz/fuzz_$f -max_total_time="${FUZZ_SECONDS:-20}" -max_len=20000 -timeout=10 \
-    "$work" "workers/auth/fuzz/corpus/$f" > "$work.log" 2>&1 || { cat "$work.log"; exit 1; }
+    "$work" "tools/fuzz/corpus/$f" > "$work.log" 2>&1 || { cat "$work.log"; exit 1; }
   grep -E "^Done [0-9]+ runs" "$work.log" || tail -n 3 "$work.log"
   rm -rf "$work" "$work.log"
 done

@@ -43,7 +43,7 @@
 #include "auth.grpc.pb.h"
 #include "version.grpc.pb.h"
 #include "workers/auth/identity.h"
-#include "workers/auth/jwt.h"
+#include "workers/common/jwt.h"
 #include "workers/auth/userpass.h"
 
 namespace {

@@ -38,7 +38,7 @@
 
 #include "auth.grpc.pb.h"
 #include "eventstream.grpc.pb.h"
-#include "workers/auth/jwt.h"
+#include "workers/common/jwt.h"
 #include "workers/common/cloudevents.h"
 
 namespace {

@@ -21,9 +21,9 @@
 #include "ipc/auth.capnp.h"
 #include "ipc/runtime/fd_contract.h"
 #include "ipc/runtime/log.h"
-#include "supervisor/agent_name.h"
+#include "workers/common/agent_name.h"
 #include "workers/auth/identity.h"
-#include "workers/auth/jwt.h"
+#include "workers/common/jwt.h"
 #include "workers/auth/userpass.h"
 #include "workers/common/role.h"
 

@@ -8,7 +8,7 @@
 #include <map>
 #include <memory>
 
-#include "supervisor/agent_name.h"
+#include "workers/common/agent_name.h"
 
 namespace aa::identity {
 namespace {

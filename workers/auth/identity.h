@@ -11,11 +11,14 @@
 
 #include <re2/re2.h>
 
+#include "ipc/auth.capnp.h"
+
 namespace aa::identity {
 
-inline constexpr size_t kMaxHeaderValue = 16 * 1024;  // per value, checked before parsing
-inline constexpr size_t kMaxHeaderValues = 8;
-inline constexpr size_t kMaxCertificatePem = 64 * 1024;
+// Checked before parsing; the listener<->auth contract (ipc/auth.capnp) defines them.
+inline constexpr size_t kMaxHeaderValue = ipc::MAX_HEADER_VALUE_BYTES;
+inline constexpr size_t kMaxHeaderValues = ipc::MAX_HEADER_VALUES;
+inline constexpr size_t kMaxCertificatePem = ipc::MAX_CERTIFICATE_PEM_BYTES;
 inline constexpr size_t kMaxRenderedName = 4 * 1024;
 
 struct Extracted {

@@ -34,12 +34,4 @@ class Database {
 // A fresh $2b$ bcrypt hash of `password` with `cost` (4..31). Throws std::runtime_error.
 std::string hashPassword(std::string_view password, int cost = 10);
 
-// Agent side (`--creds=userpass:<file>`, §2.5): the first line is `<clientid>:<password>`.
-// Throws std::runtime_error naming the problem (never echoing the password).
-struct AgentCredentials {
-  std::string clientId;
-  std::string password;
-};
-AgentCredentials parseAgentCredentials(std::string_view fileContents);
-
 }  // namespace aa::userpass

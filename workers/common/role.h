@@ -9,19 +9,9 @@
 
 #include <kj/async-io.h>
 
-#include "supervisor/config.h"
+#include "ipc/config/config.h"
 
 namespace aa {
-
-// Thrown by a role when its configuration cannot work (unreadable key, bad file): the worker
-// exits with exit_code::kConfig and the supervisor does not restart it.
-struct ConfigError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-// The whole file at `path` (keys, certificates, credential files). Throws ConfigError naming the
-// path when it cannot be read.
-std::string readConfigFile(const std::string& path);
 
 // What the supervisor told this worker on its command line (see Supervisor::spawn).
 struct WorkerArgs {

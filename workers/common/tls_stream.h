@@ -16,7 +16,7 @@
 #include <kj/async-unix.h>
 #include <kj/io.h>
 
-#include "supervisor/config.h"
+#include "ipc/config/config.h"
 
 typedef struct ssl_st SSL;
 typedef struct ssl_ctx_st SSL_CTX;

@@ -1,7 +1,7 @@
 // The shared worker skeleton (worker_main.h): re-parses the validated configuration, sets up
 // logging, title and crash handling, links to the supervisor over fd 3, runs the role, and turns
 // SIGTERM into an orderly drain. Runs in every worker process.
-#include "workers/common/worker_main.h"
+#include "ipc/runtime/worker_entry.h"
 
 #include <malloc.h>
 #include <signal.h>
@@ -121,13 +121,6 @@ kj::Own<Role> makeRole(WorkerEnv& env) {
 
 }  // namespace
 
-std::string readConfigFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("cannot read " + path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 int workerMain(int argc, char** argv) {
   // Signals first, before any thread exists. Ctrl-C reaches the whole process group: workers

@@ -24,7 +24,7 @@
 
 #include <kj/async-io.h>
 
-#include "supervisor/config.h"
+#include "ipc/config/config.h"
 #include "workers/common/tls_stream.h"
 
 typedef struct ssl_ctx_st SSL_CTX;

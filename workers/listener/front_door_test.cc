@@ -20,7 +20,7 @@
 
 #include <gtest/gtest.h>
 
-#include "supervisor/pki.h"
+#include "ipc/crypto/pki.h"
 
 namespace aa {
 namespace {

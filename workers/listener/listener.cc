@@ -18,10 +18,10 @@
 #include "auth.grpc.pb.h"
 #include "eventstream.grpc.pb.h"
 #include "ipc/runtime/log.h"
-#include "supervisor/agent_name.h"
+#include "workers/common/agent_name.h"
 #include "version.grpc.pb.h"
-#include "workers/auth/identity.h"
-#include "workers/auth/jwt.h"
+#include "ipc/auth.capnp.h"
+#include "workers/common/jwt.h"
 #include "workers/common/cloudevents.h"
 #include "workers/common/stream_pump.h"
 #include "workers/common/synthetic.h"
@@ -117,13 +117,13 @@ class AuthenticationService final : public authapi::Authentication::Service {
       // Forward every value of the identity header, each capped one byte past the auth
       // worker's limit so that it can still say "too large"; parsing happens there.
       auto range = md.equal_range(grpc::string_ref(p.authHeader));
-      for (auto it = range.first; it != range.second && in.headers.size() <= 8; ++it) {
-        size_t n = std::min(it->second.size(), identity::kMaxHeaderValue + 1);
+      for (auto it = range.first; it != range.second && in.headers.size() <= ipc::MAX_HEADER_VALUES; ++it) {
+        size_t n = std::min(it->second.size(), size_t{ipc::MAX_HEADER_VALUE_BYTES} + 1);
         in.headers.emplace_back(p.authHeader, std::string(it->second.data(), n));
       }
     }
     if (p.authMethod == "mtls") {
-      if (peer->certificatePem.size() <= identity::kMaxCertificatePem) {
+      if (peer->certificatePem.size() <= ipc::MAX_CERTIFICATE_PEM_BYTES) {
         in.peerCertificate = peer->certificatePem;
       }
     }

@@ -14,7 +14,7 @@
 
 #include <kj/async.h>
 
-#include "supervisor/config.h"
+#include "ipc/config/config.h"
 #include "workers/common/tls_stream.h"
 #include "workers/transport/https_proxy.h"
 

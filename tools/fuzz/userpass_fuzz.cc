@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "workers/auth/userpass.h"
+#include "workers/transport/agent_credentials.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string v(reinterpret_cast<const char*>(data), size);

@@ -1,5 +1,5 @@
 // Table tests of flag/environment precedence, defaults and validation messages (config.h).
-#include "supervisor/config.h"
+#include "ipc/config/config.h"
 
 #include <stdio.h>
 #include <stdlib.h>

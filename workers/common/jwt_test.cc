@@ -1,6 +1,6 @@
-// Unit tests for workers/auth/jwt.{h,cc}: RS512 issue/verify, rejection paths and base64url.
+// Unit tests for workers/common/jwt.{h,cc}: RS512 issue/verify, rejection paths and base64url.
 // Runs in the unit_tests binary; RSA keys are generated once per suite with OpenSSL directly.
-#include "workers/auth/jwt.h"
+#include "workers/common/jwt.h"
 
 #include <openssl/bio.h>
 #include <openssl/evp.h>

@@ -6,10 +6,11 @@
 #include <chrono>
 #include <functional>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "supervisor/tls_policy.h"
+#include "ipc/config/tls_policy.h"
 
 namespace aa {
 
@@ -80,6 +81,17 @@ struct Config {
   PrincipalConfig principal;
   AgentConfig agent;
 };
+
+// Thrown when a configuration cannot work (bad flag value, unreadable key, bad file); a worker
+// that throws it (unreadable key, bad file): the worker
+// exits with exit_code::kConfig and the supervisor does not restart it.
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The whole file at `path` (keys, certificates, credential files). Throws ConfigError naming the
+// path when it cannot be read.
+std::string readConfigFile(const std::string& path);
 
 using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
 EnvLookup processEnv();

@@ -1,6 +1,6 @@
 // Flag/environment parsing and validation for both sides (config.h). Runs in the supervisor
 // (authoritative, before any worker starts) and again in each worker on the same input.
-#include "supervisor/config.h"
+#include "ipc/config/config.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -12,8 +12,8 @@
 #include <sstream>
 
 #include "ipc/runtime/log.h"
-#include "supervisor/duration.h"
-#include "supervisor/tls_policy.h"
+#include "ipc/config/duration.h"
+#include "ipc/config/tls_policy.h"
 
 #include <re2/re2.h>
 
@@ -591,6 +591,14 @@ ParseResult parseConfig(Side side, const std::vector<std::string>& args, const E
   }
   result.config = std::move(config);
   return result;
+}
+
+std::string readConfigFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError("cannot read " + path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
 }
 
 }  // namespace aa

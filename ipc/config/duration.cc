@@ -1,7 +1,7 @@
 // Go time.ParseDuration / Duration.String() for duration flags and environment variables.
 // Linked into the supervisor and every worker (each re-parses the configuration); pure functions.
 // The algorithms follow Go's src/time/format.go and time.go step by step, including overflow rules.
-#include "supervisor/duration.h"
+#include "ipc/config/duration.h"
 
 #include <array>
 #include <cstdint>

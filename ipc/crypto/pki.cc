@@ -1,7 +1,7 @@
 // RSA keys, self-signed server certificates and 0600 secret files for `--insecure-jwt-generate`
 // and `--insecure-tls-generate`. Runs in the supervisor only, before any worker is forked.
 // Everything goes through OpenSSL 3 EVP/X509 APIs; no hand-rolled crypto.
-#include "supervisor/pki.h"
+#include "ipc/crypto/pki.h"
 
 #include <fcntl.h>
 #include <openssl/asn1.h>

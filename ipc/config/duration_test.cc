@@ -1,6 +1,6 @@
-// Unit tests for supervisor/duration.{h,cc}: Go time.ParseDuration and Duration.String() parity.
+// Unit tests for ipc/config/duration.{h,cc}: Go time.ParseDuration and Duration.String() parity.
 // Runs in the unit_tests binary; the tables are Go's own src/time/time_test.go cases.
-#include "supervisor/duration.h"
+#include "ipc/config/duration.h"
 
 #include <cstdint>
 #include <limits>

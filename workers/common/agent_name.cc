@@ -1,5 +1,5 @@
 // Agent-name rules (agent_name.h).
-#include "supervisor/agent_name.h"
+#include "workers/common/agent_name.h"
 
 namespace aa {
 namespace {

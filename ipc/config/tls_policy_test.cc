@@ -1,5 +1,5 @@
 // The TLS vocabulary against upstream's rules and OpenSSL's own names (tls_policy.h).
-#include "supervisor/tls_policy.h"
+#include "ipc/config/tls_policy.h"
 
 #include <openssl/ssl.h>
 

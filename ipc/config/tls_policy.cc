@@ -1,6 +1,6 @@
 // Upstream's TLS vocabulary (tls_policy.h). The suite table is Go's tls.CipherSuites() (the
 // secure suites; upstream's `list` prints exactly those) with OpenSSL's name for each.
-#include "supervisor/tls_policy.h"
+#include "ipc/config/tls_policy.h"
 
 #include <sstream>
 

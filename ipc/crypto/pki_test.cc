@@ -1,6 +1,6 @@
-// Unit tests for supervisor/pki.{h,cc}: RSA key PEMs, the self-signed server certificate and
+// Unit tests for ipc/crypto/pki.{h,cc}: RSA key PEMs, the self-signed server certificate and
 // writeSecretFile. Runs in the unit_tests binary; files go to a private mkdtemp directory.
-#include "supervisor/pki.h"
+#include "ipc/crypto/pki.h"
 
 #include <openssl/bio.h>
 #include <openssl/bn.h>

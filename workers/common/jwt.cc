@@ -1,7 +1,7 @@
 // RS512 JSON Web Tokens (wire spec §2.3) on OpenSSL EVP: issue() runs in the auth worker, which
 // alone holds the private key; verify() runs in the listener with the public key. No I/O beyond
 // parsing PEM text handed in by the caller.
-#include "workers/auth/jwt.h"
+#include "workers/common/jwt.h"
 
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
