@@ -10,6 +10,11 @@ PKGS=(build-essential cmake ninja-build pkg-config
       # test-only: real peers and tools the integration tests start themselves
       python3 python3-grpcio python3-protobuf redis-server nginx haproxy util-linux procps
       openssl clang libclang-rt-14-dev tinyproxy)
+# Node.js and npm run the interop tests (grpc-js). Debian's nodejs/npm unless a node is already on
+# PATH (e.g. a newer one from another package source): either works.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PKGS+=(nodejs npm)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -82,7 +82,7 @@ class FakePrincipal {
     const refresh = L.signRs512(L.claimsFor(AGENT, req.mode, L.AUD_REFRESH, 86400), this.key.privateKey);
     entry.tokens = { access, refresh };
     this.issued.push(access);
-    cb(null, { accessToken: access, refreshToken: refresh, version: L.VERSION_STRING, principalNamespace: 'argocd' });
+    cb(null, { accessToken: access, refreshToken: refresh, version: L.AGENT_VERSION, principalNamespace: 'argocd' });
   }
 
   onSubscribe(call) {

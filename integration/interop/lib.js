@@ -19,11 +19,13 @@ const BUILD_DIR = path.resolve(process.env.AA_BUILD_DIR || path.join(__dirname, 
 const AGENT_BIN = path.join(BUILD_DIR, 'argocd-agent');
 const CTL_BIN = path.join(BUILD_DIR, 'argocd-agentctl');
 
-// Upstream wire constants (shared/spec/argocd-agent-wire.md §1.4, §1.5, §2.3).
+// Upstream wire constants (the wire reference's §1.4, §1.5, §2.3).
 const EV = 'io.argoproj.argocd-agent.event';
 const TYPE_PROCESSED = `${EV}.processed`;
 const TYPE_PING = `${EV}.ping`;
 const TYPE_SPEC_UPDATE = `${EV}.spec-update`;
+// The Version RPC answers the qualified name; AuthResponse.version and AuthRequest.version carry
+// the plain version (upstream: version.New("argocd-agent").Version()).
 const VERSION_STRING = 'argocd-agent-0.1.0';
 const AGENT_VERSION = '0.1.0';
 const ISSUER = 'argocd-agent-server';
@@ -332,6 +334,38 @@ function specUpdateEvent({ source, name, namespace = 'argocd', resourceVersion =
   };
 }
 
+// A request-type event as upstream's agent builds it (§1.5): resourceid = eventid = a fresh UUIDv4,
+// JSON payload, sent through the EventWriter (so with sentat). `suffix` after the type prefix.
+function requestEvent(suffix, target, payload) {
+  const id = crypto.randomUUID();
+  return {
+    id: '',
+    source: 'agent://agent-managed',
+    spec_version: '1.0',
+    type: `${EV}.${suffix}`,
+    attributes: {
+      datacontenttype: ceString('application/json'),
+      dataschema: ceUri(target),
+      resourceid: ceString(id),
+      eventid: ceString(id),
+      sentat: ceString(new Date().toISOString()),
+    },
+    binary_data: Buffer.from(JSON.stringify(payload)),
+  };
+}
+
+// The agent's resync request (`request-synced-resource-list`): the checksum of what it holds.
+function resyncRequestEvent() {
+  const checksum = crypto.createHash('sha256').update('Application/guestbook/uid-1').digest('base64');
+  return requestEvent('request-synced-resource-list', 'resourceResync', { checksum });
+}
+
+// A managed agent's periodic cluster-cache info.
+function clusterCacheInfoEvent() {
+  return requestEvent('cluster-cache-info-update', 'clusterCacheInfoUpdate',
+    { applicationsCount: 3, apisCount: 40, resourcesCount: 512 });
+}
+
 function extensionsOf(ev) {
   const out = {};
   for (const [k, v] of Object.entries(ev.attributes || {})) if (!CONTEXT_ATTRS.has(k)) out[k] = v;
@@ -400,6 +434,9 @@ module.exports = {
   assertUpstreamToken,
   heartbeatEvent,
   specUpdateEvent,
+  resyncRequestEvent,
+  clusterCacheInfoEvent,
+  EV,
   extensionsOf,
   attrKind,
   attrString,

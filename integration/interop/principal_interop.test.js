@@ -39,6 +39,7 @@ async function startPrincipal({ tlsMode }) {
     '--jwt-key', keyPath,
     '--control-socket', path.join(dir, 'p.sock'),
     '--shutdown-timeout', '3s',
+    '--log-level', 'debug',
   ];
   const proc = new L.Proc('principal', argv, { logFile: path.join(dir, 'principal.log') });
   const env = { dir, key, proc, port: 0, clients: [], creds: null, channelOptions: {} };
@@ -217,7 +218,8 @@ describe('our principal vs a grpc-js agent (plaintext)', { timeout: 240000 }, ()
 
   it('Authenticate issues upstream-shaped RS512 access and refresh tokens', async () => {
     const res = await authenticate(env);
-    assert.equal(res.version, L.VERSION_STRING, 'AuthResponse.version');
+    assert.equal(res.version, L.AGENT_VERSION,
+      'AuthResponse.version is the plain version, as upstream sets it (not the qualified Version RPC answer)');
     assert.equal(res.principalNamespace, 'argocd', 'AuthResponse.principalNamespace');
     const common = { publicKey: env.key.publicKey, agent: AGENT, mode: MODE };
     const a = L.assertUpstreamToken(res.accessToken, { ...common, aud: L.AUD_ACCESS, lifetime: 300, label: 'access token' });
@@ -247,6 +249,31 @@ describe('our principal vs a grpc-js agent (plaintext)', { timeout: 240000 }, ()
   it('Subscribe: 3 heartbeats and an Application spec-update are each ACKed with copied extensions', async () => {
     assert.ok(tokens, 'authenticated');
     await exchangeEvents(env, tokens.accessToken, { heartbeats: 3 });
+  });
+
+  it('upstream resync requests and cluster-cache info are ACKed, logged once per stream at debug, never as errors', async () => {
+    assert.ok(tokens, 'authenticated');
+    const es = client(env, pkg.eventstreamapi.EventStream);
+    const sub = new Subscription(es, mdWith(tokens.accessToken));
+    try {
+      const sent = [L.resyncRequestEvent(), L.resyncRequestEvent(), L.clusterCacheInfoEvent()];
+      for (const ev of sent) sub.send(ev);
+      for (const [i, ev] of sent.entries()) {
+        const ack = await sub.waitAck(L.attrString(ev, 'eventid'));
+        L.assertAckOf(ack, ev, `ACK of ${ev.type} #${i}`);
+      }
+      for (const suffix of ['request-synced-resource-list', 'cluster-cache-info-update']) {
+        const type = `${L.EV}.${suffix}`;
+        await env.proc.waitLog(new RegExp(`'${type.replace(/\./g, '\\.')}'.*not supported`), 10000);
+        const lines = env.proc.log.split('\n').filter((l) => l.includes(type));
+        const notSupported = lines.filter((l) => / debug /.test(l) && l.includes('not supported'));
+        assert.equal(notSupported.length, 1, `one debug line for ${suffix} on this stream:\n${lines.join('\n')}`);
+        const errors = lines.filter((l) => /^\S+ (error|critical|warning)\s/.test(l));
+        assert.deepEqual(errors, [], `no warning or error line for ${suffix}`);
+      }
+    } finally {
+      await sub.close();
+    }
   });
 
   it('Subscribe accepts an access token minted by node:crypto with the --jwt-key', async () => {

@@ -5,6 +5,39 @@ namespace aa::ce {
 
 using io::cloudevents::v1::CloudEvent;
 
+Kind classify(std::string_view type) {
+  // Resource-proxy and container-log requests carry the bare HTTP method as their type.
+  static constexpr std::string_view kMethods[] = {"GET",    "HEAD",    "POST",  "PUT",
+                                                  "PATCH",  "DELETE",  "OPTIONS", "CONNECT",
+                                                  "TRACE"};
+  if (type.rfind(kTypePrefix, 0) != 0) {
+    for (auto m : kMethods) {
+      if (type == m) return Kind::kUnsupported;
+    }
+    return Kind::kUnknown;
+  }
+  std::string_view suffix = type.substr(kTypePrefix.size());
+  if (suffix == "processed") return Kind::kAck;
+  if (suffix == "ping") return Kind::kHeartbeat;
+  static constexpr std::string_view kObjects[] = {"create", "spec-update", "status-update",
+                                                  "delete"};
+  for (auto t : kObjects) {
+    if (suffix == t) return Kind::kObject;
+  }
+  static constexpr std::string_view kOthers[] = {
+      "set-operation",     "terminate-operation",
+      "response",          "redis-request",
+      "redis-response",    "terminal-request",
+      "request-synced-resource-list", "response-synced-resource",
+      "request-update",    "request-resource-resync",
+      "cluster-cache-info-update",    "error",
+      "pong",              "get"};
+  for (auto t : kOthers) {
+    if (suffix == t) return Kind::kUnsupported;
+  }
+  return Kind::kUnknown;
+}
+
 bool isContextAttribute(std::string_view name) {
   return name == "datacontenttype" || name == "dataschema" || name == "subject" || name == "time";
 }

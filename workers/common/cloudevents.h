@@ -20,6 +20,18 @@ inline constexpr std::string_view kSpecVersion = "1.0";
 // (ce_string). Upstream principals copy it into the ACK and otherwise ignore it.
 inline constexpr std::string_view kHeartbeatRttExtension = "heartbeatrttus";
 
+// What a received event's `type` is to this implementation (wire spec §1.5, upstream's catalogue).
+enum class Kind {
+  kAck,        // processed: acknowledges a tracked event
+  kHeartbeat,  // ping: ACKed, nothing else
+  kObject,     // create, spec-update, status-update, delete: a Kubernetes object (JSON), applied
+  kUnsupported,  // in upstream's catalogue, but this project keeps no state it could act on
+                 // (resync requests, cluster-cache info, resource/log/terminal/redis requests and
+                 // responses, operations, errors): ACKed and logged once per stream at debug
+  kUnknown,      // not in upstream's catalogue: rejected with an error line (and still ACKed)
+};
+Kind classify(std::string_view type);
+
 // Attributes that are CloudEvents context attributes, not extensions (never copied into ACKs).
 bool isContextAttribute(std::string_view name);
 

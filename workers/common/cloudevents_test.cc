@@ -176,7 +176,8 @@ TEST(EventValidation, NamesTheProblem) {
        "dataschema must be a ce_uri"},
       {[](auto& e) { e.set_binary_data("{not json"); }, "payload is not valid JSON"},
       {[](auto& e) { e.set_type("io.argoproj.argocd-agent.event.frobnicate"); }, "unknown type"},
-      {[](auto& e) { e.set_type("GET"); }, "unknown type"},
+      {[](auto& e) { e.set_type("FROBNICATE"); }, "unknown type"},
+      {[](auto& e) { e.set_type("get"); }, "unknown type"},
       {[](auto& e) { e.set_spec_version("0.3"); }, "spec_version"},
       {[](auto& e) { (*e.mutable_attributes())["eventid"].set_ce_uri("x"); },
        "eventid extension must be ce_string"},
@@ -189,6 +190,42 @@ TEST(EventValidation, NamesTheProblem) {
     ASSERT_TRUE(problem.has_value()) << c.want;
     EXPECT_NE(problem->find(c.want), std::string::npos) << *problem;
   }
+}
+
+TEST(EventValidation, UpstreamCatalogueIsRecognised) {
+  // Every type of upstream's catalogue is known; only the object events carry a payload we apply.
+  const std::pair<std::string, Kind> cases[] = {
+      {"io.argoproj.argocd-agent.event.processed", Kind::kAck},
+      {"io.argoproj.argocd-agent.event.ping", Kind::kHeartbeat},
+      {"io.argoproj.argocd-agent.event.create", Kind::kObject},
+      {"io.argoproj.argocd-agent.event.spec-update", Kind::kObject},
+      {"io.argoproj.argocd-agent.event.status-update", Kind::kObject},
+      {"io.argoproj.argocd-agent.event.delete", Kind::kObject},
+      {"io.argoproj.argocd-agent.event.request-synced-resource-list", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.response-synced-resource", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.request-update", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.request-resource-resync", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.cluster-cache-info-update", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.set-operation", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.terminate-operation", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.response", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.redis-request", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.redis-response", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.terminal-request", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.error", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.pong", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.get", Kind::kUnsupported},
+      {"GET", Kind::kUnsupported},
+      {"POST", Kind::kUnsupported},
+      {"io.argoproj.argocd-agent.event.frobnicate", Kind::kUnknown},
+      {"io.argoproj.argocd-agent.event.", Kind::kUnknown},
+      {"", Kind::kUnknown},
+  };
+  for (const auto& [type, want] : cases) EXPECT_EQ(classify(type), want) << type;
+  // A resync request passes validation without a JSON check of its own (it is not applied).
+  auto e = makeResourceEvent("request-synced-resource-list", "resourceResync", "", "u-1", "u-1",
+                             R"({"checksum":"AAAA"})", "");
+  EXPECT_FALSE(delivery::validateEvent(e).has_value());
 }
 
 }  // namespace

@@ -89,9 +89,6 @@ std::optional<std::string> validateEvent(const Event& e) {
   if (e.spec_version() != ce::kSpecVersion) {
     return "spec_version is '" + e.spec_version().substr(0, 16) + "', must be '1.0'";
   }
-  if (e.type().rfind(std::string(ce::kTypePrefix), 0) != 0) {
-    return "unknown type '" + e.type().substr(0, 64) + "'";
-  }
   auto ds = e.attributes().find("dataschema");
   if (ds == e.attributes().end()) return "dataschema attribute is missing";
   if (!ds->second.has_ce_uri()) return "dataschema must be a ce_uri attribute";
@@ -101,14 +98,14 @@ std::optional<std::string> validateEvent(const Event& e) {
     if (!it->second.has_ce_string()) return std::string(ext) + " extension must be ce_string";
   }
   if (e.has_text_data()) return "data must be binary_data (text_data is not accepted)";
-  static const char* kWithPayload[] = {"create", "spec-update", "status-update", "delete"};
-  std::string suffix = e.type().substr(ce::kTypePrefix.size());
-  bool known = suffix == "processed" || suffix == "ping";
-  for (const char* t : kWithPayload) known = known || suffix == t;
-  if (!known) return "unknown type '" + e.type().substr(0, 64) + "'";
-  for (const char* t : kWithPayload) {
-    if (suffix != t) continue;
-    if (!nlohmann::json::accept(e.binary_data())) return "payload is not valid JSON";
+  switch (ce::classify(e.type())) {
+    case ce::Kind::kUnknown:
+      return "unknown type '" + e.type().substr(0, 64) + "'";
+    case ce::Kind::kObject:
+      if (!nlohmann::json::accept(e.binary_data())) return "payload is not valid JSON";
+      break;
+    default:
+      break;
   }
   return std::nullopt;
 }
@@ -135,9 +132,21 @@ std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, Rece
     // Acknowledge it anyway: re-sending a malformed event cannot make it valid.
     return ce::makeAck(e, source);
   }
-  if (e.type() == ce::kPing) {
-    spdlog::debug("{}: received heartbeat", peer);
-    return ce::makeAck(e, source);
+  switch (ce::classify(e.type())) {
+    case ce::Kind::kHeartbeat:
+      spdlog::debug("{}: received heartbeat", peer);
+      return ce::makeAck(e, source);
+    case ce::Kind::kUnsupported:
+      ++stats.unsupported;
+      if (stats.unsupportedTypes.insert(e.type()).second) {
+        spdlog::debug(
+            "{}: received event type '{}' (target '{}'): not supported by this implementation, "
+            "acknowledged without action (logged once per stream)",
+            peer, e.type(), ce::target(e).substr(0, 64));
+      }
+      return ce::makeAck(e, source);
+    default:
+      break;
   }
   std::string eventId = ce::stringAttr(e, "eventid");
   {

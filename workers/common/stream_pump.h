@@ -10,6 +10,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -61,6 +62,8 @@ std::optional<std::string> validateEvent(const Event& event);
 
 struct PumpStats {
   uint64_t received = 0, applied = 0, duplicates = 0, rejected = 0, acksReceived = 0;
+  uint64_t unsupported = 0;                 // recognised upstream types ACKed without action
+  std::set<std::string> unsupportedTypes;  // those already logged on this stream
 };
 
 // Optional observer of every event received, before it is handled (ACKs and heartbeats included).

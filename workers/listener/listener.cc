@@ -35,6 +35,7 @@ namespace {
 constexpr auto kAuthDeadline = 2 * kj::SECONDS;
 constexpr size_t kMaxAuthorization = 16 * 1024;
 
+// The Version RPC's answer (upstream: version.QualifiedVersion()); AuthResponse.version is plain.
 std::string versionString() { return std::string("argocd-agent-") + ARGOCD_AGENT_VERSION; }
 
 // The connection's peer as the front door recorded it (grpc itself only knows "fd:<n>").
@@ -132,7 +133,7 @@ class AuthenticationService final : public authapi::Authentication::Service {
       case AuthOutcome::Kind::kGranted:
         resp->set_accesstoken(out.accessToken);
         resp->set_refreshtoken(out.refreshToken);
-        resp->set_version(versionString());
+        resp->set_version(ARGOCD_AGENT_VERSION);  // plain, as upstream's Version() (not Qualified)
         resp->set_principalnamespace(config_.principal.namespace_);
         return grpc::Status::OK;
       case AuthOutcome::Kind::kDenied:
