@@ -19,9 +19,21 @@ struct WorkerStatus {
 }
 
 interface Control {
+  # The socket's bootstrap. Reading and changing are separate capabilities (as Envoy's admin keeps
+  # GET and POST apart): Observe never changes anything, Operate is the only way to. Both are
+  # handed to any peer that passes the socket's uid check today; a narrower socket can later hand
+  # out Observe alone.
+  observe @0 () -> (observe :Observe);
+  operate @1 () -> (operate :Operate);
+}
+
+interface Observe {
   status @0 () -> (side :Text, supervisorPid :Int32, version :Text, workers :List(WorkerStatus));
-  restart @1 (role :Text) -> (ok :Bool, message :Text);
-  setLogLevel @2 (role :Text, level :Text) -> (ok :Bool, message :Text);
-  agents @3 () -> (agents :List(Sup.AgentInfo));
+  agents @1 () -> (agents :List(Sup.AgentInfo));
   # The principal's per-agent liveness view (from its listener worker).
+}
+
+interface Operate {
+  restart @0 (role :Text) -> (ok :Bool, message :Text);
+  setLogLevel @1 (role :Text, level :Text) -> (ok :Bool, message :Text);
 }

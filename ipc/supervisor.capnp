@@ -19,8 +19,16 @@ interface Worker {
   describe @2 () -> (detail :Text);
   # One line of role-specific state for `argocd-agentctl status` (e.g. the agent's connection).
 
-  agents @3 () -> (agents :List(AgentInfo));
-  # The principal's listener: every agent it has a session for. Other roles return an empty list.
+  obsoleteAgents @3 () -> (agents :List(AgentInfo));
+  # Retired: per-agent state is a role's, not every worker's (ListenerWorker.agents).
+}
+
+interface ListenerWorker extends(Worker) {
+  # The bootstrap of a principal's listener worker: what only a listener can answer. The
+  # supervisor reaches it by casting that worker's Worker capability.
+
+  agents @0 () -> (agents :List(AgentInfo));
+  # Every agent the listener has a session for.
 }
 
 struct AgentInfo {

@@ -12,13 +12,25 @@
 namespace aa {
 namespace {
 
-class ControlImpl final : public ipc::Control::Server {
+class ObserveImpl final : public ipc::Observe::Server {
  public:
-  explicit ControlImpl(Supervisor& s) : sup_(s) {}
+  explicit ObserveImpl(Supervisor& s) : sup_(s) {}
 
   kj::Promise<void> status(StatusContext context) override {
     return sup_.fillStatus(context.getResults());
   }
+
+  kj::Promise<void> agents(AgentsContext context) override {
+    return sup_.fillAgents(context.getResults());
+  }
+
+ private:
+  Supervisor& sup_;
+};
+
+class OperateImpl final : public ipc::Operate::Server {
+ public:
+  explicit OperateImpl(Supervisor& s) : sup_(s) {}
 
   kj::Promise<void> restart(RestartContext context) override {
     std::string err = sup_.restart(context.getParams().getRole());
@@ -26,10 +38,6 @@ class ControlImpl final : public ipc::Control::Server {
     r.setOk(err.empty());
     r.setMessage(err);
     return kj::READY_NOW;
-  }
-
-  kj::Promise<void> agents(AgentsContext context) override {
-    return sup_.fillAgents(context.getResults());
   }
 
   kj::Promise<void> setLogLevel(SetLogLevelContext context) override {
@@ -43,6 +51,26 @@ class ControlImpl final : public ipc::Control::Server {
 
  private:
   Supervisor& sup_;
+};
+
+class ControlImpl final : public ipc::Control::Server {
+ public:
+  explicit ControlImpl(Supervisor& s) : observe_(kj::heap<ObserveImpl>(s)),
+                                        operate_(kj::heap<OperateImpl>(s)) {}
+
+  kj::Promise<void> observe(ObserveContext context) override {
+    context.getResults().setObserve(observe_);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> operate(OperateContext context) override {
+    context.getResults().setOperate(operate_);
+    return kj::READY_NOW;
+  }
+
+ private:
+  ipc::Observe::Client observe_;
+  ipc::Operate::Client operate_;
 };
 
 // One accepted connection: the stream, its network and RPC system live together.

@@ -349,7 +349,7 @@ kj::Promise<void> Supervisor::stopInReverse(size_t remaining) {
   return done.then([this, remaining]() { return stopInReverse(remaining - 1); });
 }
 
-kj::Promise<void> Supervisor::fillStatus(ipc::Control::StatusResults::Builder results) {
+kj::Promise<void> Supervisor::fillStatus(ipc::Observe::StatusResults::Builder results) {
   results.setSide(toString(config_.side));
   results.setSupervisorPid(getpid());
   results.setVersion(ARGOCD_AGENT_VERSION);
@@ -380,11 +380,11 @@ kj::Promise<void> Supervisor::fillStatus(ipc::Control::StatusResults::Builder re
   return kj::joinPromises(describes.releaseAsArray());
 }
 
-kj::Promise<void> Supervisor::fillAgents(ipc::Control::AgentsResults::Builder results) {
+kj::Promise<void> Supervisor::fillAgents(ipc::Observe::AgentsResults::Builder results) {
   Slot* slot = find("listener");
   if (slot == nullptr) return kj::READY_NOW;  // the agent side has no per-agent view
   KJ_IF_MAYBE (link, slot->link) {
-    return timer_.timeoutAfter(kDescribeDeadline, (*link)->worker.agentsRequest().send())
+    return timer_.timeoutAfter(kDescribeDeadline, (*link)->worker.castAs<ipc::ListenerWorker>().agentsRequest().send())
         .then([results](auto r) mutable { results.setAgents(r.getAgents()); });
   }
   return KJ_EXCEPTION(DISCONNECTED, "the listener is not running");

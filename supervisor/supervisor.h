@@ -47,10 +47,10 @@ class Supervisor final : private kj::TaskSet::ErrorHandler {
   kj::Promise<int> run();
 
   // For the control server.
-  kj::Promise<void> fillStatus(ipc::Control::StatusResults::Builder results);
+  kj::Promise<void> fillStatus(ipc::Observe::StatusResults::Builder results);
   std::string restart(const std::string& role);  // "" on success, else the reason
   kj::Promise<std::string> setLogLevel(const std::string& role, const std::string& level);
-  kj::Promise<void> fillAgents(ipc::Control::AgentsResults::Builder results);
+  kj::Promise<void> fillAgents(ipc::Observe::AgentsResults::Builder results);
 
  private:
   struct Slot;

@@ -40,7 +40,6 @@ std::string ExitInfo::describe() const {
   }
   std::string s = "exit " + std::to_string(code);
   if (code == exit_code::kConfig) s += " (configuration error)";
-  if (code == exit_code::kTemporary) s += " (temporary failure)";
   return s;
 }
 

@@ -1,16 +1,20 @@
-// The exit-code contract between a worker and the supervisor (and the supervisor's own exit
-// status, tini-style). One header, linked by every process; ARCHITECTURE.md repeats the table.
+// The exit-code contract between a worker and the supervisor, and the supervisor's own exit status.
+// One header, linked by every process; ARCHITECTURE.md repeats the table. Every code here is one
+// that some process really produces:
+//   worker:     0 after SIGTERM (drained), 1 uncaught error, 78 configuration error; any other
+//               exit or a death by signal is restarted with backoff like 1.
+//   supervisor: 0 after an orderly stop (SIGTERM/SIGINT, even as PID 1: the stop was asked for
+//               and done), 78 for a configuration error found at start-up or a critical worker
+//               that failed with 78, 1 when start-up failed otherwise.
 #pragma once
 
 #include <string>
 
 namespace aa::exit_code {
 
-inline constexpr int kClean = 0;         // asked to stop and stopped: not restarted unless running
-inline constexpr int kError = 1;         // uncaught error: restart with backoff
-inline constexpr int kTemporary = 75;    // EX_TEMPFAIL, a dependency is down: restart with backoff
-inline constexpr int kConfig = 78;       // EX_CONFIG: never restarted; the supervisor exits with it
-inline constexpr int kSignalBase = 128;  // supervisor exit when stopped by signal n: 128+n
+inline constexpr int kClean = 0;   // asked to stop and stopped: not restarted unless running
+inline constexpr int kError = 1;   // uncaught error: restart with backoff
+inline constexpr int kConfig = 78; // EX_CONFIG: never restarted; the supervisor exits with it
 
 }  // namespace aa::exit_code
 

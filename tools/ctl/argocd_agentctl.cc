@@ -78,6 +78,9 @@ int run(const std::string& socketPath, const std::vector<std::string>& cmd) {
       io.lowLevelProvider->wrapSocketFd(fd.release(), kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
   capnp::TwoPartyClient client(*stream);
   auto control = client.bootstrap().castAs<aa::ipc::Control>();
+  // Pipelined: the first call on either capability goes out with the request that fetches it.
+  auto observe = control.observeRequest().send().getObserve();
+  auto operate = control.operateRequest().send().getOperate();
   auto& ws = io.waitScope;
   auto timeout = [&](auto promise) {
     return io.provider->getTimer().timeoutAfter(10 * kj::SECONDS, kj::mv(promise)).wait(ws);
@@ -85,7 +88,7 @@ int run(const std::string& socketPath, const std::vector<std::string>& cmd) {
 
   if (cmd[0] == "status") {
     bool json = cmd.size() > 1 && cmd[1] == "--json";
-    auto r = timeout(control.statusRequest().send());
+    auto r = timeout(observe.statusRequest().send());
     if (json) {
       nlohmann::json j;
       j["side"] = r.getSide().cStr();
@@ -120,7 +123,7 @@ int run(const std::string& socketPath, const std::vector<std::string>& cmd) {
   }
   if (cmd[0] == "agents") {
     bool json = cmd.size() > 1 && cmd[1] == "--json";
-    auto r = timeout(control.agentsRequest().send());
+    auto r = timeout(observe.agentsRequest().send());
     if (json) {
       nlohmann::json j = nlohmann::json::array();
       for (auto a : r.getAgents()) {
@@ -150,7 +153,7 @@ int run(const std::string& socketPath, const std::vector<std::string>& cmd) {
     return 0;
   }
   if (cmd[0] == "restart" && cmd.size() == 2) {
-    auto req = control.restartRequest();
+    auto req = operate.restartRequest();
     req.setRole(cmd[1]);
     auto r = timeout(req.send());
     if (!r.getOk()) {
@@ -161,7 +164,7 @@ int run(const std::string& socketPath, const std::vector<std::string>& cmd) {
     return 0;
   }
   if (cmd[0] == "log-level" && cmd.size() == 3) {
-    auto req = control.setLogLevelRequest();
+    auto req = operate.setLogLevelRequest();
     req.setRole(cmd[1]);
     req.setLevel(cmd[2]);
     auto r = timeout(req.send());

@@ -38,14 +38,20 @@ class Role {
   virtual kj::Promise<void> drain() { return kj::READY_NOW; }
   // One line for `argocd-agentctl status`.
   virtual std::string describe() { return ""; }
+};
+
+// What a role answers beyond the Worker interface, when it has per-agent state: the principal's
+// listener (its worker's bootstrap is then ipc::ListenerWorker).
+class AgentDirectory {
+ public:
+  virtual ~AgentDirectory() noexcept(false) = default;
   struct AgentView {
     std::string name, state;
     uint64_t connectedSinceMs = 0, lastHeardMs = 0, heartbeats = 0, unacknowledged = 0;
     uint64_t heartbeatRttUs = 0;
     uint32_t streams = 0;
   };
-  // The principal listener's per-agent view; empty for other roles.
-  virtual std::vector<AgentView> agents() { return {}; }
+  virtual std::vector<AgentView> agents() = 0;
 };
 
 kj::Own<Role> makeListenerRole(WorkerEnv& env);

@@ -25,13 +25,15 @@
 namespace aa {
 namespace {
 
-class WorkerImpl final : public ipc::Worker::Server {
+// Every worker's bootstrap (ipc::Worker); `Base` is the role's own interface when it extends it.
+template <class Base>
+class WorkerImpl : public Base {
  public:
   explicit WorkerImpl(kj::Maybe<Role&>& role) : role_(role) {}
 
-  kj::Promise<void> ping(PingContext) override { return kj::READY_NOW; }
+  kj::Promise<void> ping(typename Base::PingContext) override { return kj::READY_NOW; }
 
-  kj::Promise<void> setLogLevel(SetLogLevelContext context) override {
+  kj::Promise<void> setLogLevel(typename Base::SetLogLevelContext context) override {
     std::string level = context.getParams().getLevel();
     bool ok = log::setLevel(level);
     context.getResults().setOk(ok);
@@ -43,9 +45,26 @@ class WorkerImpl final : public ipc::Worker::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> describe(typename Base::DescribeContext context) override {
+    KJ_IF_MAYBE (r, role_) {
+      context.getResults().setDetail(r->describe());
+    }
+    return kj::READY_NOW;
+  }
+
+ protected:
+  kj::Maybe<Role&>& role_;
+};
+
+// The listener's bootstrap: Worker plus its per-agent view.
+class ListenerWorkerImpl final : public WorkerImpl<ipc::ListenerWorker::Server> {
+ public:
+  using WorkerImpl::WorkerImpl;
+
   kj::Promise<void> agents(AgentsContext context) override {
     KJ_IF_MAYBE (r, role_) {
-      auto views = r->agents();
+      auto* directory = dynamic_cast<AgentDirectory*>(r);
+      auto views = directory ? directory->agents() : std::vector<AgentDirectory::AgentView>{};
       auto list = context.getResults().initAgents(views.size());
       for (size_t i = 0; i < views.size(); ++i) {
         auto a = list[i];
@@ -61,17 +80,12 @@ class WorkerImpl final : public ipc::Worker::Server {
     }
     return kj::READY_NOW;
   }
-
-  kj::Promise<void> describe(DescribeContext context) override {
-    KJ_IF_MAYBE (r, role_) {
-      context.getResults().setDetail(r->describe());
-    }
-    return kj::READY_NOW;
-  }
-
- private:
-  kj::Maybe<Role&>& role_;
 };
+
+capnp::Capability::Client makeBootstrap(const WorkerArgs& args, kj::Maybe<Role&>& role) {
+  if (args.role == "listener") return kj::heap<ListenerWorkerImpl>(role);
+  return kj::heap<WorkerImpl<ipc::Worker::Server>>(role);
+}
 
 bool parseArgs(int argc, char** argv, WorkerArgs& out, std::vector<std::string>& rest) {
   if (argc < 2) return false;
@@ -157,7 +171,7 @@ int workerMain(int argc, char** argv) {
     auto stream = io.lowLevelProvider->wrapSocketFd(fds::kSupervisorLink,
                                                     kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
     kj::Maybe<Role&> roleRef;
-    capnp::TwoPartyClient link(*stream, kj::heap<WorkerImpl>(roleRef),
+    capnp::TwoPartyClient link(*stream, makeBootstrap(args, roleRef),
                                capnp::rpc::twoparty::Side::CLIENT);
     auto supervisor = link.bootstrap().castAs<ipc::Supervisor>();
 

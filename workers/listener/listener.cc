@@ -278,16 +278,16 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
 
   int streams() const { return streams_.load(); }
 
-  std::vector<Role::AgentView> agents() {
+  std::vector<AgentDirectory::AgentView> agents() {
     auto now = std::chrono::steady_clock::now();
     auto ms = [](auto d) {
       return static_cast<uint64_t>(
           std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
     };
-    std::vector<Role::AgentView> out;
+    std::vector<AgentDirectory::AgentView> out;
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [name, s] : sessions_) {
-      Role::AgentView v;
+      AgentDirectory::AgentView v;
       v.name = name;
       v.unacknowledged = s->outbox.tracked();
       std::lock_guard<std::mutex> l(s->mu);
@@ -385,7 +385,7 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
   std::atomic<int> streams_{0};
 };
 
-class ListenerRole final : public Role {
+class ListenerRole final : public Role, public AgentDirectory {
  public:
   explicit ListenerRole(WorkerEnv& env) : env_(env) {}
 
