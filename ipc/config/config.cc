@@ -14,6 +14,7 @@
 #include "ipc/runtime/log.h"
 #include "ipc/config/duration.h"
 #include "ipc/config/tls_policy.h"
+#include "ipc/config/upstream.h"
 
 #include <re2/re2.h>
 
@@ -538,6 +539,13 @@ ParseResult parseConfig(Side side, const std::vector<std::string>& args, const E
     std::string name = arg.substr(0, eq);
     auto it = byName.find(name);
     if (it == byName.end()) {
+      for (const auto& u : upstream::settings(side)) {
+        if (u.flag.empty() || name != "--" + std::string(u.flag)) continue;
+        return fail("flag " + name + " is upstream argocd-agent's, but this implementation does not "
+                    "support it" +
+                    (u.instead.empty() ? std::string(" (see README.md, \"What works and what does not yet\")")
+                                       : "; use " + std::string(u.instead) + " instead"));
+      }
       return fail("unknown flag " + name + " (see 'argocd-agent " + std::string(toString(side)) +
                   " --help' for the accepted flags)");
     }
@@ -567,6 +575,19 @@ ParseResult parseConfig(Side side, const std::vector<std::string>& args, const E
       return fail("invalid value \"" + *v + "\" for " + o.env + " (--" + o.name +
                   "): " + bad->accepted);
     }
+  }
+  // Upstream's variables of settings we do not implement: named, not silently ignored.
+  for (const auto& u : upstream::settings(side)) {
+    if (u.env.empty() || !env(std::string(u.env))) continue;
+    bool implemented = false;
+    for (const auto& o : opts) {
+      implemented = implemented || o.env == u.env || (!u.flag.empty() && o.name == u.flag);
+    }
+    if (implemented) continue;
+    std::string what = u.flag.empty() ? "" : " (upstream's --" + std::string(u.flag) + ")";
+    result.warnings.push_back(std::string(u.env) + " is set" + what +
+                              ", but this implementation does not support that setting: ignored" +
+                              (u.instead.empty() ? "" : "; use " + std::string(u.instead)));
   }
   // `--tls-ciphersuites list` prints the accepted names and exits, as upstream.
   const auto& suites =

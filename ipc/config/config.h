@@ -100,6 +100,9 @@ struct ParseResult {
   std::optional<Config> config;  // set when valid
   bool helpRequested = false;
   std::string message;  // help text, or the one-line error
+  // Upstream settings found in the environment that this implementation does not support; the
+  // supervisor logs each once at start (workers, which re-parse, do not).
+  std::vector<std::string> warnings;
 };
 
 // `args` are the arguments after the sub-command (e.g. after "principal"). `pid` is used for the

@@ -186,5 +186,47 @@ TEST_F(ConfigTest, TlsPolicyErrorsAndList) {
   EXPECT_EQ(r.message.rfind("Available TLS cipher suites:", 0), 0u);
 }
 
+TEST_F(ConfigTest, UpstreamSettingsWeDoNotSupportAreNamed) {
+  // A variable of an upstream flag we lack is a warning naming it and the flag; one we implement
+  // (ARGOCD_PRINCIPAL_LISTEN_PORT) or that upstream does not have is not.
+  auto r = parseConfig(Side::kPrincipal, principalArgs(),
+                       env({{"ARGOCD_PRINCIPAL_PPROF_PORT", "6060"},
+                            {"ARGOCD_PRINCIPAL_JWT_SECRET_NAME", "argocd-agent-jwt"},
+                            {"ARGOCD_PRINCIPAL_LISTEN_PORT", "9000"},
+                            {"ARGOCD_PRINCIPAL_NO_SUCH_THING", "1"}}),
+                       1);
+  ASSERT_TRUE(r.config) << r.message;
+  ASSERT_EQ(r.warnings.size(), 2u);
+  EXPECT_NE(r.warnings[0].find("ARGOCD_PRINCIPAL_JWT_SECRET_NAME is set (upstream's "
+                               "--jwt-secret-name)"),
+            std::string::npos)
+      << r.warnings[0];
+  EXPECT_NE(r.warnings[0].find("use --jwt-key"), std::string::npos) << r.warnings[0];
+  EXPECT_NE(r.warnings[1].find("ARGOCD_PRINCIPAL_PPROF_PORT is set (upstream's --pprof-port)"),
+            std::string::npos)
+      << r.warnings[1];
+  EXPECT_TRUE(parseConfig(Side::kPrincipal, principalArgs(), env({}), 1).warnings.empty());
+
+  auto a = parseConfig(Side::kAgent,
+                       {"--server-address=p", "--creds=userpass:" + file_, "--insecure-plaintext"},
+                       env({{"ARGOCD_AGENT_KUBE_QPS", "50"}, {"ARGOCD_AGENT_SEND_QUEUE_SIZE", "9"}}),
+                       1);
+  ASSERT_TRUE(a.config) << a.message;
+  ASSERT_EQ(a.warnings.size(), 1u);
+  EXPECT_NE(a.warnings[0].find("ARGOCD_AGENT_KUBE_QPS is set, but"), std::string::npos);
+
+  // Upstream flags stay start-up errors, but say what they are (and what to use instead).
+  auto f = parseConfig(Side::kPrincipal, principalArgs({"--pprof-port=6060"}), env({}), 1);
+  EXPECT_FALSE(f.config);
+  EXPECT_NE(f.message.find("flag --pprof-port is upstream argocd-agent's, but this implementation "
+                           "does not support it"),
+            std::string::npos)
+      << f.message;
+  f = parseConfig(Side::kPrincipal, principalArgs({"--tls-secret-name", "x"}), env({}), 1);
+  EXPECT_NE(f.message.find("use --tls-cert and --tls-key instead"), std::string::npos) << f.message;
+  f = parseConfig(Side::kPrincipal, principalArgs({"--frobnicate"}), env({}), 1);
+  EXPECT_NE(f.message.find("unknown flag --frobnicate"), std::string::npos) << f.message;
+}
+
 }  // namespace
 }  // namespace aa
