@@ -2,7 +2,7 @@
 
 * Pki: a throw-away CA and leaf certificates made with the `openssl` CLI in the test's directory
   (server certs with IP SAN 127.0.0.1, client certs with a CN and optional URI SAN, expired ones);
-* MtlsSidecar: nginx as the mTLS sidecar stand-in of /work/shared/design/proxies.md - terminates
+* MtlsSidecar: nginx as the mTLS sidecar stand-in - terminates
   mutual TLS, maps the client certificate's CN (DNS labels only) to $sa and *replaces* the
   identity header (x-forwarded-client-cert or l5d-client-id) before `grpc_pass` to a plaintext
   principal; started in the foreground on a free loopback port, stopped by pid (proxies.Proxy);

@@ -1,8 +1,8 @@
 """Helpers beyond harness.py for the integration tests (run with /usr/bin/python3 only):
 
 * real proxies - nginx (grpc_pass) and HAProxy - started in the foreground on free loopback ports
-  and stopped by pid (see /work/shared/design/proxies.md for which settings reproduce a
-  service-mesh idle timeout);
+  and stopped by pid (client_body_timeout / timeout server reproduce a service-mesh
+  idle timeout);
 * a hand-driven EventStream/Subscribe client (SubscribeCall) and CloudEvent builders, to play an
   agent that sends malformed events, pings, or forged tokens.
 

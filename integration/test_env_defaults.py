@@ -2,7 +2,7 @@
 
 For ARGOCD_AGENT_HEARTBEAT_INTERVAL, ARGOCD_AGENT_KEEP_ALIVE_PING_INTERVAL,
 ARGOCD_PRINCIPAL_KEEP_ALIVE_MIN_INTERVAL and ARGOCD_PRINCIPAL_LISTEN_PORT: the flag beats the
-variable, the variable beats the default; defaults as in networking.md's "Configuration Summary"
+variable, the variable beats the default; defaults as in the networking spec's "Configuration Summary"
 (heartbeat 0 = disabled, keep-alive ping 0 = disabled, keepalive-min 0 = grpc's own 5-minute
 enforcement, as upstream - wire spec section 13, item 8). Checked through what the binaries do,
 never through --help: where a value goes shows in which name an error message blames, in the

@@ -2,7 +2,7 @@
 
 nginx relays h2c gRPC (`grpc_pass`) with `client_body_timeout 3s`: a stream that carries no message
 for 3 s is reset, whatever HTTP/2 PINGs cross it (nginx answers those itself) - the behaviour the
-networking document describes for Istio. /work/shared/design/proxies.md has the measurements.
+networking document describes for Istio.
 
 a) no heartbeats, no pings: every stream dies after ~3 s; the agent reconnects each time and, once
    the lifetimes are constant, says it is probably an idle timeout;

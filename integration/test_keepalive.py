@@ -1,7 +1,7 @@
 """HTTP/2 keepalive pings vs the principal's --keepalive-min-interval enforcement.
 
 "The principal's --keepalive-min-interval drops connections that send pings more frequently than
-the specified interval" (networking.md): grpc answers them with GOAWAY ENHANCE_YOUR_CALM
+the specified interval" (the networking spec): grpc answers them with GOAWAY ENHANCE_YOUR_CALM
 "too_many_pings", which the agent sees as UNAVAILABLE, and it reconnects. An agent pinging less
 often than the minimum stays connected.
 """

@@ -1,4 +1,4 @@
-"""Header and XFCC authentication behind a real mTLS sidecar (nginx, see proxies.md "mTLS sidecar
+"""Header and XFCC authentication behind a real mTLS sidecar (nginx as the "mTLS sidecar
 stand-in"): the sidecar verifies the agent's client certificate and *sets* the identity header from
 its CN; the principal listens in plaintext on loopback. Whatever identity header a client sends
 itself is replaced, so the identity is always the certificate's."""
@@ -101,7 +101,7 @@ class MeshSidecarTest(h.IntegrationTestCase):
         principal, sidecar = self.mesh_setup(
             "header:x-forwarded-client-cert:" + mesh.ISTIO_REGEX, mesh.ISTIO_XFCC)
         forged = [("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/argocd/sa/victim")]
-        # No client certificate: nginx answers 400 itself (proxies.md), nothing reaches us.
+        # No client certificate: nginx answers 400 itself, nothing reaches us.
         r = self.client_auth(sidecar, None, metadata=forged)
         self.assertNoAuthGrant(r, "without a client certificate")
         self.assertEqual(r.code, grpc.StatusCode.INTERNAL, r)

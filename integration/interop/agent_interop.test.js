@@ -62,7 +62,7 @@ class FakePrincipal {
     const req = call.request;
     const entry = { request: req, metadata: call.metadata.getMap() };
     this.authCalls.push(entry);
-    // Upstream order of checks (shared/spec/argocd-agent-wire.md §2.2).
+    // Upstream order of checks (the wire reference's §2.2).
     let error = null;
     if (req.mode !== 'managed' && req.mode !== 'autonomous') {
       error = { code: grpc.status.UNKNOWN, details: `unknown or missing operation mode: '${req.mode}'` };

@@ -146,7 +146,7 @@ int workerMain(int argc, char** argv) {
   crash::installHandlers();
   // glibc's default trimming hands freed heap back to the OS and faults it in again for every
   // large message, which collapses throughput for 16 KiB events and gzip
-  // (shared/design/performance.md). Keep up to 128 MiB and mmap only above 4 MiB.
+  // (measured on this stack). Keep up to 128 MiB and mmap only above 4 MiB.
   mallopt(M_TRIM_THRESHOLD, 128 * 1024 * 1024);
   mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
 
