@@ -37,6 +37,7 @@ import auth_pb2  # noqa: E402
 import auth_pb2_grpc  # noqa: E402
 import version_pb2  # noqa: E402
 import version_pb2_grpc  # noqa: E402
+import eventstream_pb2_grpc  # noqa: E402
 
 BUILT_AGENT_BIN = os.path.join(BUILD_DIR, "argocd-agent")
 BUILT_CTL_BIN = os.path.join(BUILD_DIR, "argocd-agentctl")

@@ -127,6 +127,8 @@ int supervisorMain(Side side, int argc, char** argv) {
   const Config& config = *parsed.config;
   log::init(toString(side), "supervisor", 0);
   log::setLevel(config.common.logLevel);
+  log::setFormat(config.common.logFormat);
+  log::KjLogBridge kjLog;
   for (const auto& w : parsed.warnings) spdlog::warn("{}", w);
   setProcessTitle(std::string("aa-") + (side == Side::kPrincipal ? "principal" : "agent"));
   if (getpid() != 1) prctl(PR_SET_CHILD_SUBREAPER, 1);

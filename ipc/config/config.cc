@@ -178,6 +178,15 @@ std::vector<Option> commonOptions(Side side, Config& c) {
   std::string p = side == Side::kPrincipal ? "ARGOCD_PRINCIPAL_" : "ARGOCD_AGENT_";
   return {
       logLevelOpt(p + "LOG_LEVEL", &c.common.logLevel),
+      Option{"log-format", 0, p + "LOG_FORMAT",
+             "log format: text, or json (one object per line: time, level, msg, side, role, pid, "
+             "generation)",
+             c.common.logFormat, false,
+             [target = &c.common.logFormat](const std::string& v) -> std::optional<BadValue> {
+               if (v != "text" && v != "json") return BadValue{"must be text or json"};
+               *target = v;
+               return std::nullopt;
+             }},
       stringOpt("control-socket", p + "CONTROL_SOCKET",
                 "path of the operator control socket (default: $XDG_RUNTIME_DIR or /tmp, "
                 "argocd-agent-<side>-<pid>.sock)",

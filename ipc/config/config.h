@@ -19,6 +19,7 @@ const char* toString(Side side);
 
 struct CommonConfig {
   std::string logLevel = "info";
+  std::string logFormat = "text";  // text or json
   std::string
       controlSocket;  // resolved default: $XDG_RUNTIME_DIR|/tmp/argocd-agent-<side>-<pid>.sock
   std::chrono::milliseconds shutdownTimeout{10'000};

@@ -6,17 +6,34 @@
 #include <string>
 #include <string_view>
 
+#include <kj/exception.h>
 #include <spdlog/spdlog.h>
 
 namespace aa::log {
 
-// `role` e.g. "supervisor", "listener"; `generation` 0 for the supervisor.
+// `role` e.g. "supervisor", "listener"; `generation` 0 for the supervisor. Text format until
+// setFormat says otherwise.
 void init(std::string_view side, std::string_view role, unsigned generation);
+
+// "text" (the default): `<time> <level> [<side>/<role> <pid> g<n>] <message>`. "json": one object
+// per line, {"time","level","msg","side","role","pid","generation"}, logrus' key names for the first
+// three; the message is escaped (invalid UTF-8 replaced), so a line is always one valid object.
+// Returns false for anything else.
+bool setFormat(std::string_view format);
 
 // Accepts trace, debug, info, warn/warning, error, fatal/critical, off (upstream logrus names
 // included). Returns false for anything else.
 bool setLevel(std::string_view level);
 std::optional<spdlog::level::level_enum> parseLevel(std::string_view level);
+
+// While alive, KJ's log messages on the constructing thread (KJ_LOG, Cap'n Proto's warnings) go to
+// spdlog, so that they carry the process's format (one JSON object per line in json mode) instead
+// of KJ's own stderr lines. Construct one on each thread that runs KJ code.
+class KjLogBridge final : public kj::ExceptionCallback {
+ public:
+  void logMessage(kj::LogSeverity severity, const char* file, int line, int contextDepth,
+                  kj::String&& text) override;
+};
 
 // A short, recognisable, non-secret rendering of a credential-like value for debug logs:
 // the first 6 characters then "…(<n> bytes)".

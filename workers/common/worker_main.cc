@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <capnp/rpc-twoparty.h>
+#include <grpc/support/log.h>
 #include <kj/async-unix.h>
 #include <kj/debug.h>
 
@@ -165,6 +166,15 @@ int workerMain(int argc, char** argv) {
   }
   const Config& config = *parsed.config;
   log::setLevel(config.common.logLevel);
+  log::setFormat(config.common.logFormat);
+  // grpc's own messages (gpr_log) and KJ's go through spdlog too: one format per process.
+  gpr_set_log_function([](gpr_log_func_args* a) {
+    auto level = a->severity == GPR_LOG_SEVERITY_ERROR  ? spdlog::level::err
+                 : a->severity == GPR_LOG_SEVERITY_INFO ? spdlog::level::info
+                                                        : spdlog::level::debug;
+    spdlog::log(level, "grpc: {}:{}: {}", a->file, a->line, a->message);
+  });
+  log::KjLogBridge kjLog;
 
   try {
     auto io = kj::setupAsyncIo();
