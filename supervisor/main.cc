@@ -64,7 +64,9 @@ kj::AutoCloseFd reservePort(const std::string& host, int port, int& resolved) {
   return owned;
 }
 
-// Creates the private runtime directory and the key material workers need.
+// Creates the private runtime directory and the generated TLS certificate. The JWT signing key is
+// not the supervisor's business: the auth worker reads --jwt-key or generates the key itself and
+// writes jwt.pub here for the listener (workers/auth/auth_service.cc).
 std::string prepareRuntime(const Config& config) {
   std::string base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
   std::string tmpl = base + "/argocd-agent-" + toString(config.side) + ".XXXXXX";
@@ -76,21 +78,6 @@ std::string prepareRuntime(const Config& config) {
   std::string dir(buf.data());
   if (config.side != Side::kPrincipal) return dir;
   const auto& p = config.principal;
-  if (p.insecureJwtGenerate) {
-    spdlog::warn(
-        "INSECURE: generating a JWT signing key; tokens become invalid when the "
-        "principal restarts (use --jwt-key in production)");
-    auto key = pki::generateRsaKey(2048);
-    pki::writeSecretFile(dir + "/jwt.key", key.privatePem);
-    pki::writeSecretFile(dir + "/jwt.pub", key.publicPem);
-  } else {
-    try {
-      pki::writeSecretFile(dir + "/jwt.pub",
-                           pki::publicPemFromPrivatePem(readConfigFile(p.jwtKey)));
-    } catch (const std::runtime_error& e) {
-      throw ConfigError("invalid value for --jwt-key: " + std::string(e.what()));
-    }
-  }
   if (p.insecureTlsGenerate) {
     spdlog::warn(
         "INSECURE: using a generated self-signed TLS certificate (use --tls-cert and "

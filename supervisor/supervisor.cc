@@ -26,10 +26,12 @@ kj::Duration toKj(std::chrono::milliseconds ms) { return ms.count() * kj::MILLIS
 
 const std::vector<WorkerSpec>& workerSpecs(Side side) {
   // Start order; shutdown runs in reverse so the listener stops accepting before auth goes away.
+  // The listener waits for auth's first READY: it verifies tokens with the jwt.pub that auth
+  // writes (only auth holds the private key).
   static const std::vector<WorkerSpec> principal = {{"auth", true, true},
                                                     {"cache", false, false},
                                                     {"heartbeat", false, false},
-                                                    {"listener", true, false}};
+                                                    {"listener", true, false, "auth"}};
   static const std::vector<WorkerSpec> agent = {
       {"cache", false, false}, {"heartbeat", false, false}, {"transport", true, false}};
   return side == Side::kPrincipal ? principal : agent;
@@ -50,6 +52,7 @@ struct Supervisor::Slot {
   kj::Maybe<kj::Promise<void>> startTimer;
   kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> onStopped;
   bool pingInFlight = false;
+  bool everReady = false;  // some generation reported ready (dependents may start)
 };
 
 // The Supervisor capability handed to one worker generation over its link.
@@ -63,6 +66,7 @@ class Supervisor::LinkImpl final : public ipc::Supervisor::Server {
       spdlog::info("worker {} (pid {}, generation {}) is ready", slot_.spec.role, slot_.pid,
                    generation_);
       sup_.apply(slot_, WorkerEvent::kReady);
+      sup_.startDependents(slot_);
     }
     return kj::READY_NOW;
   }
@@ -131,7 +135,9 @@ kj::Promise<int> Supervisor::run() {
   };
   tasks_.add(Watchdog::go(*this));
 
-  for (auto& slot : slots_) apply(*slot, WorkerEvent::kStart);
+  for (auto& slot : slots_) {
+    if (slot->spec.startAfter.empty()) apply(*slot, WorkerEvent::kStart);
+  }
   // Reap anything that exited before the SIGCHLD handler was waited on.
   onChildSignal();
   return kj::mv(paf.promise);
@@ -260,6 +266,17 @@ void Supervisor::apply(Slot& slot, WorkerEvent event, const ExitInfo& exit) {
     KJ_IF_MAYBE (f, slot.onStopped) {
       (*f)->fulfill();
       slot.onStopped = nullptr;
+    }
+  }
+}
+
+void Supervisor::startDependents(Slot& ready) {
+  if (ready.machine.state() != WorkerState::kReady || ready.everReady) return;
+  ready.everReady = true;
+  if (shuttingDown_) return;
+  for (auto& s : slots_) {
+    if (s->spec.startAfter == ready.spec.role && s->machine.generation() == 0) {
+      apply(*s, WorkerEvent::kStart);
     }
   }
 }
@@ -394,6 +411,9 @@ std::string Supervisor::restart(const std::string& role) {
   Slot* slot = find(role);
   if (slot == nullptr) return "no worker named \"" + role + "\"";
   if (shuttingDown_) return "the supervisor is shutting down";
+  if (slot->machine.generation() == 0 && !slot->spec.startAfter.empty()) {
+    return "worker " + role + " starts once worker " + slot->spec.startAfter + " is ready";
+  }
   spdlog::info("control: restart of worker {} requested", role);
   apply(*slot, WorkerEvent::kRestart);
   return "";

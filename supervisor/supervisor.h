@@ -24,6 +24,9 @@ struct WorkerSpec {
   std::string role;
   bool critical;       // a FAILED critical worker stops the whole side (exit 78)
   bool serviceSocket;  // inherits the pre-bound Unix service socket at fd 4 (ipc/auth.capnp)
+  // Started only once this role has been READY ("" = at start-up): the listener needs jwt.pub,
+  // which the auth worker writes before it reports ready.
+  std::string startAfter = "";
 };
 const std::vector<WorkerSpec>& workerSpecs(Side side);
 
@@ -60,6 +63,7 @@ class Supervisor final : private kj::TaskSet::ErrorHandler {
   void spawn(Slot& slot);
   kj::Promise<void> onTimer(kj::Duration delay, Slot& slot, unsigned generation,
                             kj::Function<void()> fn);
+  void startDependents(Slot& ready);
   void onChildSignal();
   void watchdogTick();
   void beginShutdown(int exitCode, const char* why);

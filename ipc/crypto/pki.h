@@ -1,6 +1,6 @@
-// Key and certificate material the supervisor creates before any worker starts:
-// `--insecure-jwt-generate` (RSA-2048 PKCS#8 PEM) and `--insecure-tls-generate` (a self-signed
-// server certificate). Runs in the supervisor only, before fork.
+// Generated key and certificate material: `--insecure-jwt-generate` (RSA-2048 PKCS#8 PEM, made by
+// the auth worker, the only holder of the JWT key) and `--insecure-tls-generate` (a self-signed
+// server certificate, made by the supervisor before any worker starts).
 #pragma once
 
 #include <chrono>

@@ -35,9 +35,9 @@ using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyDeleter>;
 using BioPtr = std::unique_ptr<BIO, BioDeleter>;
 using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, MdCtxDeleter>;
 
-constexpr size_t kMaxTokenBytes = size_t{16} * 1024;
 constexpr size_t kMaxPemBytes = size_t{1024} * 1024;
 constexpr int kMinRsaBits = 2048;
+constexpr int64_t kMaxUnverifiedExpiry = int64_t{9'000'000'000};  // year 2255, in seconds
 constexpr std::string_view kHeaderJson = R"({"alg":"RS512","typ":"JWT"})";
 
 // The oldest OpenSSL error on this thread (for diagnostics; never contains key material), then
@@ -170,6 +170,41 @@ int b64Value(unsigned char c) {
   return -1;
 }
 
+// A compact JWS cut at its two dots (views into the token).
+struct Segments {
+  std::string_view header, payload, signature;
+  std::string_view signingInput;  // "header.payload", what the signature covers
+};
+
+bool isBase64UrlText(std::string_view s) {
+  if (s.size() % 4 == 1) return false;  // no base64 text has this length
+  for (const char ch : s) {
+    if (b64Value(static_cast<unsigned char>(ch)) < 0) return false;
+  }
+  return true;
+}
+
+// Exactly three segments, header and payload non-empty, all of the base64url alphabet. Looks at
+// the bytes only; decodes nothing. An empty signature is left to the signature check.
+std::optional<Segments> split(std::string_view token) {
+  const size_t dot1 = token.find('.');
+  if (dot1 == std::string_view::npos) return std::nullopt;
+  const size_t dot2 = token.find('.', dot1 + 1);
+  if (dot2 == std::string_view::npos || token.find('.', dot2 + 1) != std::string_view::npos) {
+    return std::nullopt;
+  }
+  Segments s;
+  s.header = token.substr(0, dot1);
+  s.payload = token.substr(dot1 + 1, dot2 - dot1 - 1);
+  s.signature = token.substr(dot2 + 1);
+  s.signingInput = token.substr(0, dot2);
+  if (s.header.empty() || s.payload.empty() || !isBase64UrlText(s.header) ||
+      !isBase64UrlText(s.payload) || !isBase64UrlText(s.signature)) {
+    return std::nullopt;
+  }
+  return s;
+}
+
 }  // namespace
 
 struct Key::Impl {
@@ -275,25 +310,32 @@ const char* toString(VerifyError e) {
       return "token not yet valid";
     case VerifyError::kBadSubject:
       return "invalid subject";
+    case VerifyError::kTooLarge:
+      return "token too large";
+    case VerifyError::kBadType:
+      return "unsupported token type";
   }
   return "unknown error";
 }
 
 VerifyResult verify(const Key& key, std::string_view token, std::string_view expectedAudience,
                     std::chrono::system_clock::time_point now) {
-  if (token.size() > kMaxTokenBytes) return fail(VerifyError::kMalformed);
-  const size_t dot1 = token.find('.');
-  if (dot1 == std::string_view::npos) return fail(VerifyError::kMalformed);
-  const size_t dot2 = token.find('.', dot1 + 1);
-  if (dot2 == std::string_view::npos || token.find('.', dot2 + 1) != std::string_view::npos) {
-    return fail(VerifyError::kMalformed);
-  }
-  const std::string_view headerB64 = token.substr(0, dot1);
-  const std::string_view payloadB64 = token.substr(dot1 + 1, dot2 - dot1 - 1);
-  const std::string_view sigB64 = token.substr(dot2 + 1);
-  if (headerB64.empty() || payloadB64.empty()) return fail(VerifyError::kMalformed);
+  // 1. Size and shape, byte by byte: nothing is decoded yet.
+  if (token.size() > kMaxTokenBytes) return fail(VerifyError::kTooLarge);
+  const std::optional<Segments> parts = split(token);
+  if (!parts) return fail(VerifyError::kMalformed);
 
-  const std::optional<std::string> headerText = base64UrlDecode(headerB64);
+  // 2. The signature over "header.payload", whatever they contain. Only the signature segment is
+  // decoded; a token that we (or upstream's issuer with the same key) did not sign stops here.
+  const std::optional<std::string> sig = base64UrlDecode(parts->signature);
+  if (!sig || sig->empty()) return fail(VerifyError::kBadSignature);
+  if (!verifyRs512(key.impl().pkey.get(), parts->signingInput, *sig)) {
+    return fail(VerifyError::kBadSignature);
+  }
+
+  // 3. From here on the JSON is ours. The explicit alg check still refuses a token that the key
+  // holder signed with another header (upstream's golang-jwt checks alg against RS512 too).
+  const std::optional<std::string> headerText = base64UrlDecode(parts->header);
   if (!headerText) return fail(VerifyError::kMalformed);
   const nlohmann::json header = nlohmann::json::parse(*headerText, nullptr, false);
   if (header.is_discarded() || !header.is_object()) return fail(VerifyError::kMalformed);
@@ -301,14 +343,12 @@ VerifyResult verify(const Key& key, std::string_view token, std::string_view exp
   if (alg == header.end() || !alg->is_string() || alg->get_ref<const std::string&>() != "RS512") {
     return fail(VerifyError::kBadAlgorithm);
   }
-
-  const std::optional<std::string> sig = base64UrlDecode(sigB64);
-  if (!sig || sig->empty()) return fail(VerifyError::kBadSignature);
-  if (!verifyRs512(key.impl().pkey.get(), token.substr(0, dot2), *sig)) {
-    return fail(VerifyError::kBadSignature);
+  if (const auto typ = header.find("typ");
+      typ != header.end() && (!typ->is_string() || typ->get_ref<const std::string&>() != "JWT")) {
+    return fail(VerifyError::kBadType);
   }
 
-  const std::optional<std::string> payloadText = base64UrlDecode(payloadB64);
+  const std::optional<std::string> payloadText = base64UrlDecode(parts->payload);
   if (!payloadText) return fail(VerifyError::kMalformed);
   const nlohmann::json payload = nlohmann::json::parse(*payloadText, nullptr, false);
   if (payload.is_discarded() || !payload.is_object()) return fail(VerifyError::kMalformed);
@@ -429,17 +469,19 @@ std::string newUuidV4() {
 }
 
 std::optional<std::chrono::system_clock::time_point> unverifiedExpiry(std::string_view token) {
-  if (token.size() > 16 * 1024) return std::nullopt;
-  size_t a = token.find('.');
-  size_t b = a == std::string_view::npos ? a : token.find('.', a + 1);
-  if (b == std::string_view::npos) return std::nullopt;
-  auto payload = base64UrlDecode(token.substr(a + 1, b - a - 1));
+  if (token.size() > kMaxTokenBytes) return std::nullopt;
+  const std::optional<Segments> parts = split(token);
+  if (!parts) return std::nullopt;
+  const std::optional<std::string> payload = base64UrlDecode(parts->payload);
   if (!payload) return std::nullopt;
-  auto j = nlohmann::json::parse(*payload, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("exp") || !j["exp"].is_number_integer()) {
-    return std::nullopt;
-  }
-  return std::chrono::system_clock::time_point(std::chrono::seconds(j["exp"].get<int64_t>()));
+  const nlohmann::json j = nlohmann::json::parse(*payload, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return std::nullopt;
+  const auto exp = j.find("exp");
+  if (exp == j.end() || !exp->is_number_integer()) return std::nullopt;
+  const std::optional<int64_t> at = numericDate(*exp);
+  // system_clock counts nanoseconds in 64 bits (about +-292 years): a larger exp would overflow.
+  if (!at || *at < 0 || *at > kMaxUnverifiedExpiry) return std::nullopt;
+  return std::chrono::system_clock::time_point(std::chrono::seconds(*at));
 }
 
 }  // namespace aa::jwt

@@ -18,6 +18,11 @@ inline constexpr std::chrono::seconds kAccessValidity{5 * 60};
 inline constexpr std::chrono::seconds kRefreshValidity{24 * 60 * 60};
 // RefreshToken re-issues a refresh token only when the presented one expires within this.
 inline constexpr std::chrono::seconds kRefreshReissueWindow{10 * 60};
+// The largest token verify() and unverifiedExpiry() look at; anything longer is refused before a
+// byte of it is decoded. Ours measure 670 (access, short name) to 751 bytes (refresh, 63-character
+// name, autonomous) with a 2048-bit key, 1011-1092 with 4096 bits, 1694-1775 with 8192; a
+// 16384-bit --jwt-key would make about 3.1 KB. 8 KiB leaves room for all of them.
+inline constexpr size_t kMaxTokenBytes = size_t{8} * 1024;
 
 // An RSA key. Load once; thread-safe for concurrent sign/verify after construction.
 class Key {
@@ -58,14 +63,16 @@ std::string issue(const Key& key, std::string_view clientId, std::string_view mo
                   std::chrono::seconds validity);
 
 enum class VerifyError {
-  kMalformed,
-  kBadAlgorithm,
-  kBadSignature,
+  kMalformed,     // not three base64url segments, or (signed by us) not decodable JSON claims
+  kBadAlgorithm,  // signed, but the header's alg is not RS512
+  kBadSignature,  // the RS512 signature over header.payload does not verify with the key
   kBadIssuer,
   kBadAudience,
   kExpired,
   kNotYetValid,
-  kBadSubject
+  kBadSubject,
+  kTooLarge,  // longer than kMaxTokenBytes; nothing of it was decoded
+  kBadType    // signed, but the header's typ is present and not "JWT"
 };
 const char* toString(VerifyError e);
 
@@ -74,13 +81,20 @@ struct VerifyResult {
   VerifyError error = VerifyError::kMalformed;
 };
 
-// Verifies signature (RS512 only; "alg" must be exactly RS512), issuer, audience, exp/nbf against
-// `now` (no leeway), and that sub decodes to {"clientID","mode"}. Input above 16 KiB is kMalformed.
+// Verifies an untrusted token, in this order: size (above kMaxTokenBytes: kTooLarge), shape (three
+// dot-separated segments of the base64url alphabet, header and payload non-empty: else
+// kMalformed), then the RS512 signature over "header.payload" (kBadSignature) - before anything
+// of the header or payload is decoded, so no attacker-controlled JSON is ever parsed. Only a
+// token signed with `key` gets further: its header must be a JSON object with "alg" exactly
+// RS512 (kBadAlgorithm; "none" and every other alg already failed at the signature) and "typ",
+// when present, "JWT" (kBadType); then issuer, audience, exp/nbf against `now` (no leeway), and
+// that sub decodes to {"clientID","mode"}. Tokens of upstream's Go issuer (golang-jwt, same key)
+// have exactly this shape.
 VerifyResult verify(const Key& key, std::string_view token, std::string_view expectedAudience,
                     std::chrono::system_clock::time_point now);
 
 // The `exp` claim of a token WITHOUT verifying it (the agent's own scheduling of refreshes, as
-// upstream does); nullopt when the token is malformed.
+// upstream does); nullopt when the token is malformed or longer than kMaxTokenBytes.
 std::optional<std::chrono::system_clock::time_point> unverifiedExpiry(std::string_view token);
 
 // RFC 4648 §5 base64url without padding (exposed for tests).

@@ -318,68 +318,164 @@ TEST_F(JwtTest, AlgNoneAndHs256Rejected) {
       issue(*key_, "agent-1", "managed", kAudienceAccess, now_, kAccessValidity);
   const auto parts = segments(token);
 
+  // Unsigned: the signature check comes first and refuses them.
   const std::string none = base64UrlEncode(R"({"alg":"none","typ":"JWT"})");
   EXPECT_EQ(verify(*pub_, none + "." + parts[1] + ".", kAudienceAccess, now_).error,
-            VerifyError::kBadAlgorithm);
+            VerifyError::kBadSignature);
   EXPECT_EQ(verify(*pub_, none + "." + parts[1] + "." + parts[2], kAudienceAccess, now_).error,
-            VerifyError::kBadAlgorithm);
+            VerifyError::kBadSignature);
 
   // Classic key-confusion attack: HMAC with the public key PEM as the secret.
   const std::string hs = base64UrlEncode(R"({"alg":"HS256","typ":"JWT"})");
   const std::string input = hs + "." + parts[1];
   const std::string forged = input + "." + base64UrlEncode(hs256(pub_->publicPem(), input));
-  EXPECT_EQ(verify(*pub_, forged, kAudienceAccess, now_).error, VerifyError::kBadAlgorithm);
+  EXPECT_EQ(verify(*pub_, forged, kAudienceAccess, now_).error, VerifyError::kBadSignature);
 
-  for (const char* h : {R"({"alg":"rs512"})", R"({"alg":"RS256"})", R"({"alg":"PS512"})",
-                        R"({"alg":"RS512 "})", R"({"alg":["RS512"]})", R"({"typ":"JWT"})"}) {
+  // Signed with our key but with another alg in the header: the explicit check refuses them.
+  for (const char* h : {R"({"alg":"none","typ":"JWT"})", R"({"alg":"none"})", R"({"alg":"HS256"})",
+                        R"({"alg":"rs512"})", R"({"alg":"RS256"})", R"({"alg":"PS512"})",
+                        R"({"alg":"RS512 "})", R"({"alg":["RS512"]})", R"({"alg":null})",
+                        R"({"typ":"JWT"})"}) {
     EXPECT_EQ(verify(*pub_, signedWith(h, goodClaims()), kAudienceAccess, now_).error,
               VerifyError::kBadAlgorithm)
         << h;
   }
-  // Only typ is optional; a minimal RS512 header is fine.
+  // typ is optional (golang-jwt does not require it), but when present it must be "JWT", which
+  // both our issuer and upstream's put there.
   EXPECT_TRUE(verify(*pub_, signedWith(R"({"alg":"RS512"})", goodClaims()), kAudienceAccess, now_)
                   .claims.has_value());
+  for (const char* h : {R"({"alg":"RS512","typ":"JWS"})", R"({"alg":"RS512","typ":"jwt "})",
+                        R"({"alg":"RS512","typ":1})", R"({"alg":"RS512","typ":null})"}) {
+    EXPECT_EQ(verify(*pub_, signedWith(h, goodClaims()), kAudienceAccess, now_).error,
+              VerifyError::kBadType)
+        << h;
+  }
 }
 
 TEST_F(JwtTest, MalformedTokens) {
   const std::string token =
       issue(*key_, "agent-1", "managed", kAudienceAccess, now_, kAccessValidity);
   const auto parts = segments(token);
+  // Wrong number of dots, empty header or payload, characters outside the base64url alphabet or
+  // an impossible segment length: refused on the bytes alone, before the signature check.
   for (const std::string& bad :
-       {std::string(), std::string("."), std::string(".."), std::string("abc"),
-        parts[0] + "." + parts[1], token + ".", "." + parts[1] + "." + parts[2],
-        parts[0] + ".." + parts[2], parts[0] + "=." + parts[1] + "." + parts[2],
-        "!!!." + parts[1] + "." + parts[2],
-        base64UrlEncode("not json") + "." + parts[1] + "." + parts[2]}) {
+       {std::string(), std::string("."), std::string(".."), std::string("..."),
+        std::string("abc"), parts[0] + "." + parts[1], token + ".", token + "." + parts[2],
+        parts[0] + "." + parts[1] + ".." + parts[2], "." + parts[0] + "." + parts[1] + "." + parts[2],
+        "." + parts[1] + "." + parts[2], parts[0] + ".." + parts[2], ".." + parts[2],
+        parts[0] + "=." + parts[1] + "." + parts[2], "!!!." + parts[1] + "." + parts[2],
+        parts[0] + "." + parts[1] + " ." + parts[2], parts[0] + "." + parts[1] + "." + parts[2] + "=",
+        parts[0] + "." + parts[1] + "." + parts[2] + "\n", parts[0] + "A." + parts[1] + "." + parts[2],
+        parts[0] + "." + parts[1] + "." + "+/+/"}) {
     const VerifyResult r = verify(*pub_, bad, kAudienceAccess, now_);
     EXPECT_FALSE(r.claims.has_value()) << bad;
     EXPECT_EQ(r.error, VerifyError::kMalformed) << bad;
   }
-  // Payload that is validly signed but not a JSON object.
-  const std::string header = base64UrlEncode(R"({"alg":"RS512","typ":"JWT"})");
-  const std::string input = header + "." + base64UrlEncode("[1,2,3]");
-  EXPECT_EQ(
-      verify(*pub_, input + "." + base64UrlEncode(signRaw(input)), kAudienceAccess, now_).error,
-      VerifyError::kMalformed);
+  // An empty signature segment is a signature failure.
+  EXPECT_EQ(verify(*pub_, parts[0] + "." + parts[1] + ".", kAudienceAccess, now_).error,
+            VerifyError::kBadSignature);
 }
 
-TEST_F(JwtTest, SixteenKibCap) {
-  // A validly signed token just over 16 KiB (padding claim) is refused before any crypto.
+// The signature is checked before any JSON of the token is parsed: garbage that is not JSON (or
+// not even decodable) in the header and payload of an unsigned token is a signature failure, not
+// a parse failure.
+TEST_F(JwtTest, SignatureCheckedBeforeAnyJson) {
+  const std::string token =
+      issue(*key_, "agent-1", "managed", kAudienceAccess, now_, kAccessValidity);
+  const auto parts = segments(token);
+  const std::string notJson = base64UrlEncode("not json {{{");
+  const std::string binary = base64UrlEncode(std::string("\xff\xfe\x00\x01", 4));
+  for (const std::string& bad :
+       {notJson + "." + notJson + "." + parts[2], notJson + "." + parts[1] + "." + parts[2],
+        parts[0] + "." + notJson + "." + parts[2], binary + "." + binary + "." + parts[2],
+        notJson + "." + notJson + "." + base64UrlEncode(std::string(256, 'x')),
+        notJson + "." + notJson + "." + base64UrlEncode("short"),
+        // Base64url alphabet, but trailing bits that no encoder produces ("Zh"): decoding it would
+        // fail; it is never decoded because the signature does not match.
+        "Zh." + notJson + "." + parts[2], parts[0] + ".Zh." + parts[2]}) {
+    const VerifyResult r = verify(*pub_, bad, kAudienceAccess, now_);
+    EXPECT_FALSE(r.claims.has_value()) << bad;
+    EXPECT_EQ(r.error, VerifyError::kBadSignature) << bad;
+  }
+  // A signature segment that is not decodable is a signature failure too.
+  EXPECT_EQ(verify(*pub_, parts[0] + "." + parts[1] + ".Zh", kAudienceAccess, now_).error,
+            VerifyError::kBadSignature);
+}
+
+// Tokens that our key signed but whose header or payload is not usable JSON (only a bug in a key
+// holder could make one): refused as malformed, cleanly, after the signature check.
+TEST_F(JwtTest, SignedButNotJsonIsMalformed) {
+  const std::string header = base64UrlEncode(R"({"alg":"RS512","typ":"JWT"})");
+  const std::string payload = base64UrlEncode(goodClaims().dump());
+  auto signedToken = [&](const std::string& h, const std::string& p) {
+    const std::string input = h + "." + p;
+    return input + "." + base64UrlEncode(signRaw(input));
+  };
+  ASSERT_TRUE(verify(*pub_, signedToken(header, payload), kAudienceAccess, now_).claims);
+  for (const std::string& p :
+       {base64UrlEncode("not json"), base64UrlEncode("[1,2,3]"), base64UrlEncode("\"a string\""),
+        base64UrlEncode("{\"iss\":"), base64UrlEncode(std::string("\xff\xfe", 2)),
+        base64UrlEncode(goodClaims().dump() + "x"), std::string("Zh")}) {
+    const VerifyResult r = verify(*pub_, signedToken(header, p), kAudienceAccess, now_);
+    EXPECT_FALSE(r.claims.has_value()) << p;
+    EXPECT_EQ(r.error, VerifyError::kMalformed) << p;
+  }
+  for (const std::string& h : {base64UrlEncode("not json"), base64UrlEncode("[\"RS512\"]"),
+                               base64UrlEncode("{\"alg\":\"RS512\""), std::string("Zh")}) {
+    const VerifyResult r = verify(*pub_, signedToken(h, payload), kAudienceAccess, now_);
+    EXPECT_FALSE(r.claims.has_value()) << h;
+    EXPECT_EQ(r.error, VerifyError::kMalformed) << h;
+  }
+}
+
+TEST_F(JwtTest, SizeCapBeforeAnything) {
+  // A validly signed token just over the cap (padding claim) is refused: the size is checked
+  // before the signature and before any decoding.
   auto claims = goodClaims();
   const std::string header = R"({"alg":"RS512","typ":"JWT"})";
-  claims["pad"] = std::string(12 * 1024, 'x');
-  const std::string big = signedWith(header, claims);
-  ASSERT_GT(big.size(), 16u * 1024);
-  EXPECT_EQ(verify(*pub_, big, kAudienceAccess, now_).error, VerifyError::kMalformed);
+  claims["pad"] = "";
+  std::string ok = signedWith(header, claims);  // the largest one at or under the cap
+  std::string big = ok;
+  while (big.size() <= kMaxTokenBytes) {
+    ok = big;
+    // Approach from below (3 payload bytes are 4 characters), one byte at a time at the end.
+    const size_t deficit = kMaxTokenBytes + 1 - big.size();
+    const size_t more = deficit > 8 ? deficit * 3 / 4 - 4 : 1;
+    claims["pad"] = claims["pad"].get<std::string>() + std::string(more, 'x');
+    big = signedWith(header, claims);
+  }
+  ASSERT_LE(big.size(), kMaxTokenBytes + 4);  // just over
+  EXPECT_EQ(verify(*pub_, big, kAudienceAccess, now_).error, VerifyError::kTooLarge);
+  EXPECT_FALSE(unverifiedExpiry(big).has_value());
 
   // Just under the cap still verifies.
-  claims["pad"] = std::string(11 * 1024, 'x');
-  const std::string ok = signedWith(header, claims);
-  ASSERT_LE(ok.size(), 16u * 1024);
+  ASSERT_GT(ok.size(), kMaxTokenBytes - 16);
+  ASSERT_LE(ok.size(), kMaxTokenBytes);
   EXPECT_TRUE(verify(*pub_, ok, kAudienceAccess, now_).claims.has_value());
+  EXPECT_TRUE(unverifiedExpiry(ok).has_value());
 
-  EXPECT_EQ(verify(*pub_, std::string(16 * 1024 + 1, 'a'), kAudienceAccess, now_).error,
-            VerifyError::kMalformed);
+  // Over the cap, even bytes that are not a token at all are "too large", not "malformed": the
+  // cap is the first thing looked at.
+  for (const std::string& huge :
+       {std::string(kMaxTokenBytes + 1, 'a'), std::string(kMaxTokenBytes + 1, '.'),
+        std::string(kMaxTokenBytes + 1, '\0'), std::string(1 << 20, '!')}) {
+    EXPECT_EQ(verify(*pub_, huge, kAudienceAccess, now_).error, VerifyError::kTooLarge);
+  }
+}
+
+TEST_F(JwtTest, OurTokensAreFarBelowTheCap) {
+  // The largest token we issue: a 63-character agent name (a DNS label's maximum), the longer
+  // mode and audience.
+  const std::string name(63, 'a');
+  const std::string token = issue(*key_, name, "autonomous", kAudienceRefresh, now_,
+                                  kRefreshValidity);
+  const auto parts = segments(token);
+  ASSERT_EQ(parts.size(), 3u);
+  RecordProperty("largest_token_bytes_rsa2048", static_cast<int>(token.size()));
+  EXPECT_LT(token.size(), 1024u);
+  // With a 16384-bit --jwt-key the signature segment is 2731 characters; still under the cap.
+  const size_t sig16k = (16384 / 8 * 4 + 2) / 3;
+  EXPECT_LT(parts[0].size() + parts[1].size() + 2 + sig16k, kMaxTokenBytes);
 }
 
 TEST(JwtBase64Test, Rfc4648Vectors) {
@@ -430,8 +526,9 @@ TEST(JwtErrorTest, ToStringCoversAll) {
   for (VerifyError e :
        {VerifyError::kMalformed, VerifyError::kBadAlgorithm, VerifyError::kBadSignature,
         VerifyError::kBadIssuer, VerifyError::kBadAudience, VerifyError::kExpired,
-        VerifyError::kNotYetValid, VerifyError::kBadSubject}) {
-    EXPECT_NE(std::string(toString(e)), "");
+        VerifyError::kNotYetValid, VerifyError::kBadSubject, VerifyError::kTooLarge,
+        VerifyError::kBadType}) {
+    EXPECT_NE(std::string(toString(e)), "unknown error");
   }
 }
 
@@ -447,6 +544,20 @@ TEST(JwtUnverifiedExpiry, ReadsExpWithoutVerifying) {
               1000);
   EXPECT_FALSE(aa::jwt::unverifiedExpiry("not.a-token").has_value());
   EXPECT_FALSE(aa::jwt::unverifiedExpiry("abc").has_value());
+  EXPECT_FALSE(aa::jwt::unverifiedExpiry(token + ".x").has_value());  // four segments
+  EXPECT_FALSE(aa::jwt::unverifiedExpiry(std::string(kMaxTokenBytes + 1, 'a')).has_value());
+  // exp values the clock cannot represent (it counts nanoseconds in 64 bits) or not integers.
+  const std::string h = base64UrlEncode(R"({"alg":"RS512","typ":"JWT"})");
+  for (const char* payload : {R"({"exp":18446744073709551615})", R"({"exp":9223372036854775807})",
+                              R"({"exp":-1})", R"({"exp":9000000001})", R"({"exp":1.5})",
+                              R"({"exp":"1700000000"})", R"([1700000000])", "not json"}) {
+    EXPECT_FALSE(aa::jwt::unverifiedExpiry(h + "." + base64UrlEncode(payload) + ".c2ln")
+                     .has_value())
+        << payload;
+  }
+  auto at = aa::jwt::unverifiedExpiry(h + "." + base64UrlEncode(R"({"exp":9000000000})") + ".");
+  ASSERT_TRUE(at.has_value());
+  EXPECT_EQ(std::chrono::system_clock::to_time_t(*at), 9'000'000'000);
 }
 
 }  // namespace aa::jwt
