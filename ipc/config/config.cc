@@ -339,21 +339,56 @@ std::vector<Option> agentOptions(Config& c) {
   return o;
 }
 
+// The area a flag belongs to in --help, in the order areas are printed.
+constexpr const char* kAreas[] = {"Connection", "TLS", "Authentication", "Keepalive and liveness",
+                                  "Delivery", "Logging", "Operations", "Testing"};
+
+const char* areaOf(const std::string& name) {
+  auto starts = [&](const char* p) { return name.rfind(p, 0) == 0; };
+  if (name == "listen-host" || name == "listen-port" || name == "server-address" ||
+      name == "server-port" || name == "namespace" || name == "agent-mode") {
+    return "Connection";
+  }
+  if (starts("tls-") || starts("insecure-tls") || name == "insecure-plaintext" ||
+      name == "root-ca-path" || name == "require-client-certs" ||
+      name == "client-cert-subject-match") {
+    return "TLS";
+  }
+  if (name == "auth" || name == "creds" || starts("xfcc-") || starts("insecure-header-auth") ||
+      starts("jwt-") || name == "insecure-jwt-generate") {
+    return "Authentication";
+  }
+  if (starts("keepalive-") || starts("keep-alive-") || starts("heartbeat-") ||
+      starts("agent-stale") || starts("agent-disconnect")) {
+    return "Keepalive and liveness";
+  }
+  if (name == "grpc-max-message-size" || name == "send-queue-size") return "Delivery";
+  if (starts("log-") || name == "event-log") return "Logging";
+  if (name == "synthetic-events") return "Testing";
+  return "Operations";
+}
+
 std::string helpText(Side side, const std::vector<Option>& opts) {
   std::ostringstream out;
-  out << "Usage: argocd-agent " << toString(side) << " [flags]\n\nFlags:\n";
-  for (const auto& o : opts) {
-    std::string lhs = "  ";
-    lhs += o.shortName ? std::string("-") + o.shortName + ", " : "    ";
-    lhs += "--" + o.name + (o.isBool ? "" : " value");
-    out << lhs;
-    if (lhs.size() < 34) out << std::string(34 - lhs.size(), ' ');
-    out << " " << o.help;
-    if (!o.defaultText.empty()) out << " (default " << o.defaultText << ")";
-    if (!o.env.empty()) out << " [env " << o.env << "]";
-    out << "\n";
+  out << "Usage: argocd-agent " << toString(side) << " [flags]\n";
+  for (const char* area : kAreas) {
+    bool any = false;
+    for (const auto& o : opts) {
+      if (std::string_view(areaOf(o.name)) != area) continue;
+      if (!any) out << "\n" << area << ":\n";
+      any = true;
+      std::string lhs = "  ";
+      lhs += o.shortName ? std::string("-") + o.shortName + ", " : "    ";
+      lhs += "--" + o.name + (o.isBool ? "" : " value");
+      out << lhs;
+      if (lhs.size() < 34) out << std::string(34 - lhs.size(), ' ');
+      out << " " << o.help;
+      if (!o.defaultText.empty()) out << " (default " << o.defaultText << ")";
+      if (!o.env.empty()) out << " [env " << o.env << "]";
+      out << "\n";
+    }
   }
-  out << "  -h, --help                         show this help\n";
+  out << "\n  -h, --help                         show this help\n";
   return out.str();
 }
 

@@ -228,5 +228,31 @@ TEST_F(ConfigTest, UpstreamSettingsWeDoNotSupportAreNamed) {
   EXPECT_NE(f.message.find("unknown flag --frobnicate"), std::string::npos) << f.message;
 }
 
+TEST_F(ConfigTest, HelpGroupsFlagsByArea) {
+  for (Side side : {Side::kPrincipal, Side::kAgent}) {
+    auto r = parseConfig(side, {"--help"}, env({}), 1);
+    ASSERT_TRUE(r.helpRequested);
+    const std::string& h = r.message;
+    // Areas in order; each flag once, under its area.
+    size_t tls = h.find("\nTLS:\n"), auth = h.find("\nAuthentication:\n");
+    size_t logging = h.find("\nLogging:\n"), ops = h.find("\nOperations:\n");
+    ASSERT_NE(tls, std::string::npos) << h;
+    ASSERT_NE(auth, std::string::npos) << h;
+    ASSERT_NE(logging, std::string::npos) << h;
+    ASSERT_NE(ops, std::string::npos) << h;
+    EXPECT_LT(tls, auth);
+    EXPECT_LT(auth, logging);
+    EXPECT_LT(logging, ops);
+    size_t minVersion = h.find("--tls-min-version");
+    EXPECT_GT(minVersion, tls);
+    EXPECT_LT(minVersion, auth);
+    EXPECT_EQ(h.find("--tls-min-version", minVersion + 1), std::string::npos) << "listed once";
+    size_t format = h.find("--log-format");
+    EXPECT_GT(format, logging);
+    EXPECT_LT(format, ops);
+    EXPECT_GT(h.find("--control-socket"), ops);
+  }
+}
+
 }  // namespace
 }  // namespace aa
