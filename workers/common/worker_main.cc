@@ -1,6 +1,6 @@
-// The shared worker skeleton (worker_main.h): re-parses the validated configuration, sets up
-// logging, title and crash handling, links to the supervisor over fd 3, runs the role, and turns
-// SIGTERM into an orderly drain. Runs in every worker process.
+// The shared worker skeleton (its entry is declared in ipc/runtime/worker_entry.h): re-parses the
+// validated configuration, sets up logging, title and crash handling, links to the supervisor over
+// fd 3, runs the role, and turns SIGTERM into an orderly drain. Runs in every worker process.
 #include "ipc/runtime/worker_entry.h"
 
 #include <malloc.h>
