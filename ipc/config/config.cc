@@ -397,7 +397,10 @@ bool readable(const std::string& path) { return access(path.c_str(), R_OK) == 0;
 // Cross-flag validation. Returns the one-line error, or "".
 std::string validatePrincipal(PrincipalConfig& p) {
   if (p.namespace_.empty()) return "--namespace is required (the namespace the principal manages)";
-  if (p.auth.empty()) return "--auth is required: accepted values are userpass:<file>";
+  if (p.auth.empty()) {
+    return "--auth is required: userpass:<file>, header:<name>:<regex>, xfcc:<uri-regex> or "
+           "mtls:[subject:|uri:]<regex>";
+  }
   auto colon = p.auth.find(':');
   if (colon == std::string::npos) {
     return "invalid value \"" + p.auth +
@@ -449,8 +452,8 @@ std::string validatePrincipal(PrincipalConfig& p) {
     if (auto e = checkPattern(p.authPattern); !e.empty()) return e;
     p.requireClientCerts = true;  // as upstream
   } else {
-    return "invalid value \"" + p.authMethod +
-           "\" for --auth method: must be userpass, header, mtls or xfcc";
+    return "invalid value \"" + p.auth +
+           "\" for --auth: the method must be userpass, header, mtls or xfcc";
   }
   bool headerAuth = p.authMethod == "header" || p.authMethod == "xfcc";
   if (headerAuth && !p.insecurePlaintext) {
@@ -477,7 +480,10 @@ std::string validatePrincipal(PrincipalConfig& p) {
   if (p.requireClientCerts && p.insecurePlaintext) {
     return "--require-client-certs cannot be used with --insecure-plaintext";
   }
-  if (p.requireClientCerts && (p.rootCaPath.empty() || !readable(p.rootCaPath))) {
+  if (!p.rootCaPath.empty() && !readable(p.rootCaPath)) {
+    return "invalid value \"" + p.rootCaPath + "\" for --root-ca-path: the file is not readable";
+  }
+  if (p.requireClientCerts && p.rootCaPath.empty()) {
     return "client certificates need a readable --root-ca-path (the CA that signed them)";
   }
   int tlsModes = (p.insecurePlaintext ? 1 : 0) + (p.insecureTlsGenerate ? 1 : 0) +
@@ -492,8 +498,10 @@ std::string validatePrincipal(PrincipalConfig& p) {
   }
   if (p.tlsCert.empty() != p.tlsKey.empty())
     return "--tls-cert and --tls-key must be given together";
-  for (const auto* f : {&p.tlsCert, &p.tlsKey}) {
-    if (!f->empty() && !readable(*f)) return "TLS file \"" + *f + "\" is not readable";
+  for (const auto& [flag, f] : {std::pair{"--tls-cert", &p.tlsCert}, {"--tls-key", &p.tlsKey}}) {
+    if (!f->empty() && !readable(*f)) {
+      return "invalid value \"" + *f + "\" for " + flag + ": the file is not readable";
+    }
   }
   if (auto e = tls::validate(p.tls); !e.empty()) return "invalid TLS settings: " + e;
   if (p.tlsHandshakeTimeout.count() == 0) {
@@ -529,8 +537,8 @@ std::string validateAgent(AgentConfig& a) {
       return "invalid value for --creds: userpass file \"" + a.credsArg + "\" is not readable";
     }
   } else if (a.credsMethod != "header" && a.credsMethod != "mtls") {
-    return "invalid value \"" + a.credsMethod +
-           "\" for --creds method: must be userpass, header or mtls";
+    return "invalid value \"" + a.creds +
+           "\" for --creds: the method must be userpass, header or mtls";
   }
   if (a.insecurePlaintext && (a.insecureTls || !a.rootCaPath.empty())) {
     return "--insecure-plaintext cannot be combined with --insecure-tls or --root-ca-path";
@@ -538,8 +546,12 @@ std::string validateAgent(AgentConfig& a) {
   if (a.tlsClientCert.empty() != a.tlsClientKey.empty()) {
     return "--tls-client-cert and --tls-client-key must be given together";
   }
-  for (const auto* f : {&a.rootCaPath, &a.tlsClientCert, &a.tlsClientKey}) {
-    if (!f->empty() && !readable(*f)) return "TLS file \"" + *f + "\" is not readable";
+  for (const auto& [flag, f] : {std::pair{"--root-ca-path", &a.rootCaPath},
+                                {"--tls-client-cert", &a.tlsClientCert},
+                                {"--tls-client-key", &a.tlsClientKey}}) {
+    if (!f->empty() && !readable(*f)) {
+      return "invalid value \"" + *f + "\" for " + flag + ": the file is not readable";
+    }
   }
   if (auto e = tls::validate(a.tls); !e.empty()) return "invalid TLS settings: " + e;
   if (a.credsMethod == "mtls" && a.tlsClientCert.empty()) {
@@ -656,6 +668,15 @@ ParseResult parseConfig(Side side, const std::vector<std::string>& args, const E
   }
   result.config = std::move(config);
   return result;
+}
+
+std::vector<FlagInfo> describeFlags(Side side) {
+  Config config;
+  std::vector<FlagInfo> out;
+  for (const auto& o : side == Side::kPrincipal ? principalOptions(config) : agentOptions(config)) {
+    out.push_back({o.name, o.env, o.defaultText, o.isBool});
+  }
+  return out;
 }
 
 std::string readConfigFile(const std::string& path) {

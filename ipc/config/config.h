@@ -106,6 +106,13 @@ struct ParseResult {
   std::vector<std::string> warnings;
 };
 
+// Every flag of `side` as --help shows it: name (without dashes), environment variable, default.
+struct FlagInfo {
+  std::string name, env, defaultText;
+  bool isBool = false;
+};
+std::vector<FlagInfo> describeFlags(Side side);
+
 // `args` are the arguments after the sub-command (e.g. after "principal"). `pid` is used for the
 // default control socket path. Checks existence/readability of referenced files.
 ParseResult parseConfig(Side side, const std::vector<std::string>& args, const EnvLookup& env,

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <map>
+#include <optional>
+#include <set>
 
 #include <gtest/gtest.h>
 
@@ -253,6 +255,161 @@ TEST_F(ConfigTest, HelpGroupsFlagsByArea) {
     EXPECT_GT(h.find("--control-socket"), ops);
   }
 }
+
+// Every implemented flag: its variable, its default, a value accepted by flag and by variable, and
+// a value refused with a message naming the flag (or variable) and the value. A flag added to the
+// parser without a row here fails FlagTableCoversEveryFlag.
+struct FlagRow {
+  std::string flag, env, def, valid;
+  std::optional<std::string> invalid;  // nullopt: free-form (any value parses; used later)
+  std::vector<std::string> drop = {};   // base flags that conflict with this one
+  std::vector<std::string> with = {};   // flags this one needs
+};
+
+class FlagTableTest : public ConfigTest {
+ protected:
+  std::vector<FlagRow> principalRows() {
+    const std::string f = file_;
+    return {
+        {"listen-host", "ARGOCD_PRINCIPAL_LISTEN_HOST", "", "127.0.0.1", std::nullopt},
+        {"listen-port", "ARGOCD_PRINCIPAL_LISTEN_PORT", "8443", "9000", "70000"},
+        {"namespace", "ARGOCD_PRINCIPAL_NAMESPACE", "", "argocd", ""},
+        {"auth", "ARGOCD_PRINCIPAL_AUTH", "", "userpass:" + f, "frob:x"},
+        // Free-form SPIFFE ID; refused (naming the flag) without --auth=xfcc, checked in tests below.
+        {"xfcc-require-by", "ARGOCD_PRINCIPAL_XFCC_REQUIRE_BY", "", "spiffe://td/ns/a/sa/b",
+         std::nullopt, {"--auth=userpass:" + f},
+         {"--auth=xfcc:^(.+)$", "--listen-host=127.0.0.1"}},
+        {"insecure-header-auth-any-interface", "ARGOCD_PRINCIPAL_INSECURE_HEADER_AUTH_ANY_INTERFACE",
+         "false", "true", "maybe"},
+        {"require-client-certs", "ARGOCD_PRINCIPAL_TLS_CLIENT_CERT_REQUIRE", "false", "true",
+         "maybe", {"--insecure-plaintext"}, {"--insecure-tls-generate", "--root-ca-path=" + f}},
+        {"client-cert-subject-match", "ARGOCD_PRINCIPAL_TLS_CLIENT_CERT_MATCH_SUBJECT", "false",
+         "true", "maybe"},
+        {"root-ca-path", "ARGOCD_PRINCIPAL_TLS_SERVER_ROOT_CA_PATH", "", f, "/nonexistent/ca.pem",
+         {"--insecure-plaintext"}, {"--insecure-tls-generate"}},
+        {"tls-min-version", "ARGOCD_PRINCIPAL_TLS_MIN_VERSION", "tls1.3", "tls1.2", "tls9"},
+        {"tls-max-version", "ARGOCD_PRINCIPAL_TLS_MAX_VERSION", "", "tls1.3", "ssl3"},
+        {"tls-ciphersuites", "ARGOCD_PRINCIPAL_TLS_CIPHERSUITES", "", "TLS_AES_128_GCM_SHA256",
+         "TLS_NO_SUCH_SUITE"},
+        {"tls-handshake-timeout", "ARGOCD_PRINCIPAL_TLS_HANDSHAKE_TIMEOUT", "10s", "5s", "5"},
+        {"insecure-plaintext", "ARGOCD_PRINCIPAL_INSECURE_PLAINTEXT", "false", "true", "maybe"},
+        {"insecure-tls-generate", "ARGOCD_PRINCIPAL_TLS_SERVER_ALLOW_GENERATE", "false", "true",
+         "maybe", {"--insecure-plaintext"}},
+        {"tls-cert", "ARGOCD_PRINCIPAL_TLS_SERVER_CERT_PATH", "", f, "/nonexistent/tls.crt",
+         {"--insecure-plaintext"}, {"--tls-key=" + f}},
+        {"tls-key", "ARGOCD_PRINCIPAL_TLS_SERVER_KEY_PATH", "", f, "/nonexistent/tls.key",
+         {"--insecure-plaintext"}, {"--tls-cert=" + f}},
+        {"jwt-key", "ARGOCD_PRINCIPAL_JWT_KEY_PATH", "", f, "/nonexistent/jwt.key",
+         {"--insecure-jwt-generate"}},
+        {"insecure-jwt-generate", "ARGOCD_PRINCIPAL_JWT_ALLOW_GENERATE", "false", "true", "maybe"},
+        {"keepalive-min-interval", "ARGOCD_PRINCIPAL_KEEP_ALIVE_MIN_INTERVAL", "0s", "1m30s",
+         "fast"},
+        {"agent-stale-after", "ARGOCD_PRINCIPAL_AGENT_STALE_AFTER", "0s", "30s", "30"},
+        {"agent-disconnect-after", "ARGOCD_PRINCIPAL_AGENT_DISCONNECT_AFTER", "0s", "2m", "2x"},
+        {"grpc-max-message-size", "ARGOCD_PRINCIPAL_GRPC_MAX_MESSAGE_SIZE", "209715200", "1048576",
+         "0"},
+        {"send-queue-size", "ARGOCD_AGENT_SEND_QUEUE_SIZE", "1000", "10", "0"},
+        {"log-level", "ARGOCD_PRINCIPAL_LOG_LEVEL", "info", "debug", "loud"},
+        {"log-format", "ARGOCD_PRINCIPAL_LOG_FORMAT", "text", "json", "xml"},
+        {"event-log", "ARGOCD_PRINCIPAL_EVENT_LOG", "", dir_ + "/events", std::nullopt},
+        {"control-socket", "ARGOCD_PRINCIPAL_CONTROL_SOCKET", "", dir_ + "/c.sock",
+         "/tmp/" + std::string(120, 's') + ".sock"},
+        {"shutdown-timeout", "ARGOCD_PRINCIPAL_SHUTDOWN_TIMEOUT", "10s", "3s", "3"},
+        {"synthetic-events", "ARGOCD_PRINCIPAL_SYNTHETIC_EVENTS", "", "10:2:64", "10"},
+    };
+  }
+  std::vector<FlagRow> agentRows() {
+    const std::string f = file_;
+    return {
+        {"server-address", "ARGOCD_AGENT_REMOTE_SERVER", "", "principal.example", ""},
+        {"server-port", "ARGOCD_AGENT_REMOTE_PORT", "443", "8443", "0"},
+        {"creds", "ARGOCD_AGENT_CREDS", "", "userpass:" + f, "frob:x"},
+        {"agent-mode", "ARGOCD_AGENT_MODE", "autonomous", "managed", "frob"},
+        {"namespace", "ARGOCD_AGENT_NAMESPACE", "argocd", "apps", ""},
+        {"insecure-plaintext", "ARGOCD_AGENT_INSECURE_PLAINTEXT", "false", "true", "maybe"},
+        {"insecure-tls", "ARGOCD_AGENT_TLS_INSECURE", "false", "true", "maybe",
+         {"--insecure-plaintext"}},
+        {"root-ca-path", "ARGOCD_AGENT_TLS_ROOT_CA_PATH", "", f, "/nonexistent/ca.pem",
+         {"--insecure-plaintext"}},
+        {"tls-client-cert", "ARGOCD_AGENT_TLS_CLIENT_CERT_PATH", "", f, "/nonexistent/c.crt", {},
+         {"--tls-client-key=" + f}},
+        {"tls-client-key", "ARGOCD_AGENT_TLS_CLIENT_KEY_PATH", "", f, "/nonexistent/c.key", {},
+         {"--tls-client-cert=" + f}},
+        {"tls-min-version", "ARGOCD_AGENT_TLS_MIN_VERSION", "", "tls1.3", "tls9"},
+        {"tls-max-version", "ARGOCD_AGENT_TLS_MAX_VERSION", "", "tls1.3", "ssl3"},
+        {"tls-ciphersuites", "ARGOCD_AGENT_TLS_CIPHERSUITES", "",
+         "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_NO_SUCH_SUITE"},
+        {"keep-alive-ping-interval", "ARGOCD_AGENT_KEEP_ALIVE_PING_INTERVAL", "0s", "30s", "x"},
+        {"heartbeat-interval", "ARGOCD_AGENT_HEARTBEAT_INTERVAL", "0s", "10s", "10"},
+        {"heartbeat-max-missed", "ARGOCD_AGENT_HEARTBEAT_MAX_MISSED", "3", "5", "1001"},
+        {"grpc-max-message-size", "ARGOCD_AGENT_GRPC_MAX_MESSAGE_SIZE", "209715200", "1048576",
+         "0"},
+        {"send-queue-size", "ARGOCD_AGENT_SEND_QUEUE_SIZE", "1000", "10", "0"},
+        {"log-level", "ARGOCD_AGENT_LOG_LEVEL", "info", "debug", "loud"},
+        {"log-format", "ARGOCD_AGENT_LOG_FORMAT", "text", "json", "xml"},
+        {"event-log", "ARGOCD_AGENT_EVENT_LOG", "", dir_ + "/events", std::nullopt},
+        {"control-socket", "ARGOCD_AGENT_CONTROL_SOCKET", "", dir_ + "/c.sock",
+         "/tmp/" + std::string(120, 's') + ".sock"},
+        {"shutdown-timeout", "ARGOCD_AGENT_SHUTDOWN_TIMEOUT", "10s", "3s", "3"},
+    };
+  }
+  std::vector<std::string> base(Side side) {
+    if (side == Side::kPrincipal) return principalArgs();
+    return {"--server-address=p", "--creds=userpass:" + file_, "--insecure-plaintext"};
+  }
+  // The base flags without `row.drop` (and without the row's own flag), plus `row.with`.
+  std::vector<std::string> argsFor(Side side, const FlagRow& row) {
+    std::vector<std::string> out;
+    for (const auto& a : base(side)) {
+      bool drop = a.rfind("--" + row.flag + "=", 0) == 0 || a == "--" + row.flag;
+      for (const auto& d : row.drop) drop = drop || a == d;
+      if (!drop) out.push_back(a);
+    }
+    out.insert(out.end(), row.with.begin(), row.with.end());
+    return out;
+  }
+  void check(Side side, const std::vector<FlagRow>& rows) {
+    std::map<std::string, FlagInfo> flags;
+    for (const auto& fi : describeFlags(side)) flags[fi.name] = fi;
+    std::set<std::string> covered;
+    for (const auto& row : rows) {
+      SCOPED_TRACE("--" + row.flag);
+      covered.insert(row.flag);
+      ASSERT_TRUE(flags.count(row.flag)) << "no such flag";
+      EXPECT_EQ(flags[row.flag].env, row.env);
+      EXPECT_EQ(flags[row.flag].defaultText, row.def);
+      auto args = argsFor(side, row);
+      auto withFlag = args;
+      withFlag.push_back("--" + row.flag + "=" + row.valid);
+      auto r = parseConfig(side, withFlag, env({}), 1);
+      EXPECT_TRUE(r.config) << "valid value by flag refused: " << r.message;
+      r = parseConfig(side, args, env({{row.env, row.valid}}), 1);
+      EXPECT_TRUE(r.config) << "valid value by variable refused: " << r.message;
+      if (!row.invalid) continue;
+      withFlag = args;
+      withFlag.push_back("--" + row.flag + "=" + *row.invalid);
+      r = parseConfig(side, withFlag, env({}), 1);
+      EXPECT_FALSE(r.config) << "invalid value by flag accepted";
+      EXPECT_NE(r.message.find("--" + row.flag), std::string::npos) << r.message;
+      if (!row.invalid->empty()) {
+        EXPECT_NE(r.message.find(*row.invalid), std::string::npos) << r.message;
+      }
+      r = parseConfig(side, args, env({{row.env, *row.invalid}}), 1);
+      EXPECT_FALSE(r.config) << "invalid value by variable accepted";
+      // Refused by the flag's own check, the message names the variable; by a check across
+      // flags (required, files), it names the flag.
+      EXPECT_TRUE(r.message.find(row.env) != std::string::npos ||
+                  r.message.find("--" + row.flag) != std::string::npos)
+          << r.message;
+    }
+    for (const auto& [name, info] : flags) {
+      EXPECT_TRUE(covered.count(name)) << "--" << name << " has no row in the flag table";
+    }
+  }
+};
+
+TEST_F(FlagTableTest, PrincipalFlags) { check(Side::kPrincipal, principalRows()); }
+TEST_F(FlagTableTest, AgentFlags) { check(Side::kAgent, agentRows()); }
 
 }  // namespace
 }  // namespace aa
