@@ -29,6 +29,11 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD_DIR = os.path.abspath(os.environ.get("AA_BUILD_DIR") or os.path.join(HERE, "..", "build"))
 PB_DIR = os.path.join(BUILD_DIR, "integration", "pb")
+# Tests start many principals and agents at once: their health and metrics endpoints (fixed
+# upstream default ports) are off unless a test turns them on with --healthz-port/--metrics-port.
+for _var in ("ARGOCD_PRINCIPAL_METRICS_PORT", "ARGOCD_PRINCIPAL_HEALTH_CHECK_PORT",
+             "ARGOCD_AGENT_METRICS_PORT", "ARGOCD_AGENT_HEALTH_CHECK_PORT"):
+    os.environ.setdefault(_var, "0")
 if PB_DIR not in sys.path:
     sys.path.insert(0, PB_DIR)
 
@@ -47,8 +52,8 @@ CTL_BIN = BUILT_CTL_BIN
 
 VERSION = "0.1.0"
 TLS_NAME = "argocd-agent-principal--generated"  # CN of the cert made by --insecure-tls-generate
-PRINCIPAL_ROLES = ("auth", "cache", "heartbeat", "listener")
-AGENT_ROLES = ("cache", "heartbeat", "transport")
+PRINCIPAL_ROLES = ("auth", "cache", "heartbeat", "listener", "ops")
+AGENT_ROLES = ("cache", "heartbeat", "transport", "ops")
 EXIT_CONFIG = 78  # EX_CONFIG
 
 # Bounded waits (seconds). Generous enough for 2 busy cores, short enough to fail fast.

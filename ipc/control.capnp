@@ -4,19 +4,7 @@
 
 $import "/capnp/c++.capnp".namespace("aa::ipc");
 
-using Sup = import "supervisor.capnp";
-
-struct WorkerStatus {
-  role @0 :Text;
-  pid @1 :Int32;              # 0 when not running
-  state @2 :Text;             # STOPPED, STARTING, READY, STOPPING, BACKOFF, FAILED
-  generation @3 :UInt32;      # how many times this role was spawned
-  restarts @4 :UInt32;
-  uptimeMs @5 :UInt64;        # since the current generation was spawned; 0 when not running
-  lastExit @6 :Text;          # e.g. "exit 1", "signal SEGV (crash)", "hang (watchdog)"; "" if none
-  critical @7 :Bool;
-  detail @8 :Text;            # the worker's own describe() line, if it answered
-}
+using Observe = import "observe.capnp".Observe;
 
 interface Control {
   # The socket's bootstrap. Reading and changing are separate capabilities (as Envoy's admin keeps
@@ -25,12 +13,6 @@ interface Control {
   # out Observe alone.
   observe @0 () -> (observe :Observe);
   operate @1 () -> (operate :Operate);
-}
-
-interface Observe {
-  status @0 () -> (side :Text, supervisorPid :Int32, version :Text, workers :List(WorkerStatus));
-  agents @1 () -> (agents :List(Sup.AgentInfo));
-  # The principal's per-agent liveness view (from its listener worker).
 }
 
 interface Operate {

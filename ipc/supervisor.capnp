@@ -6,6 +6,8 @@
 
 $import "/capnp/c++.capnp".namespace("aa::ipc");
 
+using Obs = import "observe.capnp";
+
 interface Worker {
   # Implemented by every worker process; called only by the supervisor.
 
@@ -19,27 +21,23 @@ interface Worker {
   describe @2 () -> (detail :Text);
   # One line of role-specific state for `argocd-agentctl status` (e.g. the agent's connection).
 
-  obsoleteAgents @3 () -> (agents :List(AgentInfo));
+  obsoleteAgents @3 () -> (agents :List(Obs.AgentInfo));
   # Retired: per-agent state is a role's, not every worker's (ListenerWorker.agents).
+
+  samples @4 () -> (samples :List(Obs.Sample));
+  # The role's metrics (counters and gauges it keeps); empty for roles that keep none.
+
+  serving @5 () -> (serving :Bool, reason :Text);
+  # Whether the role does its job now: the listener accepts on the port, the transport has its
+  # stream to the principal open. Other roles serve while they run. Feeds the side's /healthz.
 }
 
 interface ListenerWorker extends(Worker) {
   # The bootstrap of a principal's listener worker: what only a listener can answer. The
   # supervisor reaches it by casting that worker's Worker capability.
 
-  agents @0 () -> (agents :List(AgentInfo));
+  agents @0 () -> (agents :List(Obs.AgentInfo));
   # Every agent the listener has a session for.
-}
-
-struct AgentInfo {
-  name @0 :Text;
-  state @1 :Text;               # connected, stale, disconnected
-  connectedSinceMs @2 :UInt64;  # how long the current stream has been open (0 when none)
-  lastHeardMs @3 :UInt64;       # how long ago anything arrived from the agent
-  streams @4 :UInt32;           # streams opened so far (reconnects = streams - 1)
-  heartbeats @5 :UInt64;
-  unacknowledged @6 :UInt64;    # events sent or queued, not yet ACKed
-  heartbeatRttUs @7 :UInt64;    # the agent's last measured heartbeat round trip (0: unknown)
 }
 
 interface Supervisor {
@@ -47,4 +45,8 @@ interface Supervisor {
 
   ready @0 () -> ();
   # The worker finished start-up and serves its role. Until then it is STARTING.
+
+  observe @1 () -> (observe :Obs.Observe);
+  # Read access to the side, for the ops worker (health and metrics) only; another role asking
+  # gets an exception.
 }

@@ -12,22 +12,6 @@
 namespace aa {
 namespace {
 
-class ObserveImpl final : public ipc::Observe::Server {
- public:
-  explicit ObserveImpl(Supervisor& s) : sup_(s) {}
-
-  kj::Promise<void> status(StatusContext context) override {
-    return sup_.fillStatus(context.getResults());
-  }
-
-  kj::Promise<void> agents(AgentsContext context) override {
-    return sup_.fillAgents(context.getResults());
-  }
-
- private:
-  Supervisor& sup_;
-};
-
 class OperateImpl final : public ipc::Operate::Server {
  public:
   explicit OperateImpl(Supervisor& s) : sup_(s) {}
@@ -55,8 +39,7 @@ class OperateImpl final : public ipc::Operate::Server {
 
 class ControlImpl final : public ipc::Control::Server {
  public:
-  explicit ControlImpl(Supervisor& s) : observe_(kj::heap<ObserveImpl>(s)),
-                                        operate_(kj::heap<OperateImpl>(s)) {}
+  explicit ControlImpl(Supervisor& s) : observe_(s.observer()), operate_(kj::heap<OperateImpl>(s)) {}
 
   kj::Promise<void> observe(ObserveContext context) override {
     context.getResults().setObserve(observe_);

@@ -31,9 +31,12 @@ const std::vector<WorkerSpec>& workerSpecs(Side side) {
   static const std::vector<WorkerSpec> principal = {{"auth", true, true},
                                                     {"cache", false, false},
                                                     {"heartbeat", false, false},
-                                                    {"listener", true, false, "auth"}};
-  static const std::vector<WorkerSpec> agent = {
-      {"cache", false, false}, {"heartbeat", false, false}, {"transport", true, false}};
+                                                    {"listener", true, false, "auth"},
+                                                    {"ops", false, false}};
+  static const std::vector<WorkerSpec> agent = {{"cache", false, false},
+                                                {"heartbeat", false, false},
+                                                {"transport", true, false},
+                                                {"ops", false, false}};
   return side == Side::kPrincipal ? principal : agent;
 }
 
@@ -53,6 +56,29 @@ struct Supervisor::Slot {
   kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> onStopped;
   bool pingInFlight = false;
   bool everReady = false;  // some generation reported ready (dependents may start)
+  std::map<std::string, uint64_t> restartsByCause;  // crash, hang, signal, exit, requested
+};
+
+// Read access to the side (ipc/observe.capnp), shared by the control socket and the ops worker.
+class Supervisor::ObserveImpl final : public ipc::Observe::Server {
+ public:
+  explicit ObserveImpl(Supervisor& s) : sup_(s) {}
+
+  kj::Promise<void> status(StatusContext context) override {
+    return sup_.fillStatus(context.getResults());
+  }
+  kj::Promise<void> agents(AgentsContext context) override {
+    return sup_.fillAgents(context.getResults());
+  }
+  kj::Promise<void> samples(SamplesContext context) override {
+    return sup_.fillSamples(context.getResults());
+  }
+  kj::Promise<void> health(HealthContext context) override {
+    return sup_.fillHealth(context.getResults());
+  }
+
+ private:
+  Supervisor& sup_;
 };
 
 // The Supervisor capability handed to one worker generation over its link.
@@ -68,6 +94,15 @@ class Supervisor::LinkImpl final : public ipc::Supervisor::Server {
       sup_.apply(slot_, WorkerEvent::kReady);
       sup_.startDependents(slot_);
     }
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> observe(ObserveContext context) override {
+    // Least privilege: only the worker that serves /healthz and /metrics reads the side.
+    if (slot_.spec.role != "ops") {
+      return KJ_EXCEPTION(FAILED, "only the ops worker may observe the side", slot_.spec.role);
+    }
+    context.getResults().setObserve(sup_.observer());
     return kj::READY_NOW;
   }
 
@@ -314,6 +349,13 @@ void Supervisor::onChildSignal() {
       apply(slot, WorkerEvent::kStop);
     }
     apply(slot, WorkerEvent::kExited, info);
+    if (!expected) {
+      const char* cause = slot.machine.lastExit().rfind("hang", 0) == 0 ? "hang"
+                          : info.crash                                  ? "crash"
+                          : info.kind == ExitInfo::Kind::kSignaled      ? "signal"
+                                                                        : "exit";
+      slot.restartsByCause[cause]++;
+    }
   }
 }
 
@@ -401,10 +443,121 @@ kj::Promise<void> Supervisor::fillAgents(ipc::Observe::AgentsResults::Builder re
   Slot* slot = find("listener");
   if (slot == nullptr) return kj::READY_NOW;  // the agent side has no per-agent view
   KJ_IF_MAYBE (link, slot->link) {
-    return timer_.timeoutAfter(kDescribeDeadline, (*link)->worker.castAs<ipc::ListenerWorker>().agentsRequest().send())
+    auto listener = (*link)->worker.castAs<ipc::ListenerWorker>();
+    return timer_.timeoutAfter(kDescribeDeadline, listener.agentsRequest().send())
         .then([results](auto r) mutable { results.setAgents(r.getAgents()); });
   }
   return KJ_EXCEPTION(DISCONNECTED, "the listener is not running");
+}
+
+ipc::Observe::Client Supervisor::observer() {
+  KJ_IF_MAYBE (c, observerCap_) {
+    return *c;
+  }
+  ipc::Observe::Client c = kj::heap<ObserveImpl>(*this);  // the capability owns the server
+  observerCap_ = c;
+  return c;
+}
+
+kj::Promise<void> Supervisor::fillSamples(ipc::Observe::SamplesResults::Builder results) {
+  // Samples with the same name and labels from several workers are added up (listener workers
+  // sharing the port count their own agents). Key: name + labels, in the order the role gave.
+  struct Merged {
+    std::string help;
+    ipc::Sample::Kind kind;
+    std::vector<std::pair<std::string, std::string>> labels;
+    double value = 0;
+  };
+  auto merged = kj::heap<std::map<std::string, Merged>>();
+  auto add = [](std::map<std::string, Merged>& m, const std::string& name, const std::string& help,
+                ipc::Sample::Kind kind, std::vector<std::pair<std::string, std::string>> labels,
+                double value) {
+    std::string key = name;
+    for (const auto& [k, v] : labels) key += '\0' + k + '=' + v;
+    auto& e = m[key];
+    if (e.help.empty()) {
+      e.help = help;
+      e.kind = kind;
+      e.labels = std::move(labels);
+    }
+    e.value += value;
+  };
+  for (auto& s : slots_) {
+    for (const auto& [cause, n] : s->restartsByCause) {
+      add(*merged, "aa_worker_restarts_total",
+          "Worker restarts by role and cause (crash, hang, signal, exit, requested)",
+          ipc::Sample::Kind::COUNTER, {{"role", s->spec.role}, {"cause", cause}},
+          static_cast<double>(n));
+    }
+    add(*merged, "aa_worker_up", "1 while the worker is READY", ipc::Sample::Kind::GAUGE,
+        {{"role", s->spec.role}}, s->machine.state() == WorkerState::kReady ? 1 : 0);
+  }
+  kj::Vector<kj::Promise<void>> asks;
+  for (auto& s : slots_) {
+    if (s->machine.state() != WorkerState::kReady) continue;
+    KJ_IF_MAYBE (link, s->link) {
+      asks.add(timer_.timeoutAfter(kDescribeDeadline, (*link)->worker.samplesRequest().send())
+                   .then(
+                       [&m = *merged, add](auto r) {
+                         for (auto sample : r.getSamples()) {
+                           std::vector<std::pair<std::string, std::string>> labels;
+                           for (auto l : sample.getLabels()) {
+                             labels.emplace_back(l.getName(), l.getValue());
+                           }
+                           add(m, sample.getName(), sample.getHelp(), sample.getKind(),
+                               std::move(labels), sample.getValue());
+                         }
+                       },
+                       [](kj::Exception&&) {}));
+    }
+  }
+  return kj::joinPromises(asks.releaseAsArray())
+      .then([results, merged = kj::mv(merged)]() mutable {
+        auto list = results.initSamples(merged->size());
+        size_t i = 0;
+        for (const auto& [key, e] : *merged) {
+          auto out = list[i++];
+          out.setName(key.substr(0, key.find('\0')));
+          out.setHelp(e.help);
+          out.setKind(e.kind);
+          out.setValue(e.value);
+          auto labels = out.initLabels(e.labels.size());
+          for (size_t j = 0; j < e.labels.size(); ++j) {
+            labels[j].setName(e.labels[j].first);
+            labels[j].setValue(e.labels[j].second);
+          }
+        }
+      });
+}
+
+kj::Promise<void> Supervisor::fillHealth(ipc::Observe::HealthResults::Builder results) {
+  // Principal: at least one listener serving; agent: the transport connected to the principal.
+  const std::string role = config_.side == Side::kPrincipal ? "listener" : "transport";
+  results.setReady(false);
+  results.setReason("no " + role + " worker is running");
+  kj::Vector<kj::Promise<void>> asks;
+  for (auto& s : slots_) {
+    if (s->spec.role != role) continue;
+    if (s->machine.state() != WorkerState::kReady) {
+      results.setReason("worker " + role + " is " + std::string(toString(s->machine.state())));
+      continue;
+    }
+    KJ_IF_MAYBE (link, s->link) {
+      asks.add(timer_.timeoutAfter(kDescribeDeadline, (*link)->worker.servingRequest().send())
+                   .then(
+                       [results](auto r) mutable {
+                         if (results.getReady()) return;
+                         results.setReady(r.getServing());
+                         results.setReason(r.getReason());
+                       },
+                       [results, role](kj::Exception&&) mutable {
+                         if (!results.getReady()) {
+                           results.setReason("worker " + role + " did not answer");
+                         }
+                       }));
+    }
+  }
+  return kj::joinPromises(asks.releaseAsArray());
 }
 
 std::string Supervisor::restart(const std::string& role) {
@@ -415,6 +568,7 @@ std::string Supervisor::restart(const std::string& role) {
     return "worker " + role + " starts once worker " + slot->spec.startAfter + " is ready";
   }
   spdlog::info("control: restart of worker {} requested", role);
+  slot->restartsByCause["requested"]++;
   apply(*slot, WorkerEvent::kRestart);
   return "";
 }

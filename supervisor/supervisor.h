@@ -5,6 +5,8 @@
 
 #include <sys/types.h>
 
+#include <map>
+
 #include <string>
 #include <vector>
 
@@ -13,6 +15,7 @@
 #include <kj/async-unix.h>
 
 #include "ipc/control.capnp.h"
+#include "ipc/observe.capnp.h"
 #include "ipc/supervisor.capnp.h"
 #include "ipc/config/config.h"
 #include "supervisor/worker_state.h"
@@ -54,10 +57,15 @@ class Supervisor final : private kj::TaskSet::ErrorHandler {
   std::string restart(const std::string& role);  // "" on success, else the reason
   kj::Promise<std::string> setLogLevel(const std::string& role, const std::string& level);
   kj::Promise<void> fillAgents(ipc::Observe::AgentsResults::Builder results);
+  kj::Promise<void> fillSamples(ipc::Observe::SamplesResults::Builder results);
+  kj::Promise<void> fillHealth(ipc::Observe::HealthResults::Builder results);
+  // Read access to the side, for the control socket and the ops worker.
+  ipc::Observe::Client observer();
 
  private:
   struct Slot;
   class LinkImpl;
+  class ObserveImpl;
 
   void apply(Slot& slot, WorkerEvent event, const ExitInfo& exit = {});
   void spawn(Slot& slot);
@@ -83,6 +91,7 @@ class Supervisor final : private kj::TaskSet::ErrorHandler {
   int exitCode_ = 0;
   kj::TimePoint shutdownDeadline_ = kj::origin<kj::TimePoint>();
   kj::Own<kj::PromiseFulfiller<int>> exitFulfiller_;
+  kj::Maybe<ipc::Observe::Client> observerCap_;  // created on first use
 };
 
 }  // namespace aa

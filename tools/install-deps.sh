@@ -6,10 +6,10 @@ PKGS=(build-essential cmake ninja-build pkg-config
       libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
       capnproto libcapnp-dev libuv1-dev libwebsockets-dev libspdlog-dev zlib1g-dev
       libhiredis-dev libssl-dev libgtest-dev libgmock-dev libre2-dev nlohmann-json3-dev
-      libcrypt-dev
+      libcrypt-dev prometheus-cpp-dev libcivetweb-dev
       # test-only: real peers and tools the integration tests start themselves
       python3 python3-grpcio python3-protobuf redis-server nginx haproxy util-linux procps
-      openssl clang libclang-rt-14-dev tinyproxy)
+      openssl clang libclang-rt-14-dev tinyproxy python3-prometheus-client clang-format)
 # Node.js and npm run the interop tests (grpc-js). Debian's nodejs/npm unless a node is already on
 # PATH (e.g. a newer one from another package source): either works.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -176,6 +176,9 @@ Option logLevelOpt(std::string env, std::string* target) {
 
 std::vector<Option> commonOptions(Side side, Config& c) {
   std::string p = side == Side::kPrincipal ? "ARGOCD_PRINCIPAL_" : "ARGOCD_AGENT_";
+  // Upstream's defaults: principal metrics 8000 and healthz 8003, agent 8181 and 8001.
+  c.common.metricsPort = side == Side::kPrincipal ? 8000 : 8181;
+  c.common.healthzPort = side == Side::kPrincipal ? 8003 : 8001;
   return {
       logLevelOpt(p + "LOG_LEVEL", &c.common.logLevel),
       Option{"log-format", 0, p + "LOG_FORMAT",
@@ -201,6 +204,14 @@ std::vector<Option> commonOptions(Side side, Config& c) {
       intOpt("send-queue-size", "ARGOCD_AGENT_SEND_QUEUE_SIZE",
              "events queued per peer awaiting send or ACK; producers wait when it is full",
              &c.common.sendQueueSize, 1, 10'000'000),
+      // Upstream's ranges (1..32767); 0 turns the endpoint off (upstream refuses 0 for healthz).
+      intOpt("metrics-port", p + "METRICS_PORT",
+             "serve Prometheus metrics at /metrics on this port, all interfaces (0: off)",
+             &c.common.metricsPort, 0, 32767),
+      intOpt("healthz-port", p + "HEALTH_CHECK_PORT",
+             "serve GET /healthz on this port, all interfaces: 200 when ready, 503 otherwise "
+             "(0: off)",
+             &c.common.healthzPort, 0, 32767),
       stringOpt("event-log", p + "EVENT_LOG",
                 "append one line per applied event (resourceid eventid type) to this file",
                 &c.common.eventLog),
@@ -341,7 +352,8 @@ std::vector<Option> agentOptions(Config& c) {
 
 // The area a flag belongs to in --help, in the order areas are printed.
 constexpr const char* kAreas[] = {"Connection", "TLS", "Authentication", "Keepalive and liveness",
-                                  "Delivery", "Logging", "Operations", "Testing"};
+                                  "Delivery", "Logging", "Health and metrics", "Operations",
+                                  "Testing"};
 
 const char* areaOf(const std::string& name) {
   auto starts = [&](const char* p) { return name.rfind(p, 0) == 0; };
@@ -364,6 +376,7 @@ const char* areaOf(const std::string& name) {
   }
   if (name == "grpc-max-message-size" || name == "send-queue-size") return "Delivery";
   if (starts("log-") || name == "event-log") return "Logging";
+  if (name == "metrics-port" || name == "healthz-port") return "Health and metrics";
   if (name == "synthetic-events") return "Testing";
   return "Operations";
 }

@@ -25,6 +25,8 @@ struct CommonConfig {
   std::chrono::milliseconds shutdownTimeout{10'000};
   int64_t grpcMaxMessageSize = 200 * 1024 * 1024;
   int64_t sendQueueSize = 1000;  // tracked outbound events per peer before producers wait
+  int metricsPort = 0;           // Prometheus /metrics (ops worker); 0 = off. Side default below.
+  int healthzPort = 0;           // GET /healthz (ops worker); 0 = off. Side default below.
   std::string eventLog;          // append one line per applied event (tests, debugging)
 };
 

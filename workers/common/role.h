@@ -10,6 +10,7 @@
 #include <kj/async-io.h>
 
 #include "ipc/config/config.h"
+#include "ipc/supervisor.capnp.h"
 
 namespace aa {
 
@@ -27,6 +28,16 @@ struct WorkerEnv {
   const WorkerArgs& args;
   kj::AsyncIoContext& io;
   kj::Timer& timer;
+  ipc::Supervisor::Client& supervisor;  // this worker's link (the ops role asks it for Observe)
+};
+
+// One metric value a role keeps (ipc/observe.capnp Sample); called from the KJ thread, so a role
+// reads counters its other threads update atomically.
+struct MetricSample {
+  std::string name, help;
+  bool counter = true;  // false: gauge
+  std::vector<std::pair<std::string, std::string>> labels;
+  double value = 0;
 };
 
 class Role {
@@ -38,6 +49,10 @@ class Role {
   virtual kj::Promise<void> drain() { return kj::READY_NOW; }
   // One line for `argocd-agentctl status`.
   virtual std::string describe() { return ""; }
+  // The role's metrics (Worker.samples); none by default.
+  virtual std::vector<MetricSample> samples() { return {}; }
+  // Whether the role does its job now (Worker.serving, /healthz), and why not.
+  virtual std::pair<bool, std::string> serving() { return {true, ""}; }
 };
 
 // What a role answers beyond the Worker interface, when it has per-agent state: the principal's
@@ -59,5 +74,6 @@ kj::Own<Role> makeAuthRole(WorkerEnv& env);
 kj::Own<Role> makeCacheRole(WorkerEnv& env);
 kj::Own<Role> makeHeartbeatRole(WorkerEnv& env);
 kj::Own<Role> makeTransportRole(WorkerEnv& env);
+kj::Own<Role> makeOpsRole(WorkerEnv& env);
 
 }  // namespace aa

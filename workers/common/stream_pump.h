@@ -70,11 +70,13 @@ struct PumpStats {
 using EventObserver = std::function<void(const Event& event)>;
 
 // Runs until the stream ends (Read fails) or a Write fails. `Stream` is a grpc++ sync
-// ReaderWriter (client or server side). `peer` names the other side in logs.
+// ReaderWriter (client or server side). `peer` names the other side in logs. `sent`, if given,
+// counts every event written (ACKs and heartbeats included), for metrics.
 template <class Stream>
 PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                      std::mutex& ledgerMu, std::string_view source, const std::string& peer,
-                     const EventObserver& observer = nullptr);
+                     const EventObserver& observer = nullptr,
+                     std::atomic<uint64_t>* sent = nullptr);
 
 // --- implementation helpers (stream_pump.cc) ---
 namespace detail {
@@ -88,7 +90,7 @@ std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, Rece
 template <class Stream>
 PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                      std::mutex& ledgerMu, std::string_view source, const std::string& peer,
-                     const EventObserver& observer) {
+                     const EventObserver& observer, std::atomic<uint64_t>* sent) {
   std::atomic<bool> done{false};
   outbox.onReconnect();
   std::thread writer([&] {
@@ -104,6 +106,7 @@ PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& 
           done = true;
           return;
         }
+        if (sent) sent->fetch_add(1, std::memory_order_relaxed);
       }
     }
   });

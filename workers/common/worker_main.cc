@@ -53,6 +53,36 @@ class WorkerImpl : public Base {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> samples(typename Base::SamplesContext context) override {
+    KJ_IF_MAYBE (r, role_) {
+      auto samples = r->samples();
+      auto list = context.getResults().initSamples(samples.size());
+      for (size_t i = 0; i < samples.size(); ++i) {
+        auto out = list[i];
+        out.setName(samples[i].name);
+        out.setHelp(samples[i].help);
+        out.setKind(samples[i].counter ? ipc::Sample::Kind::COUNTER : ipc::Sample::Kind::GAUGE);
+        out.setValue(samples[i].value);
+        auto labels = out.initLabels(samples[i].labels.size());
+        for (size_t j = 0; j < samples[i].labels.size(); ++j) {
+          labels[j].setName(samples[i].labels[j].first);
+          labels[j].setValue(samples[i].labels[j].second);
+        }
+      }
+    }
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> serving(typename Base::ServingContext context) override {
+    auto state = std::pair<bool, std::string>{false, "starting"};
+    KJ_IF_MAYBE (r, role_) {
+      state = r->serving();
+    }
+    context.getResults().setServing(state.first);
+    context.getResults().setReason(state.second);
+    return kj::READY_NOW;
+  }
+
  protected:
   kj::Maybe<Role&>& role_;
 };
@@ -131,6 +161,7 @@ kj::Own<Role> makeRole(WorkerEnv& env) {
   }
   if (r == "cache") return makeCacheRole(env);
   if (r == "heartbeat") return makeHeartbeatRole(env);
+  if (r == "ops") return makeOpsRole(env);
   KJ_FAIL_REQUIRE("unknown worker role", r);
 }
 
@@ -185,7 +216,7 @@ int workerMain(int argc, char** argv) {
                                capnp::rpc::twoparty::Side::CLIENT);
     auto supervisor = link.bootstrap().castAs<ipc::Supervisor>();
 
-    WorkerEnv env{config, args, io, io.provider->getTimer()};
+    WorkerEnv env{config, args, io, io.provider->getTimer(), supervisor};
     kj::Own<Role> role = makeRole(env);
     roleRef = *role;
 

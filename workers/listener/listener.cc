@@ -245,7 +245,8 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
     stream->SendInitialMetadata();
     auto stats = delivery::pumpStream(
         *stream, session->outbox, sink_, session->ledger, session->ledgerMu, "", "agent " + agent,
-        [&session, &agent](const delivery::Event& e) {
+        [this, &session, &agent](const delivery::Event& e) {
+          eventsReceived_.fetch_add(1, std::memory_order_relaxed);
           std::lock_guard<std::mutex> lock(session->mu);
           session->lastHeard = std::chrono::steady_clock::now();
           if (e.type() == ce::kPing) {
@@ -260,7 +261,8 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
             session->stale = false;
             spdlog::info("agent {} is alive again", agent);
           }
-        });
+        },
+        &eventsSent_);
     {
       std::lock_guard<std::mutex> lock(session->mu);
       if (session->active == ctx) session->active = nullptr;
@@ -277,6 +279,29 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
   }
 
   int streams() const { return streams_.load(); }
+
+  // Upstream's principal metrics that this listener can count (ipc/observe.capnp Sample).
+  std::vector<MetricSample> samples() {
+    std::vector<MetricSample> out;
+    double connected = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [name, s] : sessions_) {
+        std::lock_guard<std::mutex> l(s->mu);
+        if (s->active != nullptr) connected++;
+        out.push_back({"argocd_principal_agent_connections_total",
+                       "Event streams opened by the agent", true, {{"agent_name", name}},
+                       static_cast<double>(s->streams)});
+      }
+    }
+    out.push_back({"argocd_principal_connected_agents", "Agents with an open event stream", false,
+                   {}, connected});
+    out.push_back({"principal_events_received", "Events received from agents", true, {},
+                   static_cast<double>(eventsReceived_.load())});
+    out.push_back({"principal_events_sent", "Events sent to agents", true, {},
+                   static_cast<double>(eventsSent_.load())});
+    return out;
+  }
 
   std::vector<AgentDirectory::AgentView> agents() {
     auto now = std::chrono::steady_clock::now();
@@ -383,6 +408,7 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<AgentSession>> sessions_;
   std::atomic<int> streams_{0};
+  std::atomic<uint64_t> eventsReceived_{0}, eventsSent_{0};
 };
 
 class ListenerRole final : public Role, public AgentDirectory {
@@ -485,6 +511,15 @@ class ListenerRole final : public Role, public AgentDirectory {
   }
 
   std::string describe() override { return events_ ? events_->describe() : "starting"; }
+
+  std::vector<MetricSample> samples() override {
+    return events_ ? events_->samples() : std::vector<MetricSample>{};
+  }
+
+  std::pair<bool, std::string> serving() override {
+    if (!server_) return {false, "the listener is starting"};
+    return {true, ""};
+  }
 
   std::vector<AgentView> agents() override {
     return events_ ? events_->agents() : std::vector<AgentView>{};

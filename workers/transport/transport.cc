@@ -127,6 +127,28 @@ class TransportRole final : public Role {
     return kj::READY_NOW;
   }
 
+  // Upstream's agent metrics that the transport counts (ipc/observe.capnp Sample).
+  std::vector<MetricSample> samples() override {
+    auto n = [](const std::atomic<uint64_t>& a) { return static_cast<double>(a.load()); };
+    return {
+        {"argocd_agent_connection_status", "1 while the event stream to the principal is open",
+         false, {}, connected_.load() ? 1.0 : 0.0},
+        {"argocd_agent_connections_total", "Event streams opened to the principal", true, {},
+         n(connections_)},
+        {"argocd_agent_auth_failures_total", "Authenticate calls the principal refused", true, {},
+         n(authFailures_)},
+        {"agent_events_received", "Events received from the principal", true, {},
+         n(eventsReceived_)},
+        {"agent_events_sent", "Events sent to the principal", true, {}, n(eventsSent_)},
+    };
+  }
+
+  std::pair<bool, std::string> serving() override {
+    if (connected_.load()) return {true, ""};
+    std::lock_guard<std::mutex> lock(mu_);
+    return {false, "not connected to the principal: " + state_};
+  }
+
   std::string describe() override {
     std::lock_guard<std::mutex> lock(mu_);
     std::string out = state_;
@@ -328,6 +350,7 @@ class TransportRole final : public Role {
         } else {
           spdlog::warn("Auth failure: {}: {}", codeName(st.error_code()), st.error_message());
         }
+        authFailures_.fetch_add(1, std::memory_order_relaxed);
         setState("authentication failed: " + codeName(st.error_code()));
         return 0ms;
       }
@@ -368,6 +391,8 @@ class TransportRole final : public Role {
     {
       spdlog::info("Event stream to {} opened", target_);
       setState("connected to " + target_ + " (" + vresp.version() + ")");
+      connections_.fetch_add(1, std::memory_order_relaxed);
+      connected_ = true;
       HeartbeatMonitor monitor(config_.heartbeatMaxMissed);
       std::atomic<bool> streamDone{false};
       std::thread heartbeat;
@@ -378,6 +403,7 @@ class TransportRole final : public Role {
       auto stats =
           delivery::pumpStream(*stream, outbox_, sink_, ledger_, ledgerMu_, kSource, "principal",
                                [&](const delivery::Event& ack) {
+                                 eventsReceived_.fetch_add(1, std::memory_order_relaxed);
                                  if (ack.type() != ce::kProcessed) return;
                                  if (auto rtt = monitor.acked(ce::stringAttr(ack, "eventid"),
                                                               std::chrono::steady_clock::now())) {
@@ -385,7 +411,9 @@ class TransportRole final : public Role {
                                    std::lock_guard<std::mutex> lock(mu_);
                                    heartbeatRtt_ = *rtt;
                                  }
-                               });
+                               },
+                               &eventsSent_);
+      connected_ = false;
       streamDone = true;
       cv_.notify_all();
       if (heartbeat.joinable()) heartbeat.join();
@@ -434,6 +462,8 @@ class TransportRole final : public Role {
   std::unique_ptr<TlsConnector> connector_;  // null with --insecure-plaintext
   std::string target_;
   std::thread thread_;
+  std::atomic<bool> connected_{false};
+  std::atomic<uint64_t> connections_{0}, authFailures_{0}, eventsReceived_{0}, eventsSent_{0};
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;

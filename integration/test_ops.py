@@ -1,0 +1,182 @@
+"""Health and metrics endpoints (the ops worker): --healthz-port and --metrics-port.
+
+* The agent's GET /healthz is 503 while it cannot reach the principal, 200 once connected, 503
+  again when the principal goes away; the principal's is 200 while a listener serves. Nothing but
+  /healthz is served on that port (upstream exposes pprof there by accident).
+* /metrics parses with an independent parser (Debian's python3-prometheus-client) and carries the
+  named series with the right values for a scripted scenario: two agents connect, one leaves, a
+  worker is killed and restarted.
+"""
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import unittest
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+import harness as h
+
+
+def free_port():
+    """A free TCP port below 32768 (upstream's range for these flags is 1..32767)."""
+    for _ in range(200):
+        port = random.randint(20000, 32767)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no free port below 32768")
+
+
+def get(port, path, timeout=5):
+    """(status, body) of GET http://127.0.0.1:<port><path>; never raises for an HTTP status."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def scrape(port):
+    status, body = get(port, "/metrics")
+    assert status == 200, (status, body)
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = (family.type, s.value)
+    return samples, body
+
+
+def value(samples, name, **labels):
+    """The parsed value of a sample. The parser reports counter samples as <family>_total, so a
+    counter of upstream's that has no _total suffix on the wire (principal_events_received) is
+    looked up under that name too."""
+    key = tuple(sorted(labels.items()))
+    for n in (name, name + "_total"):
+        if (n, key) in samples:
+            return samples[(n, key)][1]
+    return None
+
+
+class OpsTest(h.IntegrationTestCase):
+
+    def ops_flags(self):
+        healthz, metrics = free_port(), free_port()
+        return healthz, metrics, ["--healthz-port", str(healthz), "--metrics-port", str(metrics)]
+
+    def test_agent_healthz_follows_the_connection(self):
+        users = {"agent1": "secret-1"}
+        # A principal that is not there yet: reserve a port for it, start the agent against it.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        healthz, _, flags = self.ops_flags()
+        fake = h.Daemon("principal", None, None, None, [])
+        fake.port, fake.tls, fake.users = port, False, users
+        agent = self.start_agent(fake, extra=flags, wait=False)
+        agent.wait_log(r"Serving /healthz on port")
+        h.wait_for(lambda: get(healthz, "/healthz")[0] == 503, h.EVENT_TIMEOUT,
+                   "agent /healthz 503 while the principal is unreachable")
+        status, body = get(healthz, "/healthz")
+        self.assertEqual(status, 503)
+        self.assertIn("not connected to the principal", body)
+
+        principal = self.start_principal(users=users, plaintext=True,
+                                         extra=["--listen-port", str(port)])
+        agent.wait_log(rf"Event stream to 127\.0\.0\.1:{port} opened", timeout=h.STARTUP_TIMEOUT)
+        h.wait_for(lambda: get(healthz, "/healthz")[0] == 200, h.EVENT_TIMEOUT,
+                   "agent /healthz 200 once connected")
+        self.assertEqual(get(healthz, "/healthz"), (200, ""), "upstream: 200 with an empty body")
+        for path in ("/", "/metrics", "/debug/pprof/", "/healthz/x"):
+            self.assertEqual(get(healthz, path)[0], 404, f"{path} is not served on the health port")
+
+        principal.popen.terminate()
+        principal.popen.wait(timeout=h._duration_seconds(h.SHUTDOWN_TIMEOUT) + 5)
+        h.wait_for(lambda: get(healthz, "/healthz")[0] == 503, h.EVENT_TIMEOUT,
+                   "agent /healthz 503 after the principal went away")
+
+    def test_principal_metrics_scenario(self):
+        healthz, metrics, flags = self.ops_flags()
+        users = {"agent-a": "secret-a", "agent-b": "secret-b"}
+        principal = self.start_principal(users=users, plaintext=True, extra=flags)
+        self.assertEqual(get(healthz, "/healthz"), (200, ""), "principal ready: listener serving")
+        _, agent_metrics, agent_flags = self.ops_flags()
+        a = self.start_agent(principal, name="a", user="agent-a", password="secret-a",
+                             extra=agent_flags + ["--heartbeat-interval", "1s"])
+        b = self.start_agent(principal, name="b", user="agent-b", password="secret-b")
+        samples, _ = scrape(metrics)
+        self.assertEqual(value(samples, "argocd_principal_connected_agents"), 2)
+
+        b.popen.terminate()
+        b.popen.wait(timeout=h._duration_seconds(h.SHUTDOWN_TIMEOUT) + 5)
+        principal.wait_log(r"agent agent-b disconnected")
+        heartbeat = principal.worker("heartbeat")
+        os.kill(heartbeat["pid"], signal.SIGKILL)
+        h.wait_for(lambda: (lambda w: w["state"] == "READY" and w["pid"] != heartbeat["pid"])(
+            principal.worker("heartbeat")), h.EVENT_TIMEOUT, "heartbeat worker restarted")
+        h.wait_for(lambda: (value(scrape(metrics)[0], "aa_agent_heartbeats_total",
+                                  agent_name="agent-a") or 0) >= 2,
+                   h.EVENT_TIMEOUT, "two heartbeats of agent-a counted")
+
+        samples, body = scrape(metrics)
+        self.assertEqual(value(samples, "argocd_principal_connected_agents"), 1, body)
+        self.assertEqual(value(samples, "argocd_principal_agent_connections_total",
+                               agent_name="agent-a"), 1, body)
+        self.assertEqual(value(samples, "argocd_principal_agent_connections_total",
+                               agent_name="agent-b"), 1, body)
+        self.assertEqual(value(samples, "aa_worker_restarts_total", role="heartbeat",
+                               cause="signal"), 1, body)
+        self.assertIsNone(value(samples, "aa_worker_restarts_total", role="listener",
+                                cause="signal"), body)
+        self.assertEqual(value(samples, "aa_worker_up", role="heartbeat"), 1, body)
+        self.assertEqual(value(samples, "aa_agent_state", agent_name="agent-a", state="connected"),
+                         1, body)
+        self.assertEqual(value(samples, "aa_agent_state", agent_name="agent-b",
+                               state="disconnected"), 1, body)
+        self.assertGreaterEqual(value(samples, "aa_agent_heartbeats_total", agent_name="agent-a"),
+                                2, body)
+        self.assertGreaterEqual(value(samples, "principal_events_received"), 2, body)
+        self.assertGreaterEqual(value(samples, "principal_events_sent"), 2, body)
+        # Upstream's names on the wire, as they are (no _total added).
+        for name in ("principal_events_received", "principal_events_sent",
+                     "argocd_principal_connected_agents"):
+            self.assertRegex(body, rf"(?m)^{name} [0-9]", f"{name} as upstream names it")
+        self.assertEqual(value(samples, "argocd_agent_build_info", version=h.VERSION,
+                               git_revision=self.build_revision(body)), 1, body)
+
+        asamples, abody = scrape(agent_metrics)
+        self.assertEqual(value(asamples, "argocd_agent_connection_status"), 1, abody)
+        self.assertEqual(value(asamples, "argocd_agent_connections_total"), 1, abody)
+        self.assertEqual(value(asamples, "argocd_agent_auth_failures_total"), 0, abody)
+        self.assertGreaterEqual(value(asamples, "agent_events_sent"), 2, abody)
+        self.assertRegex(abody, r"(?m)^agent_events_received [0-9]")
+
+    def build_revision(self, body):
+        for line in body.splitlines():
+            if line.startswith("argocd_agent_build_info{"):
+                return line.split('git_revision="', 1)[1].split('"', 1)[0]
+        self.fail("no argocd_agent_build_info")
+
+    def test_port_zero_turns_endpoints_off_and_bad_values_are_refused(self):
+        principal = self.start_principal(plaintext=True,
+                                         extra=["--healthz-port", "0", "--metrics-port", "0"])
+        ops = principal.worker("ops")
+        self.assertEqual(ops["state"], "READY")
+        self.assertIn("healthz off, metrics off", ops["detail"])
+        r = subprocess.run([h.AGENT_BIN, "principal", "--namespace", "argocd", "--auth",
+                            "userpass:/dev/null", "--insecure-plaintext", "--insecure-jwt-generate",
+                            "--metrics-port", "40000"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 78, r.stderr)
+        self.assertIn('invalid value "40000" for --metrics-port: must be an integer from 0 to 32767',
+                      r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
