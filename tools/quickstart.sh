@@ -36,6 +36,8 @@ echo; "$BIN/argocd-agentctl" --socket "$WORK/principal.sock" status
 echo; "$BIN/argocd-agentctl" --socket "$WORK/agent.sock" status; echo
 echo "principal on 127.0.0.1:$PORT and agent connected. Inspect with:"
 echo "  $BIN/argocd-agentctl --socket $WORK/principal.sock status"
+echo "  curl -i http://127.0.0.1:8003/healthz; curl -s http://127.0.0.1:8000/metrics   # principal"
+echo "  curl -i http://127.0.0.1:8001/healthz; curl -s http://127.0.0.1:8181/metrics   # agent"
 [ "${1:-}" = "--check" ] && exit 0
 echo "Ctrl-C stops both."
 wait
