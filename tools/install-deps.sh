@@ -9,7 +9,9 @@ PKGS=(build-essential cmake ninja-build pkg-config
       libcrypt-dev
       # test-only: real peers and tools the integration tests start themselves
       python3 python3-grpcio python3-protobuf redis-server nginx haproxy util-linux procps
-      openssl clang libclang-rt-14-dev tinyproxy)
+      openssl clang libclang-rt-14-dev tinyproxy
+      # llvm-symbolizer: function names and lines in sanitizer reports (build-asan/, build-tsan/)
+      llvm)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
