@@ -9,7 +9,9 @@ PKGS=(build-essential cmake ninja-build pkg-config
       libcrypt-dev prometheus-cpp-dev libcivetweb-dev
       # test-only: real peers and tools the integration tests start themselves
       python3 python3-grpcio python3-protobuf redis-server nginx haproxy util-linux procps
-      openssl clang libclang-rt-14-dev tinyproxy python3-prometheus-client clang-format)
+      openssl clang libclang-rt-14-dev tinyproxy python3-prometheus-client clang-format
+      # llvm-symbolizer: function names and lines in sanitizer reports (build-asan/, build-tsan/)
+      llvm)
 # Node.js and npm run the interop tests (grpc-js). Debian's nodejs/npm unless a node is already on
 # PATH (e.g. a newer one from another package source): either works.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
