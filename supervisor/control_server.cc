@@ -39,7 +39,8 @@ class OperateImpl final : public ipc::Operate::Server {
 
 class ControlImpl final : public ipc::Control::Server {
  public:
-  explicit ControlImpl(Supervisor& s) : observe_(s.observer()), operate_(kj::heap<OperateImpl>(s)) {}
+  explicit ControlImpl(Supervisor& s)
+      : observe_(s.observer()), operate_(kj::heap<OperateImpl>(s)) {}
 
   kj::Promise<void> observe(ObserveContext context) override {
     context.getResults().setObserve(observe_);

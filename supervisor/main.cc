@@ -17,16 +17,16 @@
 #include <kj/async-unix.h>
 #include <kj/debug.h>
 
+#include "ipc/config/config.h"
+#include "ipc/crypto/pki.h"
 #include "ipc/runtime/crash.h"
 #include "ipc/runtime/exit_codes.h"
 #include "ipc/runtime/log.h"
 #include "ipc/runtime/proc_title.h"
 #include "ipc/runtime/unix_socket.h"
-#include "ipc/config/config.h"
-#include "supervisor/control_server.h"
-#include "ipc/crypto/pki.h"
-#include "supervisor/supervisor.h"
 #include "ipc/runtime/worker_entry.h"
+#include "supervisor/control_server.h"
+#include "supervisor/supervisor.h"
 
 namespace aa {
 namespace {

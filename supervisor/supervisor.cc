@@ -511,23 +511,22 @@ kj::Promise<void> Supervisor::fillSamples(ipc::Observe::SamplesResults::Builder 
                        [](kj::Exception&&) {}));
     }
   }
-  return kj::joinPromises(asks.releaseAsArray())
-      .then([results, merged = kj::mv(merged)]() mutable {
-        auto list = results.initSamples(merged->size());
-        size_t i = 0;
-        for (const auto& [key, e] : *merged) {
-          auto out = list[i++];
-          out.setName(key.substr(0, key.find('\0')));
-          out.setHelp(e.help);
-          out.setKind(e.kind);
-          out.setValue(e.value);
-          auto labels = out.initLabels(e.labels.size());
-          for (size_t j = 0; j < e.labels.size(); ++j) {
-            labels[j].setName(e.labels[j].first);
-            labels[j].setValue(e.labels[j].second);
-          }
-        }
-      });
+  return kj::joinPromises(asks.releaseAsArray()).then([results, merged = kj::mv(merged)]() mutable {
+    auto list = results.initSamples(merged->size());
+    size_t i = 0;
+    for (const auto& [key, e] : *merged) {
+      auto out = list[i++];
+      out.setName(key.substr(0, key.find('\0')));
+      out.setHelp(e.help);
+      out.setKind(e.kind);
+      out.setValue(e.value);
+      auto labels = out.initLabels(e.labels.size());
+      for (size_t j = 0; j < e.labels.size(); ++j) {
+        labels[j].setName(e.labels[j].first);
+        labels[j].setValue(e.labels[j].second);
+      }
+    }
+  });
 }
 
 kj::Promise<void> Supervisor::fillHealth(ipc::Observe::HealthResults::Builder results) {

@@ -14,10 +14,10 @@
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
 
+#include "ipc/config/config.h"
 #include "ipc/control.capnp.h"
 #include "ipc/observe.capnp.h"
 #include "ipc/supervisor.capnp.h"
-#include "ipc/config/config.h"
 #include "supervisor/worker_state.h"
 
 namespace aa {

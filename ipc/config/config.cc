@@ -11,10 +11,10 @@
 #include <map>
 #include <sstream>
 
-#include "ipc/runtime/log.h"
 #include "ipc/config/duration.h"
 #include "ipc/config/tls_policy.h"
 #include "ipc/config/upstream.h"
+#include "ipc/runtime/log.h"
 
 #include <re2/re2.h>
 
@@ -351,9 +351,10 @@ std::vector<Option> agentOptions(Config& c) {
 }
 
 // The area a flag belongs to in --help, in the order areas are printed.
-constexpr const char* kAreas[] = {"Connection", "TLS", "Authentication", "Keepalive and liveness",
-                                  "Delivery", "Logging", "Health and metrics", "Operations",
-                                  "Testing"};
+constexpr const char* kAreas[] = {
+    "Connection", "TLS",     "Authentication",     "Keepalive and liveness",
+    "Delivery",   "Logging", "Health and metrics", "Operations",
+    "Testing"};
 
 const char* areaOf(const std::string& name) {
   auto starts = [&](const char* p) { return name.rfind(p, 0) == 0; };
@@ -610,10 +611,12 @@ ParseResult parseConfig(Side side, const std::vector<std::string>& args, const E
     if (it == byName.end()) {
       for (const auto& u : upstream::settings(side)) {
         if (u.flag.empty() || name != "--" + std::string(u.flag)) continue;
-        return fail("flag " + name + " is upstream argocd-agent's, but this implementation does not "
+        return fail("flag " + name +
+                    " is upstream argocd-agent's, but this implementation does not "
                     "support it" +
-                    (u.instead.empty() ? std::string(" (see README.md, \"What works and what does not yet\")")
-                                       : "; use " + std::string(u.instead) + " instead"));
+                    (u.instead.empty()
+                         ? std::string(" (see README.md, \"What works and what does not yet\")")
+                         : "; use " + std::string(u.instead) + " instead"));
       }
       return fail("unknown flag " + name + " (see 'argocd-agent " + std::string(toString(side)) +
                   " --help' for the accepted flags)");

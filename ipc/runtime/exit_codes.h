@@ -12,9 +12,9 @@
 
 namespace aa::exit_code {
 
-inline constexpr int kClean = 0;   // asked to stop and stopped: not restarted unless running
-inline constexpr int kError = 1;   // uncaught error: restart with backoff
-inline constexpr int kConfig = 78; // EX_CONFIG: never restarted; the supervisor exits with it
+inline constexpr int kClean = 0;    // asked to stop and stopped: not restarted unless running
+inline constexpr int kError = 1;    // uncaught error: restart with backoff
+inline constexpr int kConfig = 78;  // EX_CONFIG: never restarted; the supervisor exits with it
 
 }  // namespace aa::exit_code
 

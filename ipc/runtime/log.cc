@@ -5,9 +5,9 @@
 
 #include <time.h>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
+#include <nlohmann/json.hpp>
 
 namespace aa::log {
 namespace {
@@ -26,13 +26,15 @@ class JsonFormatter final : public spdlog::formatter {
  public:
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
     auto t = std::chrono::system_clock::to_time_t(msg.time);
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch())
-                  .count() % 1000;
+    auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch()).count() %
+        1000;
     tm utc{};
     gmtime_r(&t, &utc);
     char stamp[40];
     snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900,
-             utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(ms));
+             utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
+             static_cast<int>(ms));
     const Identity& id = identity();
     nlohmann::ordered_json j = {
         {"time", stamp},
@@ -104,11 +106,21 @@ void KjLogBridge::logMessage(kj::LogSeverity severity, const char* file, int lin
                              kj::String&& text) {
   spdlog::level::level_enum level = spdlog::level::info;
   switch (severity) {
-    case kj::LogSeverity::INFO: level = spdlog::level::info; break;
-    case kj::LogSeverity::WARNING: level = spdlog::level::warn; break;
-    case kj::LogSeverity::ERROR: level = spdlog::level::err; break;
-    case kj::LogSeverity::FATAL: level = spdlog::level::critical; break;
-    case kj::LogSeverity::DBG: level = spdlog::level::debug; break;
+    case kj::LogSeverity::INFO:
+      level = spdlog::level::info;
+      break;
+    case kj::LogSeverity::WARNING:
+      level = spdlog::level::warn;
+      break;
+    case kj::LogSeverity::ERROR:
+      level = spdlog::level::err;
+      break;
+    case kj::LogSeverity::FATAL:
+      level = spdlog::level::critical;
+      break;
+    case kj::LogSeverity::DBG:
+      level = spdlog::level::debug;
+      break;
   }
   std::string_view msg(text.cStr(), text.size());
   while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);

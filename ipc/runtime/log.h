@@ -16,9 +16,9 @@ namespace aa::log {
 void init(std::string_view side, std::string_view role, unsigned generation);
 
 // "text" (the default): `<time> <level> [<side>/<role> <pid> g<n>] <message>`. "json": one object
-// per line, {"time","level","msg","side","role","pid","generation"}, logrus' key names for the first
-// three; the message is escaped (invalid UTF-8 replaced), so a line is always one valid object.
-// Returns false for anything else.
+// per line, {"time","level","msg","side","role","pid","generation"}, logrus' key names for the
+// first three; the message is escaped (invalid UTF-8 replaced), so a line is always one valid
+// object. Returns false for anything else.
 bool setFormat(std::string_view format);
 
 // Accepts trace, debug, info, warn/warning, error, fatal/critical, off (upstream logrus names

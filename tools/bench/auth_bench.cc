@@ -43,8 +43,8 @@
 #include "auth.grpc.pb.h"
 #include "version.grpc.pb.h"
 #include "workers/auth/identity.h"
-#include "workers/common/jwt.h"
 #include "workers/auth/userpass.h"
+#include "workers/common/jwt.h"
 
 namespace {
 

@@ -38,8 +38,8 @@
 
 #include "auth.grpc.pb.h"
 #include "eventstream.grpc.pb.h"
-#include "workers/common/jwt.h"
 #include "workers/common/cloudevents.h"
+#include "workers/common/jwt.h"
 
 namespace {
 

@@ -11,7 +11,7 @@
 #
 # Leak checking. Unit tests: on, and a leak fails the test (abort_on_error makes it an abort).
 # Integration tests: off (detect_leaks=0), for three reasons. The exit codes of the supervisor and
-# its workers mean something (0 orderly stop, 1/75 restart, 78 configuration error, never
+# its workers mean something (0 orderly stop, 1 restart, 78 configuration error, never
 # restarted) and LeakSanitizer replaces them (23, or an abort) when it finds a leak. Its check at
 # exit runs in a tracer task cloned from the process, which the tests see as a process started by
 # it (test_bad_input asserts that a rejected configuration starts none). And most of the

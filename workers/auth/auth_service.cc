@@ -25,10 +25,10 @@
 #include "ipc/crypto/pki.h"
 #include "ipc/runtime/fd_contract.h"
 #include "ipc/runtime/log.h"
-#include "workers/common/agent_name.h"
 #include "workers/auth/identity.h"
-#include "workers/common/jwt.h"
 #include "workers/auth/userpass.h"
+#include "workers/common/agent_name.h"
+#include "workers/common/jwt.h"
 #include "workers/common/role.h"
 
 namespace aa {
@@ -65,7 +65,7 @@ void replaceFileAtomically(const std::string& path, const std::string& contents)
 // later generations sign with the same key and tokens issued before a crash of this worker stay
 // valid. Messages name files and problems, never key material.
 std::shared_ptr<const jwt::Key> loadSigningKey(const PrincipalConfig& p,
-                                                const std::string& runtimeDir) {
+                                               const std::string& runtimeDir) {
   if (!p.insecureJwtGenerate) {
     std::string pem;
     try {
@@ -88,8 +88,8 @@ std::shared_ptr<const jwt::Key> loadSigningKey(const PrincipalConfig& p,
           "tokens become invalid when the principal restarts (use --jwt-key in production)");
       return key;
     } catch (const std::runtime_error& e) {
-      spdlog::error("the generated JWT signing key {} is unusable ({}); generating a new one",
-                    path, e.what());
+      spdlog::error("the generated JWT signing key {} is unusable ({}); generating a new one", path,
+                    e.what());
     }
   }
   spdlog::warn(

@@ -1,5 +1,6 @@
 // The `userpass:<file>` credential database (wire spec §2.4). Parsing and bcrypt verification run
-// in the auth worker (the agent's own credentials file is workers/transport/agent_credentials). bcrypt comes from libxcrypt (crypt_rn), comparison from OpenSSL's CRYPTO_memcmp.
+// in the auth worker (the agent's own credentials file is workers/transport/agent_credentials).
+// bcrypt comes from libxcrypt (crypt_rn), comparison from OpenSSL's CRYPTO_memcmp.
 #include "workers/auth/userpass.h"
 
 #include <crypt.h>

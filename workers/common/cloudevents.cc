@@ -7,9 +7,8 @@ using io::cloudevents::v1::CloudEvent;
 
 Kind classify(std::string_view type) {
   // Resource-proxy and container-log requests carry the bare HTTP method as their type.
-  static constexpr std::string_view kMethods[] = {"GET",    "HEAD",    "POST",  "PUT",
-                                                  "PATCH",  "DELETE",  "OPTIONS", "CONNECT",
-                                                  "TRACE"};
+  static constexpr std::string_view kMethods[] = {"GET",    "HEAD",    "POST",    "PUT",  "PATCH",
+                                                  "DELETE", "OPTIONS", "CONNECT", "TRACE"};
   if (type.rfind(kTypePrefix, 0) != 0) {
     for (auto m : kMethods) {
       if (type == m) return Kind::kUnsupported;
@@ -24,14 +23,20 @@ Kind classify(std::string_view type) {
   for (auto t : kObjects) {
     if (suffix == t) return Kind::kObject;
   }
-  static constexpr std::string_view kOthers[] = {
-      "set-operation",     "terminate-operation",
-      "response",          "redis-request",
-      "redis-response",    "terminal-request",
-      "request-synced-resource-list", "response-synced-resource",
-      "request-update",    "request-resource-resync",
-      "cluster-cache-info-update",    "error",
-      "pong",              "get"};
+  static constexpr std::string_view kOthers[] = {"set-operation",
+                                                 "terminate-operation",
+                                                 "response",
+                                                 "redis-request",
+                                                 "redis-response",
+                                                 "terminal-request",
+                                                 "request-synced-resource-list",
+                                                 "response-synced-resource",
+                                                 "request-update",
+                                                 "request-resource-resync",
+                                                 "cluster-cache-info-update",
+                                                 "error",
+                                                 "pong",
+                                                 "get"};
   for (auto t : kOthers) {
     if (suffix == t) return Kind::kUnsupported;
   }

@@ -22,9 +22,9 @@ inline constexpr std::string_view kHeartbeatRttExtension = "heartbeatrttus";
 
 // What a received event's `type` is to this implementation (wire spec §1.5, upstream's catalogue).
 enum class Kind {
-  kAck,        // processed: acknowledges a tracked event
-  kHeartbeat,  // ping: ACKed, nothing else
-  kObject,     // create, spec-update, status-update, delete: a Kubernetes object (JSON), applied
+  kAck,          // processed: acknowledges a tracked event
+  kHeartbeat,    // ping: ACKed, nothing else
+  kObject,       // create, spec-update, status-update, delete: a Kubernetes object (JSON), applied
   kUnsupported,  // in upstream's catalogue, but this project keeps no state it could act on
                  // (resync requests, cluster-cache info, resource/log/terminal/redis requests and
                  // responses, operations, errors): ACKed and logged once per stream at debug

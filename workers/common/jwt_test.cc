@@ -332,10 +332,10 @@ TEST_F(JwtTest, AlgNoneAndHs256Rejected) {
   EXPECT_EQ(verify(*pub_, forged, kAudienceAccess, now_).error, VerifyError::kBadSignature);
 
   // Signed with our key but with another alg in the header: the explicit check refuses them.
-  for (const char* h : {R"({"alg":"none","typ":"JWT"})", R"({"alg":"none"})", R"({"alg":"HS256"})",
-                        R"({"alg":"rs512"})", R"({"alg":"RS256"})", R"({"alg":"PS512"})",
-                        R"({"alg":"RS512 "})", R"({"alg":["RS512"]})", R"({"alg":null})",
-                        R"({"typ":"JWT"})"}) {
+  for (const char* h :
+       {R"({"alg":"none","typ":"JWT"})", R"({"alg":"none"})", R"({"alg":"HS256"})",
+        R"({"alg":"rs512"})", R"({"alg":"RS256"})", R"({"alg":"PS512"})", R"({"alg":"RS512 "})",
+        R"({"alg":["RS512"]})", R"({"alg":null})", R"({"typ":"JWT"})"}) {
     EXPECT_EQ(verify(*pub_, signedWith(h, goodClaims()), kAudienceAccess, now_).error,
               VerifyError::kBadAlgorithm)
         << h;
@@ -358,15 +358,26 @@ TEST_F(JwtTest, MalformedTokens) {
   const auto parts = segments(token);
   // Wrong number of dots, empty header or payload, characters outside the base64url alphabet or
   // an impossible segment length: refused on the bytes alone, before the signature check.
-  for (const std::string& bad :
-       {std::string(), std::string("."), std::string(".."), std::string("..."),
-        std::string("abc"), parts[0] + "." + parts[1], token + ".", token + "." + parts[2],
-        parts[0] + "." + parts[1] + ".." + parts[2], "." + parts[0] + "." + parts[1] + "." + parts[2],
-        "." + parts[1] + "." + parts[2], parts[0] + ".." + parts[2], ".." + parts[2],
-        parts[0] + "=." + parts[1] + "." + parts[2], "!!!." + parts[1] + "." + parts[2],
-        parts[0] + "." + parts[1] + " ." + parts[2], parts[0] + "." + parts[1] + "." + parts[2] + "=",
-        parts[0] + "." + parts[1] + "." + parts[2] + "\n", parts[0] + "A." + parts[1] + "." + parts[2],
-        parts[0] + "." + parts[1] + "." + "+/+/"}) {
+  for (const std::string& bad : {std::string(),
+                                 std::string("."),
+                                 std::string(".."),
+                                 std::string("..."),
+                                 std::string("abc"),
+                                 parts[0] + "." + parts[1],
+                                 token + ".",
+                                 token + "." + parts[2],
+                                 parts[0] + "." + parts[1] + ".." + parts[2],
+                                 "." + parts[0] + "." + parts[1] + "." + parts[2],
+                                 "." + parts[1] + "." + parts[2],
+                                 parts[0] + ".." + parts[2],
+                                 ".." + parts[2],
+                                 parts[0] + "=." + parts[1] + "." + parts[2],
+                                 "!!!." + parts[1] + "." + parts[2],
+                                 parts[0] + "." + parts[1] + " ." + parts[2],
+                                 parts[0] + "." + parts[1] + "." + parts[2] + "=",
+                                 parts[0] + "." + parts[1] + "." + parts[2] + "\n",
+                                 parts[0] + "A." + parts[1] + "." + parts[2],
+                                 parts[0] + "." + parts[1] + "." + "+/+/"}) {
     const VerifyResult r = verify(*pub_, bad, kAudienceAccess, now_);
     EXPECT_FALSE(r.claims.has_value()) << bad;
     EXPECT_EQ(r.error, VerifyError::kMalformed) << bad;
@@ -467,8 +478,8 @@ TEST_F(JwtTest, OurTokensAreFarBelowTheCap) {
   // The largest token we issue: a 63-character agent name (a DNS label's maximum), the longer
   // mode and audience.
   const std::string name(63, 'a');
-  const std::string token = issue(*key_, name, "autonomous", kAudienceRefresh, now_,
-                                  kRefreshValidity);
+  const std::string token =
+      issue(*key_, name, "autonomous", kAudienceRefresh, now_, kRefreshValidity);
   const auto parts = segments(token);
   ASSERT_EQ(parts.size(), 3u);
   RecordProperty("largest_token_bytes_rsa2048", static_cast<int>(token.size()));
@@ -523,11 +534,10 @@ TEST(JwtUuidTest, Format) {
 }
 
 TEST(JwtErrorTest, ToStringCoversAll) {
-  for (VerifyError e :
-       {VerifyError::kMalformed, VerifyError::kBadAlgorithm, VerifyError::kBadSignature,
-        VerifyError::kBadIssuer, VerifyError::kBadAudience, VerifyError::kExpired,
-        VerifyError::kNotYetValid, VerifyError::kBadSubject, VerifyError::kTooLarge,
-        VerifyError::kBadType}) {
+  for (VerifyError e : {VerifyError::kMalformed, VerifyError::kBadAlgorithm,
+                        VerifyError::kBadSignature, VerifyError::kBadIssuer,
+                        VerifyError::kBadAudience, VerifyError::kExpired, VerifyError::kNotYetValid,
+                        VerifyError::kBadSubject, VerifyError::kTooLarge, VerifyError::kBadType}) {
     EXPECT_NE(std::string(toString(e)), "unknown error");
   }
 }
@@ -551,8 +561,8 @@ TEST(JwtUnverifiedExpiry, ReadsExpWithoutVerifying) {
   for (const char* payload : {R"({"exp":18446744073709551615})", R"({"exp":9223372036854775807})",
                               R"({"exp":-1})", R"({"exp":9000000001})", R"({"exp":1.5})",
                               R"({"exp":"1700000000"})", R"([1700000000])", "not json"}) {
-    EXPECT_FALSE(aa::jwt::unverifiedExpiry(h + "." + base64UrlEncode(payload) + ".c2ln")
-                     .has_value())
+    EXPECT_FALSE(
+        aa::jwt::unverifiedExpiry(h + "." + base64UrlEncode(payload) + ".c2ln").has_value())
         << payload;
   }
   auto at = aa::jwt::unverifiedExpiry(h + "." + base64UrlEncode(R"({"exp":9000000000})") + ".");

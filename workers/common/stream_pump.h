@@ -14,8 +14,8 @@
 #include <string>
 #include <thread>
 
-#include <grpcpp/support/config.h>
 #include <grpcpp/impl/codegen/call_op_set.h>
+#include <grpcpp/support/config.h>
 
 #include "eventstream.pb.h"
 #include "workers/common/event_writer.h"
@@ -62,7 +62,7 @@ std::optional<std::string> validateEvent(const Event& event);
 
 struct PumpStats {
   uint64_t received = 0, applied = 0, duplicates = 0, rejected = 0, acksReceived = 0;
-  uint64_t unsupported = 0;                 // recognised upstream types ACKed without action
+  uint64_t unsupported = 0;                // recognised upstream types ACKed without action
   std::set<std::string> unsupportedTypes;  // those already logged on this stream
 };
 

@@ -6,9 +6,9 @@
 #include <malloc.h>
 #include <signal.h>
 
+#include <unistd.h>
 #include <fstream>
 #include <sstream>
-#include <unistd.h>
 
 #include <capnp/rpc-twoparty.h>
 #include <grpc/support/log.h>
@@ -166,7 +166,6 @@ kj::Own<Role> makeRole(WorkerEnv& env) {
 }
 
 }  // namespace
-
 
 int workerMain(int argc, char** argv) {
   // Signals first, before any thread exists. Ctrl-C reaches the whole process group: workers

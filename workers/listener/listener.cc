@@ -5,8 +5,8 @@
 // (front_door.h: accept, TLS, hand-off to grpc), bound with SO_REUSEPORT next to the
 // supervisor's reservation of the port, so a restarted listener gets the same port back.
 #include <atomic>
-#include <map>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -17,15 +17,15 @@
 
 #include "auth.grpc.pb.h"
 #include "eventstream.grpc.pb.h"
-#include "ipc/runtime/log.h"
-#include "workers/common/agent_name.h"
-#include "version.grpc.pb.h"
 #include "ipc/auth.capnp.h"
-#include "workers/common/jwt.h"
+#include "ipc/runtime/log.h"
+#include "version.grpc.pb.h"
+#include "workers/common/agent_name.h"
 #include "workers/common/cloudevents.h"
+#include "workers/common/jwt.h"
+#include "workers/common/role.h"
 #include "workers/common/stream_pump.h"
 #include "workers/common/synthetic.h"
-#include "workers/common/role.h"
 #include "workers/listener/auth_bridge.h"
 #include "workers/listener/front_door.h"
 
@@ -118,7 +118,8 @@ class AuthenticationService final : public authapi::Authentication::Service {
       // Forward every value of the identity header, each capped one byte past the auth
       // worker's limit so that it can still say "too large"; parsing happens there.
       auto range = md.equal_range(grpc::string_ref(p.authHeader));
-      for (auto it = range.first; it != range.second && in.headers.size() <= ipc::MAX_HEADER_VALUES; ++it) {
+      for (auto it = range.first; it != range.second && in.headers.size() <= ipc::MAX_HEADER_VALUES;
+           ++it) {
         size_t n = std::min(it->second.size(), size_t{ipc::MAX_HEADER_VALUE_BYTES} + 1);
         in.headers.emplace_back(p.authHeader, std::string(it->second.data(), n));
       }
@@ -290,15 +291,26 @@ class EventStreamService final : public eventstreamapi::EventStream::Service {
         std::lock_guard<std::mutex> l(s->mu);
         if (s->active != nullptr) connected++;
         out.push_back({"argocd_principal_agent_connections_total",
-                       "Event streams opened by the agent", true, {{"agent_name", name}},
+                       "Event streams opened by the agent",
+                       true,
+                       {{"agent_name", name}},
                        static_cast<double>(s->streams)});
       }
     }
-    out.push_back({"argocd_principal_connected_agents", "Agents with an open event stream", false,
-                   {}, connected});
-    out.push_back({"principal_events_received", "Events received from agents", true, {},
+    out.push_back({"argocd_principal_connected_agents",
+                   "Agents with an open event stream",
+                   false,
+                   {},
+                   connected});
+    out.push_back({"principal_events_received",
+                   "Events received from agents",
+                   true,
+                   {},
                    static_cast<double>(eventsReceived_.load())});
-    out.push_back({"principal_events_sent", "Events sent to agents", true, {},
+    out.push_back({"principal_events_sent",
+                   "Events sent to agents",
+                   true,
+                   {},
                    static_cast<double>(eventsSent_.load())});
     return out;
   }

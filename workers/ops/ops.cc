@@ -118,17 +118,15 @@ class SideCollector final : public prometheus::Collectable {
                   "Seconds since anything (event, ACK, heartbeat) arrived from the agent",
                   MetricType::Gauge, {{"agent_name", name}}, agent.getLastHeardMs() / 1000.0);
             f.add("aa_agent_unacknowledged_events",
-                  "Events sent or queued to the agent and not yet acknowledged",
-                  MetricType::Gauge, {{"agent_name", name}},
-                  static_cast<double>(agent.getUnacknowledged()));
+                  "Events sent or queued to the agent and not yet acknowledged", MetricType::Gauge,
+                  {{"agent_name", name}}, static_cast<double>(agent.getUnacknowledged()));
             f.add("aa_agent_heartbeats_total", "Heartbeats received from the agent",
                   MetricType::Counter, {{"agent_name", name}},
                   static_cast<double>(agent.getHeartbeats()));
             if (agent.getHeartbeatRttUs() > 0) {
               f.add("aa_agent_heartbeat_rtt_seconds",
-                    "The agent's last heartbeat round trip as it reported it",
-                    MetricType::Gauge, {{"agent_name", name}},
-                    agent.getHeartbeatRttUs() / 1e6);
+                    "The agent's last heartbeat round trip as it reported it", MetricType::Gauge,
+                    {{"agent_name", name}}, agent.getHeartbeatRttUs() / 1e6);
             }
             f.add("aa_agent_state",
                   "1 for the agent's current state: connected, stale or disconnected",
@@ -154,7 +152,8 @@ class HealthHandler final : public CivetHandler {
 
   bool handleGet(CivetServer*, mg_connection* conn) override {
     const mg_request_info* req = mg_get_request_info(conn);
-    if (req == nullptr || req->local_uri == nullptr || std::string_view(req->local_uri) != "/healthz") {
+    if (req == nullptr || req->local_uri == nullptr ||
+        std::string_view(req->local_uri) != "/healthz") {
       mg_send_http_error(conn, 404, "%s", "not found\n");  // civetweb matches handlers by prefix
       return true;
     }
@@ -162,9 +161,8 @@ class HealthHandler final : public CivetHandler {
     std::string reason;
     try {
       auto r = executor_.executeSync([this]() {
-        return observe_.healthRequest().send().then([](auto h) {
-          return std::make_pair(h.getReady(), std::string(h.getReason().cStr()));
-        });
+        return observe_.healthRequest().send().then(
+            [](auto h) { return std::make_pair(h.getReady(), std::string(h.getReason().cStr())); });
       });
       ready = r.first;
       reason = r.second;
@@ -202,8 +200,8 @@ class OpsRole final : public Role {
   // in flight waits in executeSync() for this loop, and stopping civetweb waits for that request.
   kj::Promise<void> drain() override {
     auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
-    auto fulfiller = std::make_shared<kj::Own<kj::CrossThreadPromiseFulfiller<void>>>(
-        kj::mv(paf.fulfiller));
+    auto fulfiller =
+        std::make_shared<kj::Own<kj::CrossThreadPromiseFulfiller<void>>>(kj::mv(paf.fulfiller));
     stopper_ = std::thread([this, fulfiller]() {
       stopServers();
       (*fulfiller)->fulfill();
@@ -218,17 +216,15 @@ class OpsRole final : public Role {
     return observe_.healthRequest().send().ignoreResult().then([this, &c, &executor]() {
       if (c.healthzPort != 0) {
         healthHandler_ = std::make_unique<HealthHandler>(executor, observe_);
-        health_ = serve(c.healthzPort, "--healthz-port", [&](CivetServer& s) {
-          s.addHandler("/healthz", *healthHandler_);
-        });
+        health_ = serve(c.healthzPort, "--healthz-port",
+                        [&](CivetServer& s) { s.addHandler("/healthz", *healthHandler_); });
         spdlog::info("Serving /healthz on port {}", c.healthzPort);
       }
       if (c.metricsPort != 0) {
         collector_ = std::make_shared<SideCollector>(executor, observe_, env_.config.side);
         try {
-          exposer_ = std::make_unique<prometheus::Exposer>(
-              std::vector<std::string>{"listening_ports", std::to_string(c.metricsPort),
-                                       "num_threads", "2"});
+          exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+              "listening_ports", std::to_string(c.metricsPort), "num_threads", "2"});
         } catch (const std::exception& e) {
           throw ConfigError("cannot serve metrics on --metrics-port " +
                             std::to_string(c.metricsPort) + ": " + e.what());

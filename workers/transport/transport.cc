@@ -15,16 +15,16 @@
 
 #include "auth.grpc.pb.h"
 #include "eventstream.grpc.pb.h"
+#include "ipc/config/duration.h"
 #include "ipc/runtime/log.h"
 #include "version.grpc.pb.h"
-#include "ipc/config/duration.h"
-#include "workers/common/jwt.h"
-#include "workers/transport/agent_credentials.h"
 #include "workers/common/cloudevents.h"
 #include "workers/common/heartbeat_monitor.h"
+#include "workers/common/jwt.h"
+#include "workers/common/role.h"
 #include "workers/common/stream_pump.h"
 #include "workers/common/synthetic.h"
-#include "workers/common/role.h"
+#include "workers/transport/agent_credentials.h"
 #include "workers/transport/tls_connector.h"
 
 namespace aa {
@@ -131,13 +131,25 @@ class TransportRole final : public Role {
   std::vector<MetricSample> samples() override {
     auto n = [](const std::atomic<uint64_t>& a) { return static_cast<double>(a.load()); };
     return {
-        {"argocd_agent_connection_status", "1 while the event stream to the principal is open",
-         false, {}, connected_.load() ? 1.0 : 0.0},
-        {"argocd_agent_connections_total", "Event streams opened to the principal", true, {},
+        {"argocd_agent_connection_status",
+         "1 while the event stream to the principal is open",
+         false,
+         {},
+         connected_.load() ? 1.0 : 0.0},
+        {"argocd_agent_connections_total",
+         "Event streams opened to the principal",
+         true,
+         {},
          n(connections_)},
-        {"argocd_agent_auth_failures_total", "Authenticate calls the principal refused", true, {},
+        {"argocd_agent_auth_failures_total",
+         "Authenticate calls the principal refused",
+         true,
+         {},
          n(authFailures_)},
-        {"agent_events_received", "Events received from the principal", true, {},
+        {"agent_events_received",
+         "Events received from the principal",
+         true,
+         {},
          n(eventsReceived_)},
         {"agent_events_sent", "Events sent to the principal", true, {}, n(eventsSent_)},
     };
@@ -400,19 +412,19 @@ class TransportRole final : public Role {
         heartbeat = std::thread([&] { heartbeatLoop(monitor, streamDone, ctx); });
       }
       std::thread refresher([&] { refreshLoop(channel, streamDone); });
-      auto stats =
-          delivery::pumpStream(*stream, outbox_, sink_, ledger_, ledgerMu_, kSource, "principal",
-                               [&](const delivery::Event& ack) {
-                                 eventsReceived_.fetch_add(1, std::memory_order_relaxed);
-                                 if (ack.type() != ce::kProcessed) return;
-                                 if (auto rtt = monitor.acked(ce::stringAttr(ack, "eventid"),
-                                                              std::chrono::steady_clock::now())) {
-                                   spdlog::debug("heartbeat ACK after {}us", rtt->count() / 1000);
-                                   std::lock_guard<std::mutex> lock(mu_);
-                                   heartbeatRtt_ = *rtt;
-                                 }
-                               },
-                               &eventsSent_);
+      auto stats = delivery::pumpStream(
+          *stream, outbox_, sink_, ledger_, ledgerMu_, kSource, "principal",
+          [&](const delivery::Event& ack) {
+            eventsReceived_.fetch_add(1, std::memory_order_relaxed);
+            if (ack.type() != ce::kProcessed) return;
+            if (auto rtt = monitor.acked(ce::stringAttr(ack, "eventid"),
+                                         std::chrono::steady_clock::now())) {
+              spdlog::debug("heartbeat ACK after {}us", rtt->count() / 1000);
+              std::lock_guard<std::mutex> lock(mu_);
+              heartbeatRtt_ = *rtt;
+            }
+          },
+          &eventsSent_);
       connected_ = false;
       streamDone = true;
       cv_.notify_all();
