@@ -115,63 +115,64 @@ int supervisorMain(Side side, int argc, char** argv) {
   log::init(toString(side), "supervisor", 0);
   log::setLevel(config.common.logLevel);
   log::setFormat(config.common.logFormat);
-  log::KjLogBridge kjLog;
-  for (const auto& w : parsed.warnings) spdlog::warn("{}", w);
-  setProcessTitle(std::string("aa-") + (side == Side::kPrincipal ? "principal" : "agent"));
-  if (getpid() != 1) prctl(PR_SET_CHILD_SUBREAPER, 1);
+  return log::withKjLogBridge([&]() -> int {
+    for (const auto& w : parsed.warnings) spdlog::warn("{}", w);
+    setProcessTitle(std::string("aa-") + (side == Side::kPrincipal ? "principal" : "agent"));
+    if (getpid() != 1) prctl(PR_SET_CHILD_SUBREAPER, 1);
 
-  std::string runtimeDir;
-  try {
-    RuntimeInfo runtime;
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (n <= 0) throw ConfigError("cannot resolve /proc/self/exe");
-    runtime.executable.assign(exe, static_cast<size_t>(n));
-    runtimeDir = prepareRuntime(config);
-    runtime.dir = runtimeDir;
-
-    kj::AutoCloseFd reservation;
-    kj::AutoCloseFd serviceSocket;
-    if (side == Side::kPrincipal) {
-      reservation =
-          reservePort(config.principal.listenHost, config.principal.listenPort, runtime.listenPort);
-      serviceSocket = unix_socket::listenPrivate(runtimeDir + "/auth.sock");
-    }
-    kj::AutoCloseFd control;
+    std::string runtimeDir;
     try {
-      control = unix_socket::listenPrivate(config.common.controlSocket);
-    } catch (const kj::Exception& e) {
-      throw ConfigError("invalid value \"" + config.common.controlSocket +
-                        "\" for --control-socket: " + e.getDescription().cStr());
-    }
-    spdlog::info("argocd-agent {} {} starting (supervisor pid {}{})", toString(side),
-                 ARGOCD_AGENT_VERSION, getpid(), getpid() == 1 ? ", PID 1" : "");
-    spdlog::info("Control socket: {}", config.common.controlSocket);
+      RuntimeInfo runtime;
+      char exe[4096];
+      ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+      if (n <= 0) throw ConfigError("cannot resolve /proc/self/exe");
+      runtime.executable.assign(exe, static_cast<size_t>(n));
+      runtimeDir = prepareRuntime(config);
+      runtime.dir = runtimeDir;
 
-    auto io = kj::setupAsyncIo();
-    Supervisor supervisor(config, runtime, args, io,
-                          serviceSocket.get() >= 0 ? serviceSocket.get() : -1);
-    ControlServer controlServer(supervisor, io, kj::mv(control));
-    auto controlLoop = controlServer.run().eagerlyEvaluate([](kj::Exception&& e) {
-      spdlog::error("control socket failed: {}", e.getDescription().cStr());
-    });
-    int code = supervisor.run().wait(io.waitScope);
-    unlink(config.common.controlSocket.c_str());
-    removeRuntime(runtimeDir);
-    return code;
-  } catch (const ConfigError& e) {  // found before any worker started: one line, exit 78
-    fprintf(stderr, "argocd-agent %s: %s\n", toString(side), e.what());
-    removeRuntime(runtimeDir);
-    return exit_code::kConfig;
-  } catch (const std::exception& e) {
-    spdlog::critical("start-up failed: {}", e.what());
-    removeRuntime(runtimeDir);
-    return exit_code::kError;
-  } catch (const kj::Exception& e) {
-    spdlog::critical("start-up failed: {}", e.getDescription().cStr());
-    removeRuntime(runtimeDir);
-    return exit_code::kError;
-  }
+      kj::AutoCloseFd reservation;
+      kj::AutoCloseFd serviceSocket;
+      if (side == Side::kPrincipal) {
+        reservation = reservePort(config.principal.listenHost, config.principal.listenPort,
+                                  runtime.listenPort);
+        serviceSocket = unix_socket::listenPrivate(runtimeDir + "/auth.sock");
+      }
+      kj::AutoCloseFd control;
+      try {
+        control = unix_socket::listenPrivate(config.common.controlSocket);
+      } catch (const kj::Exception& e) {
+        throw ConfigError("invalid value \"" + config.common.controlSocket +
+                          "\" for --control-socket: " + e.getDescription().cStr());
+      }
+      spdlog::info("argocd-agent {} {} starting (supervisor pid {}{})", toString(side),
+                   ARGOCD_AGENT_VERSION, getpid(), getpid() == 1 ? ", PID 1" : "");
+      spdlog::info("Control socket: {}", config.common.controlSocket);
+
+      auto io = kj::setupAsyncIo();
+      Supervisor supervisor(config, runtime, args, io,
+                            serviceSocket.get() >= 0 ? serviceSocket.get() : -1);
+      ControlServer controlServer(supervisor, io, kj::mv(control));
+      auto controlLoop = controlServer.run().eagerlyEvaluate([](kj::Exception&& e) {
+        spdlog::error("control socket failed: {}", e.getDescription().cStr());
+      });
+      int code = supervisor.run().wait(io.waitScope);
+      unlink(config.common.controlSocket.c_str());
+      removeRuntime(runtimeDir);
+      return code;
+    } catch (const ConfigError& e) {  // found before any worker started: one line, exit 78
+      fprintf(stderr, "argocd-agent %s: %s\n", toString(side), e.what());
+      removeRuntime(runtimeDir);
+      return exit_code::kConfig;
+    } catch (const std::exception& e) {
+      spdlog::critical("start-up failed: {}", e.what());
+      removeRuntime(runtimeDir);
+      return exit_code::kError;
+    } catch (const kj::Exception& e) {
+      spdlog::critical("start-up failed: {}", e.getDescription().cStr());
+      removeRuntime(runtimeDir);
+      return exit_code::kError;
+    }
+  });
 }
 
 const char kUsage[] =

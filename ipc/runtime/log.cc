@@ -127,6 +127,12 @@ void KjLogBridge::logMessage(kj::LogSeverity severity, const char* file, int lin
   spdlog::log(level, "kj: {}:{}: {}", file, line, msg);
 }
 
+__attribute__((no_sanitize("address"), noinline)) int withKjLogBridge(
+    kj::FunctionParam<int()> body) {
+  KjLogBridge bridge;
+  return body();
+}
+
 std::string redact(std::string_view value) {
   std::string out(value.substr(0, 6));
   for (char& c : out) {

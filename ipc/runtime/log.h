@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include <kj/exception.h>
+#include <kj/function.h>
 #include <spdlog/spdlog.h>
 
 namespace aa::log {
@@ -34,6 +35,12 @@ class KjLogBridge final : public kj::ExceptionCallback {
   void logMessage(kj::LogSeverity severity, const char* file, int line, int contextDepth,
                   kj::String&& text) override;
 };
+
+// Runs `body` with a KjLogBridge on this thread and returns its result. KJ requires an
+// ExceptionCallback on the real stack; ASan's detect_stack_use_after_return moves locals of
+// instrumented frames to a fake stack, so the bridge lives in a frame exempt from that (log.cc),
+// while `body` stays fully instrumented.
+int withKjLogBridge(kj::FunctionParam<int()> body);
 
 // A short, recognisable, non-secret rendering of a credential-like value for debug logs:
 // the first 6 characters then "…(<n> bytes)".

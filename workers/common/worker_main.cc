@@ -204,49 +204,49 @@ int workerMain(int argc, char** argv) {
                                                         : spdlog::level::debug;
     spdlog::log(level, "grpc: {}:{}: {}", a->file, a->line, a->message);
   });
-  log::KjLogBridge kjLog;
+  return log::withKjLogBridge([&]() -> int {
+    try {
+      auto io = kj::setupAsyncIo();
+      auto stream = io.lowLevelProvider->wrapSocketFd(fds::kSupervisorLink,
+                                                      kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
+      kj::Maybe<Role&> roleRef;
+      capnp::TwoPartyClient link(*stream, makeBootstrap(args, roleRef),
+                                 capnp::rpc::twoparty::Side::CLIENT);
+      auto supervisor = link.bootstrap().castAs<ipc::Supervisor>();
 
-  try {
-    auto io = kj::setupAsyncIo();
-    auto stream = io.lowLevelProvider->wrapSocketFd(fds::kSupervisorLink,
-                                                    kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
-    kj::Maybe<Role&> roleRef;
-    capnp::TwoPartyClient link(*stream, makeBootstrap(args, roleRef),
-                               capnp::rpc::twoparty::Side::CLIENT);
-    auto supervisor = link.bootstrap().castAs<ipc::Supervisor>();
+      WorkerEnv env{config, args, io, io.provider->getTimer(), supervisor};
+      kj::Own<Role> role = makeRole(env);
+      roleRef = *role;
 
-    WorkerEnv env{config, args, io, io.provider->getTimer(), supervisor};
-    kj::Own<Role> role = makeRole(env);
-    roleRef = *role;
-
-    bool supervisorGone = false;
-    auto running = role->start()
-                       .then([&]() { return supervisor.readyRequest().send().ignoreResult(); })
-                       .then([]() -> kj::Promise<void> { return kj::NEVER_DONE; })
-                       .exclusiveJoin(io.unixEventPort.onSignal(SIGTERM).then([&](siginfo_t) {
-                         spdlog::info("SIGTERM: draining");
-                         return role->drain();
-                       }))
-                       .exclusiveJoin(link.onDisconnect().then([&]() { supervisorGone = true; }));
-    running.wait(io.waitScope);
-    if (supervisorGone) {
-      spdlog::error("supervisor link closed; exiting");
+      bool supervisorGone = false;
+      auto running = role->start()
+                         .then([&]() { return supervisor.readyRequest().send().ignoreResult(); })
+                         .then([]() -> kj::Promise<void> { return kj::NEVER_DONE; })
+                         .exclusiveJoin(io.unixEventPort.onSignal(SIGTERM).then([&](siginfo_t) {
+                           spdlog::info("SIGTERM: draining");
+                           return role->drain();
+                         }))
+                         .exclusiveJoin(link.onDisconnect().then([&]() { supervisorGone = true; }));
+      running.wait(io.waitScope);
+      if (supervisorGone) {
+        spdlog::error("supervisor link closed; exiting");
+        return exit_code::kError;
+      }
+      spdlog::info("stopped");
+      roleRef = nullptr;
+      role = nullptr;
+      return exit_code::kClean;
+    } catch (const ConfigError& e) {
+      spdlog::critical("configuration: {}", e.what());
+      return exit_code::kConfig;
+    } catch (const kj::Exception& e) {
+      spdlog::error("worker failed: {}", e.getDescription().cStr());
+      return exit_code::kError;
+    } catch (const std::exception& e) {
+      spdlog::error("worker failed: {}", e.what());
       return exit_code::kError;
     }
-    spdlog::info("stopped");
-    roleRef = nullptr;
-    role = nullptr;
-    return exit_code::kClean;
-  } catch (const ConfigError& e) {
-    spdlog::critical("configuration: {}", e.what());
-    return exit_code::kConfig;
-  } catch (const kj::Exception& e) {
-    spdlog::error("worker failed: {}", e.getDescription().cStr());
-    return exit_code::kError;
-  } catch (const std::exception& e) {
-    spdlog::error("worker failed: {}", e.what());
-    return exit_code::kError;
-  }
+  });
 }
 
 }  // namespace aa
