@@ -426,7 +426,13 @@ class TransportRole final : public Role {
           },
           &eventsSent_);
       connected_ = false;
-      streamDone = true;
+      {
+        // Under mu_: the heartbeat and refresh threads check streamDone under mu_ before they
+        // wait, so a store outside it could fall between their check and their wait and leave
+        // them asleep (the refresher up to the token's lifetime), holding up the reconnect.
+        std::lock_guard<std::mutex> lock(mu_);
+        streamDone = true;
+      }
       cv_.notify_all();
       if (heartbeat.joinable()) heartbeat.join();
       refresher.join();
