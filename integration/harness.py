@@ -422,6 +422,22 @@ class Daemon:
     def text(self):
         return read_text(self.log)
 
+    def kill9_and_await_restart(self, role, before=None):
+        """kill -9 of the READY worker `role` (or of `before`, a status entry already read); waits
+        for the supervisor to log its death and the next generation's READY, then for every worker
+        READY. Returns (before, new pid, status)."""
+        if before is None:
+            before = self.worker(role)
+            assert before["state"] == "READY", before
+            os.kill(before["pid"], signal.SIGKILL)
+        gen, pid = before["generation"], before["pid"]
+        self.wait_log(rf"worker {role} \(pid {pid}, generation {gen}\) exited unexpectedly: signal KILL")
+        m = self.wait_log(rf"worker {role} \(pid (\d+), generation {gen + 1}\) is ready")
+        new_pid = int(m[0].group(1))
+        assert new_pid != pid, (new_pid, pid)
+        st = self.wait_all_ready()
+        return before, new_pid, st
+
     def wait_all_ready(self, timeout=STARTUP_TIMEOUT, roles=None):
         """Polls status until every worker (or every role in `roles`) is READY; returns status."""
         last = {}

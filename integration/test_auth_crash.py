@@ -33,16 +33,8 @@ class AuthCrashTest(h.IntegrationTestCase):
 
     def test_kill9_restarts_auth_and_keeps_open_streams(self):
         first = self.start_agent(self.principal, name="agent-a", user=USER, password=PASSWORD)
-        before = self.kill_auth()
-        gen, pid = before["generation"], before["pid"]
-
-        self.principal.wait_log(
-            rf"worker auth \(pid {pid}, generation {gen}\) exited unexpectedly: signal KILL")
-        m = self.principal.wait_log(rf"worker auth \(pid (\d+), generation {gen + 1}\) is ready")
-        new_pid = int(m[0].group(1))
-        self.assertNotEqual(new_pid, pid)
-
-        st = self.principal.wait_all_ready()
+        before, new_pid, st = self.principal.kill9_and_await_restart("auth")
+        pid = before["pid"]
         auth = h.worker(st, "auth")
         self.assertEqual(auth["pid"], new_pid, auth)
         self.assertEqual(auth["generation"], 2, auth)

@@ -114,12 +114,8 @@ class GeneratedKeyCustodyTest(h.IntegrationTestCase):
         self.assertTrue(access and refresh, issued)
 
         os.kill(pid, signal.SIGKILL)
-        self.principal.wait_log(
-            rf"worker auth \(pid {pid}, generation {gen}\) exited unexpectedly: signal KILL")
-        m = self.principal.wait_log(rf"worker auth \(pid (\d+), generation {gen + 1}\) is ready")
-        new_pid = int(m[0].group(1))
-        self.assertNotEqual(new_pid, pid)
-        st = self.principal.wait_all_ready()
+        _, new_pid, st = self.principal.kill9_and_await_restart(
+            "auth", before={"generation": gen, "pid": pid})
         self.assertEqual(h.worker(st, "auth")["pid"], new_pid, st)
         self.assertEqual(h.worker(st, "listener")["generation"], 1, st)
 
