@@ -13,6 +13,7 @@ Environment:
 """
 
 import atexit
+import collections
 import json
 import os
 import re
@@ -34,6 +35,9 @@ PB_DIR = os.path.join(BUILD_DIR, "integration", "pb")
 for _var in ("ARGOCD_PRINCIPAL_METRICS_PORT", "ARGOCD_PRINCIPAL_HEALTH_CHECK_PORT",
              "ARGOCD_AGENT_METRICS_PORT", "ARGOCD_AGENT_HEALTH_CHECK_PORT"):
     os.environ.setdefault(_var, "0")
+# One listener worker unless a test asks for more (--listener-workers): the default depends on the
+# machine's cores, and most tests name the listener (listener-1).
+os.environ.setdefault("ARGOCD_PRINCIPAL_LISTENER_WORKERS", "1")
 if PB_DIR not in sys.path:
     sys.path.insert(0, PB_DIR)
 
@@ -46,13 +50,14 @@ import eventstream_pb2_grpc  # noqa: E402
 
 BUILT_AGENT_BIN = os.path.join(BUILD_DIR, "argocd-agent")
 BUILT_CTL_BIN = os.path.join(BUILD_DIR, "argocd-agentctl")
+LOADGEN_BIN = os.path.join(BUILD_DIR, "agent_load")  # tools/loadgen/agent_load.cc
 # Replaced by private copies on first use (see snapshot_binaries).
 AGENT_BIN = BUILT_AGENT_BIN
 CTL_BIN = BUILT_CTL_BIN
 
 VERSION = "0.1.0"
 TLS_NAME = "argocd-agent-principal--generated"  # CN of the cert made by --insecure-tls-generate
-PRINCIPAL_ROLES = ("auth", "cache", "heartbeat", "listener", "ops")
+PRINCIPAL_ROLES = ("auth", "cache", "heartbeat", "listener-1", "ops")
 AGENT_ROLES = ("cache", "heartbeat", "transport", "ops")
 EXIT_CONFIG = 78  # EX_CONFIG
 
@@ -76,6 +81,97 @@ def wait_for(predicate, timeout, what, interval=0.02):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
         time.sleep(interval)
+
+
+def applied_lines(path):
+    """The lines of an --event-log file ("<resourceid> <eventid> <type>" per applied event)."""
+    try:
+        return read_text(path).splitlines()
+    except FileNotFoundError:
+        return []
+
+
+class LineCounter:
+    """Counts the lines of a file that only grows, reading just what was appended (cheap enough to
+    poll every millisecond)."""
+
+    def __init__(self, path):
+        self.path, self.offset, self.lines = path, 0, 0
+
+    def __call__(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return 0
+        end = chunk.rfind(b"\n") + 1  # count complete lines only
+        self.lines += chunk.count(b"\n", 0, end)
+        self.offset += end
+        return self.lines
+
+
+def assert_converged(case, event_log, total, resources, what=""):
+    """The synthetic source's stream (eventid <resourceid>_<seq>) reached the agent exactly once:
+    every event applied once, each resource's sequence numbers increasing (no resource ever went
+    back to an older version), one contiguous run of `total` global sequence numbers."""
+    lines = applied_lines(event_log)
+    case.assertEqual(len(lines), total, f"applied-event lines {what}")
+    seqs = collections.defaultdict(list)
+    eventids = collections.Counter()
+    for line in lines:
+        resourceid, eventid, typ = line.split(" ")
+        case.assertEqual(typ, "create", line)
+        m = re.fullmatch(re.escape(resourceid) + r"_(\d+)", eventid)
+        case.assertIsNotNone(m, f"eventid is not <resourceid>_<seq>: {line!r}")
+        eventids[eventid] += 1
+        seqs[resourceid].append(int(m.group(1)))
+    dups = {e: n for e, n in eventids.items() if n > 1}
+    case.assertEqual(dups, {}, "events applied more than once")
+    case.assertEqual(len(eventids), total)
+    case.assertEqual(len(seqs), resources, sorted(seqs))
+    for resourceid, sq in seqs.items():
+        backwards = [(a, b) for a, b in zip(sq, sq[1:]) if b <= a]
+        case.assertEqual(backwards, [], f"{resourceid}: sequence numbers not increasing")
+        case.assertEqual(len(sq), total // resources, resourceid)
+    all_seqs = sorted(x for sq in seqs.values() for x in sq)
+    case.assertEqual(all_seqs, list(range(all_seqs[0], all_seqs[0] + total)),
+                     "the global sequence numbers are not one contiguous run")
+
+
+class LoadGen:
+    """tools/loadgen/agent_load: N agents in one process. `report()` is its latest line as a dict."""
+
+    def __init__(self, case, popen, log):
+        self.case, self.popen, self.log = case, popen, log
+
+    def report(self):
+        lines = [ln for ln in read_text(self.log).splitlines() if ln.startswith("load: ")]
+        if not lines:
+            return {}
+        return {k: int(v) for k, v in (kv.split("=") for kv in lines[-1][6:].split())}
+
+    def wait(self, predicate, timeout, what):
+        def check():
+            if self.popen.poll() is not None:
+                raise AssertionError(f"agent_load exited {self.popen.returncode}:\n{tail(self.log)}")
+            r = self.report()
+            return r if r and predicate(r) else None
+        try:
+            return wait_for(check, timeout, what, interval=0.1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last report: {self.report()}") from None
+
+
+def write_load_users(path, count, prefix="load-", password="load-secret", extra=None):
+    """A userpass file for `count` load agents (<prefix>00000...) plus `extra` {name: password}."""
+    subprocess.run([LOADGEN_BIN, "--write-users", path, "--agents", str(count), "--prefix", prefix,
+                    "--password", password], check=True, timeout=30)
+    with open(path, "a") as f:
+        for name, pw in (extra or {}).items():
+            f.write(f"{name}:{hash_password(pw)}\n")
+    os.chmod(path, 0o600)
+    return path
 
 
 def read_text(path):
@@ -583,11 +679,12 @@ class IntegrationTestCase(unittest.TestCase):
     # -- principal / agent ------------------------------------------------------------------------
 
     def start_principal(self, name="principal", users=None, plaintext=False, extra=(), wait=True,
-                        shutdown_timeout=SHUTDOWN_TIMEOUT, prefix=()):
-        """Starts a principal on 127.0.0.1:<free port>. users: {name: password}. With wait, returns
-        once the listener logged its port and every worker is READY (daemon.port is set)."""
+                        shutdown_timeout=SHUTDOWN_TIMEOUT, prefix=(), users_file=None):
+        """Starts a principal on 127.0.0.1:<free port>. users: {name: password} (or a ready
+        users_file, with `users` naming the agents the test starts). With wait, returns once the
+        listener logged its port and every worker is READY (daemon.port is set)."""
         users = users or {"agent1": "secret-1"}
-        users_file = write_users_file(self.path(f"{name}.users"), users)
+        users_file = users_file or write_users_file(self.path(f"{name}.users"), users)
         sock = self.path(f"{name}.sock")
         argv = list(prefix) + [
             AGENT_BIN, "principal", "--namespace", "argocd", "--listen-host", "127.0.0.1",
@@ -632,6 +729,18 @@ class IntegrationTestCase(unittest.TestCase):
                 raise AssertionError(f"{e}\n--- principal log tail:\n{tail(plog)}") from None
             d.wait_all_ready()
         return d
+
+    def start_load(self, principal, agents, name="load", prefix="load-", extra=()):
+        """Starts tools/loadgen/agent_load against `principal` (TLS when it serves TLS)."""
+        argv = [LOADGEN_BIN, "--target", f"127.0.0.1:{principal.port}", "--agents", str(agents),
+                "--prefix", prefix, "--report-ms", "200"] + list(extra)
+        if principal.tls:
+            ca = self.path(f"{name}.ca.pem")
+            with open(ca, "wb") as f:
+                f.write(server_certificate(principal.port))
+            argv += ["--ca", ca, "--tls-name", TLS_NAME]
+        p, log = self.spawn(argv, f"{name}.log", grace=2.0)
+        return LoadGen(self, p, log)
 
     # -- assertions --------------------------------------------------------------------------------
 

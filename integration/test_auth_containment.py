@@ -153,7 +153,7 @@ class AuthCrashContainmentTest(h.IntegrationTestCase):
         self.assertEqual((auth["generation"], auth["restarts"]), (2, 1), auth)
         self.assertEqual(auth["lastExit"], "signal ABRT (crash)", auth)
         self.assertNotEqual(auth["pid"], before["pid"])
-        for role in ("cache", "heartbeat", "listener"):
+        for role in ("cache", "heartbeat", "listener-1"):
             self.assertEqual(h.worker(st, role)["generation"], 1, st)
 
         # The next normal Authenticate is served by the new worker.

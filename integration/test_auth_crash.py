@@ -44,7 +44,7 @@ class AuthCrashTest(h.IntegrationTestCase):
         self.assertEqual(h.proc_ppid(new_pid), self.principal.pid)
         self.assertFalse(h.proc_alive(pid), "old auth pid still alive")
         # Only auth was restarted.
-        for role in ("cache", "heartbeat", "listener"):
+        for role in ("cache", "heartbeat", "listener-1"):
             self.assertEqual(h.worker(st, role)["generation"], 1, st)
 
         # A new agent authenticates against the restarted worker.

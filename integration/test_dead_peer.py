@@ -39,7 +39,7 @@ class DeadPeerTest(h.IntegrationTestCase):
         self.assertEqual(agent.count(r"declaring the stream dead"), 0)
         self.assertEqual(agent.count(opened), 1)
 
-        listener = principal.worker("listener")
+        listener = principal.worker("listener-1")
         pid = listener["pid"]
         self.assertTrue(h.proc_alive(pid), listener)
         self.addCleanup(h.resume, pid)  # never leave a stopped process behind
@@ -57,7 +57,7 @@ class DeadPeerTest(h.IntegrationTestCase):
 
         os.kill(pid, signal.SIGCONT)
         agent.wait_log(opened, count=2, timeout=15)
-        self.assertEqual(principal.worker("listener")["pid"], pid,
+        self.assertEqual(principal.worker("listener-1")["pid"], pid,
                          "the listener was restarted instead of resumed")
 
         # Nothing lost, nothing applied twice.

@@ -7,8 +7,6 @@ load balancer - and started again on the same port once the agent noticed, sever
 end the agent must have applied every event exactly once, each resource's events in sequence order.
 """
 
-import collections
-import re
 import unittest
 
 import harness as h
@@ -30,30 +28,6 @@ class Via:
         self.port, self.users, self.tls = port, users, tls
 
 
-def applied_lines(path):
-    return h.read_text(path).splitlines()
-
-
-class LineCounter:
-    """Counts the lines of a file that only grows, reading just what was appended (cheap enough to
-    poll every millisecond)."""
-
-    def __init__(self, path):
-        self.path, self.offset, self.lines = path, 0, 0
-
-    def __call__(self):
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return 0
-        end = chunk.rfind(b"\n") + 1  # count complete lines only
-        self.lines += chunk.count(b"\n", 0, end)
-        self.offset += end
-        return self.lines
-
-
 class DeliveryFaultsTest(h.IntegrationTestCase):
 
     def test_exactly_once_in_order_across_proxy_kills(self):
@@ -67,7 +41,7 @@ class DeliveryFaultsTest(h.IntegrationTestCase):
                                  wait=False)
         opened = rf"Event stream to 127\.0\.0\.1:{proxy.port} opened"
 
-        applied = LineCounter(event_log)
+        applied = h.LineCounter(event_log)
         cut_counts = []
         for i in range(CUTS):
             threshold = applied() + CUT_AFTER
@@ -88,29 +62,7 @@ class DeliveryFaultsTest(h.IntegrationTestCase):
         self.assertAlive(agent)
 
         # -- the agent's event log: exactly once, in order per resource ---------------------------
-        lines = applied_lines(event_log)
-        self.assertEqual(len(lines), TOTAL, f"applied-event lines (cuts at {cut_counts})")
-        seqs = collections.defaultdict(list)
-        eventids = collections.Counter()
-        for line in lines:
-            resourceid, eventid, typ = line.split(" ")
-            self.assertEqual(typ, "create", line)
-            m = re.fullmatch(re.escape(resourceid) + r"_(\d+)", eventid)
-            self.assertIsNotNone(m, f"eventid is not <resourceid>_<seq>: {line!r}")
-            self.assertRegex(resourceid, r"^app-\d+_", line)
-            eventids[eventid] += 1
-            seqs[resourceid].append(int(m.group(1)))
-        dups = {e: n for e, n in eventids.items() if n > 1}
-        self.assertEqual(dups, {}, "events applied more than once")
-        self.assertEqual(len(eventids), TOTAL)
-        self.assertEqual(len(seqs), RESOURCES, sorted(seqs))
-        for resourceid, s in seqs.items():
-            out_of_order = [(a, b) for a, b in zip(s, s[1:]) if b <= a]
-            self.assertEqual(out_of_order, [], f"{resourceid}: sequence numbers not increasing")
-            self.assertEqual(len(s), TOTAL // RESOURCES, resourceid)
-        all_seqs = sorted(x for s in seqs.values() for x in s)
-        self.assertEqual(all_seqs, list(range(all_seqs[0], all_seqs[0] + TOTAL)),
-                         "the global sequence numbers are not one contiguous run")
+        h.assert_converged(self, event_log, TOTAL, RESOURCES, f"(cuts at {cut_counts})")
 
         # -- each cut was seen and followed by a reconnect ----------------------------------------
         closed = agent.count(r"Stream closed after \d+ms")

@@ -117,7 +117,7 @@ class GeneratedKeyCustodyTest(h.IntegrationTestCase):
         _, new_pid, st = self.principal.kill9_and_await_restart(
             "auth", before={"generation": gen, "pid": pid})
         self.assertEqual(h.worker(st, "auth")["pid"], new_pid, st)
-        self.assertEqual(h.worker(st, "listener")["generation"], 1, st)
+        self.assertEqual(h.worker(st, "listener-1")["generation"], 1, st)
 
         # The new generation re-used the key instead of generating one.
         self.principal.wait_log(rf"\[principal/auth {new_pid} g2\] INSECURE: re-using the JWT "
@@ -147,8 +147,8 @@ class GeneratedKeyCustodyTest(h.IntegrationTestCase):
         self.assertEqual(h.worker(agent.status(), "transport")["generation"], 1)
 
         # A restarted listener reads jwt.pub again and accepts the pre-kill access token too.
-        self.principal.ctl("restart", "listener")
-        self.principal.wait_log(r"worker listener \(pid \d+, generation 2\) is ready")
+        self.principal.ctl("restart", "listener-1")
+        self.principal.wait_log(r"worker listener-1 \(pid \d+, generation 2\) is ready")
         self.principal.wait_all_ready()
         self.assert_subscribe_accepted(access, "the pre-kill access token, on listener generation 2")
 
@@ -182,7 +182,7 @@ class BadJwtKeyTest(h.IntegrationTestCase):
                       text)
         self.assertIn("all workers stopped; exiting 78", text)
         # Auth never became ready, so the listener never started; the runtime dir is gone.
-        self.assertNotIn("started worker listener", text)
+        self.assertNotIn("started worker listener-1", text)
         self.assertNotRegex(text, r"worker auth \(pid \d+, generation \d+\) is ready")
         self.assertEqual([n for n in os.listdir(self.tmp) if n.startswith("argocd-agent-")], [])
 

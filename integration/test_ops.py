@@ -133,7 +133,7 @@ class OpsTest(h.IntegrationTestCase):
                                agent_name="agent-b"), 1, body)
         self.assertEqual(value(samples, "aa_worker_restarts_total", role="heartbeat",
                                cause="signal"), 1, body)
-        self.assertIsNone(value(samples, "aa_worker_restarts_total", role="listener",
+        self.assertIsNone(value(samples, "aa_worker_restarts_total", role="listener-1",
                                 cause="signal"), body)
         self.assertEqual(value(samples, "aa_worker_up", role="heartbeat"), 1, body)
         self.assertEqual(value(samples, "aa_agent_state", agent_name="agent-a", state="connected"),

@@ -29,7 +29,7 @@ class RestartCtlTest(h.IntegrationTestCase):
             rf"worker auth \(pid {after['pid']}, generation {after['generation']}\) is ready")
         # The other workers were left alone.
         st = self.principal.status()
-        for role in ("cache", "heartbeat", "listener"):
+        for role in ("cache", "heartbeat", "listener-1"):
             self.assertEqual(h.worker(st, role)["generation"], 1, st)
         # And the new worker answers.
         res = h.authenticate(self.principal.port, "agent1", "secret-1", tls=False)
@@ -38,14 +38,14 @@ class RestartCtlTest(h.IntegrationTestCase):
     def test_log_level(self):
         r = self.principal.ctl("log-level", "listener", "debug")
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.principal.wait_log(r"\[principal/listener \d+ g1\] log level set to debug", timeout=5)
+        self.principal.wait_log(r"\[principal/listener-1 \d+ g1\] log level set to debug", timeout=5)
 
         bad = self.principal.ctl("log-level", "listener", "verbose", check=False)
         self.assertNotEqual(bad.returncode, 0)
         self.assertIn("verbose", bad.stderr)
         self.assertRegex(bad.stderr, r"invalid level")
         self.assertTrue(self.principal.alive())
-        self.assertEqual(self.principal.worker("listener")["state"], "READY")
+        self.assertEqual(self.principal.worker("listener-1")["state"], "READY")
 
     def test_restart_unknown_worker(self):
         before = self.principal.status()

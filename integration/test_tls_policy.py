@@ -58,7 +58,7 @@ class TlsPolicyTest(h.IntegrationTestCase):
     def assertListenerUnharmed(self, principal):
         if not principal.alive():
             return  # the test already failed on that
-        w = principal.worker("listener")
+        w = principal.worker("listener-1")
         self.assertEqual((w["generation"], w["restarts"]), (1, 0), w)
 
     def assertHandshake(self, port, *args, proto=None, cipher=None):

@@ -27,6 +27,7 @@ struct AgentInfo {
   heartbeats @5 :UInt64;
   unacknowledged @6 :UInt64;    # events sent or queued, not yet ACKed
   heartbeatRttUs @7 :UInt64;    # the agent's last measured heartbeat round trip (0: unknown)
+  listener @8 :Text;            # the listener worker holding its stream ("" when disconnected)
 }
 
 struct Label {
@@ -51,7 +52,8 @@ struct Sample {
 interface Observe {
   status @0 () -> (side :Text, supervisorPid :Int32, version :Text, workers :List(WorkerStatus));
   agents @1 () -> (agents :List(AgentInfo));
-  # The principal's per-agent liveness view (from its listener worker).
+  # The principal's per-agent view: liveness from the heartbeat worker, unacknowledged events from
+  # the cache worker.
   samples @2 () -> (samples :List(Sample));
   # Every worker's samples plus the supervisor's own (restarts by role and cause).
   health @3 () -> (ready :Bool, reason :Text);

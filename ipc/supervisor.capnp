@@ -32,12 +32,13 @@ interface Worker {
   # stream to the principal open. Other roles serve while they run. Feeds the side's /healthz.
 }
 
-interface ListenerWorker extends(Worker) {
-  # The bootstrap of a principal's listener worker: what only a listener can answer. The
-  # supervisor reaches it by casting that worker's Worker capability.
+interface AgentsWorker extends(Worker) {
+  # The bootstrap of a worker that keeps per-agent state (the principal's heartbeat worker:
+  # liveness; its cache worker: unacknowledged events). The supervisor reaches it by casting that
+  # worker's Worker capability and merges the answers.
 
   agents @0 () -> (agents :List(Obs.AgentInfo));
-  # Every agent the listener has a session for.
+  # Every agent the worker keeps state for (fields it does not keep are left at their defaults).
 }
 
 interface Supervisor {

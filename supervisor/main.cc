@@ -131,11 +131,16 @@ int supervisorMain(Side side, int argc, char** argv) {
       runtime.dir = runtimeDir;
 
       kj::AutoCloseFd reservation;
-      kj::AutoCloseFd serviceSocket;
+      std::vector<kj::AutoCloseFd> sockets;  // one per service worker, bound once (fd 4)
+      std::map<std::string, int> serviceSockets;
       if (side == Side::kPrincipal) {
         reservation = reservePort(config.principal.listenHost, config.principal.listenPort,
                                   runtime.listenPort);
-        serviceSocket = unix_socket::listenPrivate(runtimeDir + "/auth.sock");
+      }
+      for (const auto& spec : workerSpecs(side)) {
+        if (!spec.serviceSocket) continue;
+        sockets.push_back(unix_socket::listenPrivate(runtimeDir + "/" + spec.role + ".sock"));
+        serviceSockets[spec.role] = sockets.back().get();
       }
       kj::AutoCloseFd control;
       try {
@@ -149,8 +154,7 @@ int supervisorMain(Side side, int argc, char** argv) {
       spdlog::info("Control socket: {}", config.common.controlSocket);
 
       auto io = kj::setupAsyncIo();
-      Supervisor supervisor(config, runtime, args, io,
-                            serviceSocket.get() >= 0 ? serviceSocket.get() : -1);
+      Supervisor supervisor(config, runtime, args, io, serviceSockets);
       ControlServer controlServer(supervisor, io, kj::mv(control));
       auto controlLoop = controlServer.run().eagerlyEvaluate([](kj::Exception&& e) {
         spdlog::error("control socket failed: {}", e.getDescription().cStr());

@@ -29,8 +29,8 @@ const std::vector<WorkerSpec>& workerSpecs(Side side) {
   // The listener waits for auth's first READY: it verifies tokens with the jwt.pub that auth
   // writes (only auth holds the private key).
   static const std::vector<WorkerSpec> principal = {{"auth", true, true},
-                                                    {"cache", false, false},
-                                                    {"heartbeat", false, false},
+                                                    {"cache", false, true},
+                                                    {"heartbeat", false, true},
                                                     {"listener", true, false, "auth"},
                                                     {"ops", false, false}};
   static const std::vector<WorkerSpec> agent = {{"cache", false, false},
@@ -39,6 +39,34 @@ const std::vector<WorkerSpec>& workerSpecs(Side side) {
                                                 {"ops", false, false}};
   return side == Side::kPrincipal ? principal : agent;
 }
+
+std::vector<WorkerSpec> workerSlots(const Config& config) {
+  std::vector<WorkerSpec> out;
+  for (const auto& spec : workerSpecs(config.side)) {
+    if (spec.role != "listener") {
+      out.push_back(spec);
+      continue;
+    }
+    int n = listenerWorkers(config.principal);
+    for (int i = 1; i <= n; ++i) {
+      WorkerSpec s = spec;
+      s.role = "listener-" + std::to_string(i);
+      out.push_back(s);
+    }
+  }
+  return out;
+}
+
+namespace {
+// One agent's row of `argocd-agentctl agents`, merged from the heartbeat and cache workers.
+struct AgentRow {
+  std::string state, listener;
+  uint64_t connectedSinceMs = 0, lastHeardMs = 0, heartbeats = 0, heartbeatRttUs = 0;
+  uint64_t unacknowledged = 0;
+  uint32_t streams = 0;
+};
+bool isListener(const std::string& role) { return role.rfind("listener-", 0) == 0; }
+}  // namespace
 
 struct Supervisor::Slot {
   WorkerSpec spec;
@@ -113,19 +141,19 @@ class Supervisor::LinkImpl final : public ipc::Supervisor::Server {
 };
 
 Supervisor::Supervisor(const Config& config, RuntimeInfo runtime, std::vector<std::string> args,
-                       kj::AsyncIoContext& io, int serviceSocket)
+                       kj::AsyncIoContext& io, std::map<std::string, int> serviceSockets)
     : config_(config),
       runtime_(std::move(runtime)),
       args_(std::move(args)),
       io_(io),
       timer_(io.provider->getTimer()),
-      serviceSocket_(serviceSocket),
+      serviceSockets_(std::move(serviceSockets)),
       tasks_(*this) {}
 
 Supervisor::~Supervisor() = default;
 
 kj::Promise<int> Supervisor::run() {
-  for (const auto& spec : workerSpecs(config_.side)) {
+  for (const auto& spec : workerSlots(config_)) {
     auto slot = kj::heap<Slot>();
     slot->spec = spec;
     slots_.push_back(kj::mv(slot));
@@ -189,6 +217,16 @@ Supervisor::Slot* Supervisor::find(const std::string& role) {
   return nullptr;
 }
 
+std::vector<Supervisor::Slot*> Supervisor::matching(const std::string& role) {
+  std::vector<Slot*> out;
+  for (auto& s : slots_) {
+    if (s->spec.role == role || (role == "listener" && isListener(s->spec.role))) {
+      out.push_back(s.get());
+    }
+  }
+  return out;
+}
+
 kj::Promise<void> Supervisor::onTimer(kj::Duration delay, Slot& slot, unsigned generation,
                                       kj::Function<void()> fn) {
   // The slot owns the returned promise and apply() may drop it; a continuation must not destroy
@@ -221,7 +259,9 @@ void Supervisor::spawn(Slot& slot) {
               "--"};
   req.argv.insert(req.argv.end(), args_.begin(), args_.end());
   req.supervisorLinkFd = childEnd.get();
-  req.serviceSocketFd = slot.spec.serviceSocket ? serviceSocket_ : -1;
+  auto socket = serviceSockets_.find(slot.spec.role);
+  req.serviceSocketFd =
+      slot.spec.serviceSocket && socket != serviceSockets_.end() ? socket->second : -1;
   slot.pid = spawnWorker(req);
   childEnd = nullptr;
 
@@ -440,14 +480,64 @@ kj::Promise<void> Supervisor::fillStatus(ipc::Observe::StatusResults::Builder re
 }
 
 kj::Promise<void> Supervisor::fillAgents(ipc::Observe::AgentsResults::Builder results) {
-  Slot* slot = find("listener");
-  if (slot == nullptr) return kj::READY_NOW;  // the agent side has no per-agent view
-  KJ_IF_MAYBE (link, slot->link) {
-    auto listener = (*link)->worker.castAs<ipc::ListenerWorker>();
-    return timer_.timeoutAfter(kDescribeDeadline, listener.agentsRequest().send())
-        .then([results](auto r) mutable { results.setAgents(r.getAgents()); });
+  // Liveness is the heartbeat worker's, unacknowledged events the cache worker's: merged by name.
+  if (config_.side != Side::kPrincipal) return kj::READY_NOW;  // no per-agent view there
+  struct Merged {
+    std::map<std::string, AgentRow> rows;
+    bool heard = false;
+  };
+  auto merged = kj::heap<Merged>();
+  kj::Vector<kj::Promise<void>> asks;
+  for (const char* role : {"heartbeat", "cache"}) {
+    Slot* slot = find(role);
+    if (slot == nullptr) continue;
+    KJ_IF_MAYBE (link, slot->link) {
+      auto worker = (*link)->worker.castAs<ipc::AgentsWorker>();
+      bool liveness = std::string(role) == "heartbeat";
+      asks.add(timer_.timeoutAfter(kDescribeDeadline, worker.agentsRequest().send())
+                   .then(
+                       [&m = *merged, liveness](auto r) {
+                         if (liveness) m.heard = true;
+                         for (auto a : r.getAgents()) {
+                           AgentRow& row = m.rows[a.getName()];
+                           if (liveness) {
+                             row.state = a.getState();
+                             row.listener = a.getListener();
+                             row.connectedSinceMs = a.getConnectedSinceMs();
+                             row.lastHeardMs = a.getLastHeardMs();
+                             row.heartbeats = a.getHeartbeats();
+                             row.heartbeatRttUs = a.getHeartbeatRttUs();
+                           } else {
+                             // The cache worker's counts outlive listener and heartbeat restarts.
+                             row.unacknowledged = a.getUnacknowledged();
+                             row.streams = a.getStreams();
+                           }
+                         }
+                       },
+                       [](kj::Exception&&) {}));
+    }
   }
-  return KJ_EXCEPTION(DISCONNECTED, "the listener is not running");
+  return kj::joinPromises(asks.releaseAsArray())
+      .then([results, merged = kj::mv(merged)]() mutable -> kj::Promise<void> {
+        if (!merged->heard) {
+          return KJ_EXCEPTION(DISCONNECTED, "the heartbeat worker is not running");
+        }
+        auto list = results.initAgents(merged->rows.size());
+        size_t i = 0;
+        for (const auto& [name, row] : merged->rows) {
+          auto a = list[i++];
+          a.setName(name);
+          a.setState(row.state.empty() ? "disconnected" : row.state);
+          a.setListener(row.listener);
+          a.setConnectedSinceMs(row.connectedSinceMs);
+          a.setLastHeardMs(row.lastHeardMs);
+          a.setStreams(row.streams);
+          a.setHeartbeats(row.heartbeats);
+          a.setHeartbeatRttUs(row.heartbeatRttUs);
+          a.setUnacknowledged(row.unacknowledged);
+        }
+        return kj::READY_NOW;
+      });
 }
 
 ipc::Observe::Client Supervisor::observer() {
@@ -536,7 +626,7 @@ kj::Promise<void> Supervisor::fillHealth(ipc::Observe::HealthResults::Builder re
   results.setReason("no " + role + " worker is running");
   kj::Vector<kj::Promise<void>> asks;
   for (auto& s : slots_) {
-    if (s->spec.role != role) continue;
+    if (s->spec.role != role && !(role == "listener" && isListener(s->spec.role))) continue;
     if (s->machine.state() != WorkerState::kReady) {
       results.setReason("worker " + role + " is " + std::string(toString(s->machine.state())));
       continue;
@@ -560,15 +650,20 @@ kj::Promise<void> Supervisor::fillHealth(ipc::Observe::HealthResults::Builder re
 }
 
 std::string Supervisor::restart(const std::string& role) {
-  Slot* slot = find(role);
-  if (slot == nullptr) return "no worker named \"" + role + "\"";
+  auto slots = matching(role);
+  if (slots.empty()) return "no worker named \"" + role + "\"";
   if (shuttingDown_) return "the supervisor is shutting down";
-  if (slot->machine.generation() == 0 && !slot->spec.startAfter.empty()) {
-    return "worker " + role + " starts once worker " + slot->spec.startAfter + " is ready";
+  for (Slot* slot : slots) {
+    if (slot->machine.generation() == 0 && !slot->spec.startAfter.empty()) {
+      return "worker " + slot->spec.role + " starts once worker " + slot->spec.startAfter +
+             " is ready";
+    }
   }
-  spdlog::info("control: restart of worker {} requested", role);
-  slot->restartsByCause["requested"]++;
-  apply(*slot, WorkerEvent::kRestart);
+  for (Slot* slot : slots) {
+    spdlog::info("control: restart of worker {} requested", slot->spec.role);
+    slot->restartsByCause["requested"]++;
+    apply(*slot, WorkerEvent::kRestart);
+  }
   return "";
 }
 
@@ -582,18 +677,32 @@ kj::Promise<std::string> Supervisor::setLogLevel(const std::string& role,
     log::setLevel(level);
     return std::string();
   }
-  Slot* slot = find(role);
-  if (slot == nullptr) return "no worker named \"" + role + "\"";
-  KJ_IF_MAYBE (link, slot->link) {
-    auto req = (*link)->worker.setLogLevelRequest();
-    req.setLevel(level);
-    return timer_.timeoutAfter(kDescribeDeadline, req.send())
-        .then([](auto r) { return r.getOk() ? std::string() : std::string(r.getMessage().cStr()); },
-              [role](kj::Exception&& e) {
-                return "worker " + role + " did not answer: " + e.getDescription().cStr();
-              });
+  auto slots = matching(role);
+  if (slots.empty()) return "no worker named \"" + role + "\"";
+  auto problems = kj::heap<std::string>();
+  kj::Vector<kj::Promise<void>> asks;
+  for (Slot* slot : slots) {
+    std::string name = slot->spec.role;
+    KJ_IF_MAYBE (link, slot->link) {
+      auto req = (*link)->worker.setLogLevelRequest();
+      req.setLevel(level);
+      asks.add(timer_.timeoutAfter(kDescribeDeadline, req.send())
+                   .then(
+                       [&p = *problems](auto r) {
+                         if (!r.getOk())
+                           p += (p.empty() ? "" : "; ") + std::string(r.getMessage().cStr());
+                       },
+                       [&p = *problems, name](kj::Exception&& e) {
+                         p += (p.empty() ? "" : "; ") +
+                              ("worker " + name + " did not answer: " + e.getDescription().cStr());
+                       }));
+    } else {
+      *problems += (problems->empty() ? "" : "; ") + ("worker " + name + " is not running");
+    }
   }
-  return "worker " + role + " is not running";
+  return kj::joinPromises(asks.releaseAsArray()).then([problems = kj::mv(problems)]() {
+    return std::string(*problems);
+  });
 }
 
 }  // namespace aa

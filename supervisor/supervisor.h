@@ -26,12 +26,15 @@ namespace aa {
 struct WorkerSpec {
   std::string role;
   bool critical;       // a FAILED critical worker stops the whole side (exit 78)
-  bool serviceSocket;  // inherits the pre-bound Unix service socket at fd 4 (ipc/auth.capnp)
+  bool serviceSocket;  // inherits its pre-bound Unix service socket <role>.sock at fd 4
   // Started only once this role has been READY ("" = at start-up): the listener needs jwt.pub,
   // which the auth worker writes before it reports ready.
   std::string startAfter = "";
 };
 const std::vector<WorkerSpec>& workerSpecs(Side side);
+// The workers a side runs: workerSpecs with the listener expanded into --listener-workers
+// workers named listener-1 ... listener-N.
+std::vector<WorkerSpec> workerSlots(const Config& config);
 
 // What the supervisor prepared before forking, passed to every worker on its command line.
 struct RuntimeInfo {
@@ -43,9 +46,9 @@ struct RuntimeInfo {
 class Supervisor final : private kj::TaskSet::ErrorHandler {
  public:
   // `args` are the user's arguments after the sub-command, handed to workers verbatim.
-  // `serviceSocket` is the pre-bound Unix socket for service workers (-1 if none).
+  // `serviceSockets`: the pre-bound Unix socket of each service worker, by role.
   Supervisor(const Config& config, RuntimeInfo runtime, std::vector<std::string> args,
-             kj::AsyncIoContext& io, int serviceSocket);
+             kj::AsyncIoContext& io, std::map<std::string, int> serviceSockets);
   ~Supervisor();
 
   // Starts all workers and runs until SIGTERM/SIGINT (resolves 0 after an orderly stop) or a
@@ -54,7 +57,8 @@ class Supervisor final : private kj::TaskSet::ErrorHandler {
 
   // For the control server.
   kj::Promise<void> fillStatus(ipc::Observe::StatusResults::Builder results);
-  std::string restart(const std::string& role);  // "" on success, else the reason
+  // `role` names a worker, or "listener" for all listener workers. "" on success, else why not.
+  std::string restart(const std::string& role);
   kj::Promise<std::string> setLogLevel(const std::string& role, const std::string& level);
   kj::Promise<void> fillAgents(ipc::Observe::AgentsResults::Builder results);
   kj::Promise<void> fillSamples(ipc::Observe::SamplesResults::Builder results);
@@ -77,6 +81,7 @@ class Supervisor final : private kj::TaskSet::ErrorHandler {
   void beginShutdown(int exitCode, const char* why);
   kj::Promise<void> stopInReverse(size_t remaining);
   Slot* find(const std::string& role);
+  std::vector<Slot*> matching(const std::string& role);  // a worker, or "listener": all of them
   void taskFailed(kj::Exception&& e) override;
 
   const Config& config_;
@@ -84,7 +89,7 @@ class Supervisor final : private kj::TaskSet::ErrorHandler {
   std::vector<std::string> args_;
   kj::AsyncIoContext& io_;
   kj::Timer& timer_;
-  int serviceSocket_;
+  std::map<std::string, int> serviceSockets_;
   std::vector<kj::Own<Slot>> slots_;
   kj::TaskSet tasks_;
   bool shuttingDown_ = false;

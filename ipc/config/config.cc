@@ -5,11 +5,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "ipc/config/duration.h"
 #include "ipc/config/tls_policy.h"
@@ -282,17 +284,21 @@ std::vector<Option> principalOptions(Config& c) {
       durationOpt("agent-disconnect-after", "ARGOCD_PRINCIPAL_AGENT_DISCONNECT_AFTER",
                   "close the stream of an agent silent for this long (0: never)",
                   &p.agentDisconnectAfter),
+      intOpt("listener-workers", "ARGOCD_PRINCIPAL_LISTENER_WORKERS",
+             "listener processes sharing the port, each holding its share of the agents (0: one "
+             "per two cores, 1 to 4)",
+             &p.listenerWorkers, 0, 64),
+      intOpt("listener-threads", "ARGOCD_PRINCIPAL_LISTENER_THREADS",
+             "serving threads per listener process (0: the cores left per listener, at least 1)",
+             &p.listenerThreads, 0, 64),
       Option{"synthetic-events", 0, "ARGOCD_PRINCIPAL_SYNTHETIC_EVENTS",
-             "test/benchmark source: COUNT:RESOURCES:BYTES create events queued for each agent "
-             "on its first subscribe",
+             "test/benchmark source: COUNT:RESOURCES:BYTES[:AGENT-PREFIX] create events queued "
+             "for each agent (whose name starts with AGENT-PREFIX) on its first subscribe",
              "", false,
              [&p](const std::string& v) -> std::optional<BadValue> {
-               size_t a = v.find(':'), b = v.rfind(':');
-               bool ok = a != std::string::npos && b != a && a > 0 && b > a + 1 &&
-                         b + 1 < v.size() &&
-                         v.find_first_not_of("0123456789:") == std::string::npos &&
-                         v.substr(a + 1, b - a - 1).find_first_not_of('0') != std::string::npos;
-               if (!ok) return BadValue{"must be COUNT:RESOURCES:BYTES, e.g. 1000:10:1024"};
+               if (!parseSyntheticSpec(v)) {
+                 return BadValue{"must be COUNT:RESOURCES:BYTES[:AGENT-PREFIX], e.g. 1000:10:1024"};
+               }
                p.syntheticEvents = v;
                return std::nullopt;
              }},
@@ -376,6 +382,7 @@ const char* areaOf(const std::string& name) {
     return "Keepalive and liveness";
   }
   if (name == "grpc-max-message-size" || name == "send-queue-size") return "Delivery";
+  if (starts("listener-")) return "Connection";
   if (starts("log-") || name == "event-log") return "Logging";
   if (name == "metrics-port" || name == "healthz-port") return "Health and metrics";
   if (name == "synthetic-events") return "Testing";
@@ -701,6 +708,53 @@ std::string readConfigFile(const std::string& path) {
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+int listenerWorkersFor(unsigned cores) {
+  return static_cast<int>(std::clamp<unsigned>(cores / 2, 1, 4));
+}
+int listenerThreadsFor(unsigned cores, int workers) {
+  return std::max(1, static_cast<int>(cores) / std::max(1, workers));
+}
+int listenerWorkers(const PrincipalConfig& p) {
+  return p.listenerWorkers > 0 ? p.listenerWorkers
+                               : listenerWorkersFor(std::thread::hardware_concurrency());
+}
+int listenerThreads(const PrincipalConfig& p) {
+  return p.listenerThreads > 0
+             ? p.listenerThreads
+             : listenerThreadsFor(std::thread::hardware_concurrency(), listenerWorkers(p));
+}
+
+std::optional<SyntheticSpec> parseSyntheticSpec(const std::string& spec) {
+  SyntheticSpec s;
+  std::string text = spec;
+  size_t c1 = text.find(':');
+  size_t c2 = c1 == std::string::npos ? c1 : text.find(':', c1 + 1);
+  size_t c3 = c2 == std::string::npos ? c2 : text.find(':', c2 + 1);
+  if (c3 != std::string::npos) {
+    s.agentPrefix = text.substr(c3 + 1);
+    text.resize(c3);
+    if (s.agentPrefix.empty() ||
+        s.agentPrefix.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789.-") !=
+            std::string::npos) {
+      return std::nullopt;
+    }
+  }
+  uint64_t v[3];
+  size_t pos = 0;
+  for (int i = 0; i < 3; ++i) {
+    size_t end = i < 2 ? text.find(':', pos) : text.size();
+    if (end == std::string::npos) return std::nullopt;
+    auto [p, ec] = std::from_chars(text.data() + pos, text.data() + end, v[i]);
+    if (ec != std::errc() || p != text.data() + end) return std::nullopt;
+    pos = end + 1;
+  }
+  if (v[1] == 0 || v[2] > 64 * 1024 * 1024) return std::nullopt;
+  s.count = v[0];
+  s.resources = v[1];
+  s.bytes = v[2];
+  return s;
 }
 
 }  // namespace aa

@@ -57,7 +57,28 @@ struct PrincipalConfig {
   std::string syntheticEvents;  // COUNT:RESOURCES:BYTES test/benchmark source ("" = off)
   std::chrono::nanoseconds agentStaleAfter{0};       // silence that marks an agent stale (0: off)
   std::chrono::nanoseconds agentDisconnectAfter{0};  // silence that closes its stream (0: off)
+  int listenerWorkers = 0;  // listener processes sharing the port (0: listenerWorkersFor(cores))
+  int listenerThreads = 0;  // serving threads per listener (0: listenerThreadsFor(cores, N))
 };
+
+// --synthetic-events=COUNT:RESOURCES:BYTES[:AGENT-PREFIX] (the test/benchmark source; the
+// principal's cache worker runs it, workers/common/synthetic.h).
+struct SyntheticSpec {
+  uint64_t count = 0;
+  uint64_t resources = 1;
+  size_t bytes = 1024;
+  std::string agentPrefix;  // only agents whose name starts with it ("" = every agent)
+};
+// nullopt when malformed.
+std::optional<SyntheticSpec> parseSyntheticSpec(const std::string& text);
+
+// The defaults of --listener-workers and --listener-threads: one listener per two cores (1 to
+// 4), and as many serving threads per listener as that leaves cores (at least one).
+int listenerWorkersFor(unsigned cores);
+int listenerThreadsFor(unsigned cores, int workers);
+// The resolved values for this machine.
+int listenerWorkers(const PrincipalConfig& p);
+int listenerThreads(const PrincipalConfig& p);
 
 struct AgentConfig {
   std::string serverAddress;

@@ -350,6 +350,8 @@ class FlagTableTest : public ConfigTest {
          "/tmp/" + std::string(120, 's') + ".sock"},
         {"shutdown-timeout", "ARGOCD_PRINCIPAL_SHUTDOWN_TIMEOUT", "10s", "3s", "3"},
         {"synthetic-events", "ARGOCD_PRINCIPAL_SYNTHETIC_EVENTS", "", "10:2:64", "10"},
+        {"listener-workers", "ARGOCD_PRINCIPAL_LISTENER_WORKERS", "0", "3", "65"},
+        {"listener-threads", "ARGOCD_PRINCIPAL_LISTENER_THREADS", "0", "2", "-1"},
     };
   }
   std::vector<FlagRow> agentRows() {

@@ -27,11 +27,14 @@ const char kUsage[] =
     "Commands:\n"
     "  status [--json]             table of workers: role, pid, state, generation, restarts,\n"
     "                              uptime, last exit\n"
-    "  restart <worker>            restart one worker (e.g. auth, listener, transport)\n"
-    "  log-level <worker> <level>  change a worker's log level (or 'supervisor')\n"
+    "  restart <worker>            restart one worker (e.g. auth, listener-2, transport;\n"
+    "                              'listener' restarts every listener worker)\n"
+    "  log-level <worker> <level>  change a worker's log level (or 'supervisor';\n"
+    "                              'listener' for every listener worker)\n"
     "  agents [--json]             principal: per agent, state (connected, stale,\n"
-    "                              disconnected), connected since, last heard, streams,\n"
-    "                              heartbeats, unacknowledged events\n"
+    "                              disconnected), the listener holding its stream,\n"
+    "                              connected since, last heard, streams, heartbeats,\n"
+    "                              unacknowledged events\n"
     "  hash-password               read a password on stdin, print a bcrypt hash for a\n"
     "                              userpass file\n\n"
     "Without --socket (or ARGOCD_AGENT_CONTROL_SOCKET), the single argocd-agent-*.sock in\n"
@@ -111,11 +114,11 @@ int run(const std::string& socketPath, const std::vector<std::string>& cmd) {
     }
     printf("%s (supervisor pid %d, version %s)\n", r.getSide().cStr(), r.getSupervisorPid(),
            r.getVersion().cStr());
-    printf("%-10s %-8s %-9s %-4s %-8s %-9s %-22s %s\n", "ROLE", "PID", "STATE", "GEN", "RESTARTS",
+    printf("%-11s %-8s %-9s %-4s %-8s %-9s %-22s %s\n", "ROLE", "PID", "STATE", "GEN", "RESTARTS",
            "UPTIME", "LAST EXIT", "DETAIL");
     for (auto w : r.getWorkers()) {
       std::string lastExit = w.getLastExit().size() ? w.getLastExit().cStr() : "-";
-      printf("%-10s %-8d %-9s %-4u %-8u %-9s %-22s %s\n", w.getRole().cStr(), w.getPid(),
+      printf("%-11s %-8d %-9s %-4u %-8u %-9s %-22s %s\n", w.getRole().cStr(), w.getPid(),
              w.getState().cStr(), w.getGeneration(), w.getRestarts(),
              formatUptime(w.getUptimeMs()).c_str(), lastExit.c_str(), w.getDetail().cStr());
     }
@@ -129,6 +132,7 @@ int run(const std::string& socketPath, const std::vector<std::string>& cmd) {
       for (auto a : r.getAgents()) {
         j.push_back({{"name", a.getName().cStr()},
                      {"state", a.getState().cStr()},
+                     {"listener", a.getListener().cStr()},
                      {"connectedSinceMs", a.getConnectedSinceMs()},
                      {"lastHeardMs", a.getLastHeardMs()},
                      {"streams", a.getStreams()},
@@ -140,11 +144,12 @@ int run(const std::string& socketPath, const std::vector<std::string>& cmd) {
       std::cout << j.dump(2) << "\n";
       return 0;
     }
-    printf("%-24s %-13s %-10s %-11s %-10s %-11s %-10s %s\n", "AGENT", "STATE", "CONNECTED",
-           "LAST HEARD", "RECONNECTS", "HEARTBEATS", "HB RTT", "UNACKED");
+    printf("%-24s %-13s %-11s %-10s %-11s %-10s %-11s %-10s %s\n", "AGENT", "STATE", "LISTENER",
+           "CONNECTED", "LAST HEARD", "RECONNECTS", "HEARTBEATS", "HB RTT", "UNACKED");
     for (auto a : r.getAgents()) {
-      printf("%-24s %-13s %-10s %-11s %-10u %-11lu %-10s %lu\n", a.getName().cStr(),
-             a.getState().cStr(), formatUptime(a.getConnectedSinceMs()).c_str(),
+      printf("%-24s %-13s %-11s %-10s %-11s %-10u %-11lu %-10s %lu\n", a.getName().cStr(),
+             a.getState().cStr(), a.getListener().size() ? a.getListener().cStr() : "-",
+             formatUptime(a.getConnectedSinceMs()).c_str(),
              (formatUptime(std::max<uint64_t>(a.getLastHeardMs(), 1)) + " ago").c_str(),
              a.getStreams() > 0 ? a.getStreams() - 1 : 0, a.getHeartbeats(),
              a.getHeartbeatRttUs() ? (std::to_string(a.getHeartbeatRttUs()) + "us").c_str() : "-",

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -126,10 +127,15 @@ struct Shared {
   std::string crashOn;
 };
 
+// Test fault switch (AA_TEST_FAULTS=1): SIGUSR2 delays every answer by AA_TEST_AUTH_DELAY_MS
+// (a slow auth worker, e.g. bcrypt on a starved machine), without blocking its threads.
+std::atomic<int> gAnswerDelayMs{0};
+
 class AuthImpl final : public ipc::Auth::Server {
  public:
-  explicit AuthImpl(std::shared_ptr<const Shared> shared)
-      : shared_(std::move(shared)),
+  AuthImpl(std::shared_ptr<const Shared> shared, kj::Timer& timer)
+      : timer_(timer),
+        shared_(std::move(shared)),
         config_(shared_->config),
         key_(shared_->key),
         users_(*shared_->users),
@@ -137,6 +143,28 @@ class AuthImpl final : public ipc::Auth::Server {
         crashOn_(shared_->crashOn) {}
 
   kj::Promise<void> authenticate(AuthenticateContext context) override {
+    if (int d = gAnswerDelayMs.load(); d > 0) {
+      return timer_.afterDelay(d * kj::MILLISECONDS).then([this, context]() mutable {
+        return authenticateNow(context);
+      });
+    }
+    return authenticateNow(context);
+  }
+
+  kj::Promise<void> refreshToken(RefreshTokenContext context) override {
+    if (int d = gAnswerDelayMs.load(); d > 0) {
+      return timer_.afterDelay(d * kj::MILLISECONDS).then([this, context]() mutable {
+        return refreshTokenNow(context);
+      });
+    }
+    return refreshTokenNow(context);
+  }
+
+ private:
+  kj::Timer& timer_;
+
+ public:
+  kj::Promise<void> authenticateNow(AuthenticateContext context) {
     auto req = context.getParams().getRequest();
     auto result = context.getResults().initResult();
     std::string mode = req.getMode();
@@ -242,7 +270,7 @@ class AuthImpl final : public ipc::Auth::Server {
     return kj::READY_NOW;
   }
 
-  kj::Promise<void> refreshToken(RefreshTokenContext context) override {
+  kj::Promise<void> refreshTokenNow(RefreshTokenContext context) {
     std::string token = context.getParams().getRefreshToken();
     auto result = context.getResults().initResult();
     auto now = std::chrono::system_clock::now();
@@ -326,7 +354,7 @@ class ServingThread {
   void run(std::shared_ptr<const Shared> shared) {
     kj::Maybe<kj::Exception> failed = kj::runCatchingExceptions([&]() {
       auto io = kj::setupAsyncIo();
-      capnp::TwoPartyServer server(kj::heap<AuthImpl>(std::move(shared)));
+      capnp::TwoPartyServer server(kj::heap<AuthImpl>(std::move(shared), io.provider->getTimer()));
       auto stop = kj::newPromiseAndCrossThreadFulfiller<void>();
       server_ = &server;
       lowLevel_ = io.lowLevelProvider.get();
@@ -393,6 +421,7 @@ class AuthRole final : public Role {
           spdlog::error("auth socket failed: {}", e.getDescription().cStr());
         });
     spdlog::debug("serving on {} thread(s)", n);
+    faultSwitch_ = watchFaultSwitch().eagerlyEvaluate(nullptr);
     return kj::READY_NOW;
   }
 
@@ -418,7 +447,19 @@ class AuthRole final : public Role {
     return observer_->whenBecomesReadable().then([this]() { return acceptLoop(); });
   }
 
+  kj::Promise<void> watchFaultSwitch() {
+    const char* on = getenv("AA_TEST_FAULTS");
+    const char* ms = getenv("AA_TEST_AUTH_DELAY_MS");
+    if (on == nullptr || std::string(on) != "1" || ms == nullptr) return kj::NEVER_DONE;
+    return env_.io.unixEventPort.onSignal(SIGUSR2).then([this, d = atoi(ms)](siginfo_t) {
+      gAnswerDelayMs = d;
+      spdlog::warn("fault switch: auth answers are delayed by {}ms", d);
+      return watchFaultSwitch();
+    });
+  }
+
   WorkerEnv& env_;
+  kj::Promise<void> faultSwitch_ = nullptr;
   size_t users_ = 0;
   size_t next_ = 0;
   kj::AutoCloseFd listenFd_;

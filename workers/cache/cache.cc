@@ -1,15 +1,346 @@
-// The cache worker (principal and agent). Today a supervised process skeleton only: it links to
-// the supervisor, answers the watchdog and reports ready. The Redis cache and Redis compression
-// (--redis-compression-type) are a later issue and are NOT implemented yet; see README.md.
+// The cache worker. Principal: every agent's delivery state (ipc/agentstate.capnp AgentStore),
+// so that listener workers own only live streams and a listener crash loses nothing
+// (ARCHITECTURE.md decision 17): per agent, the EventWriter of events not yet sent or not yet
+// acknowledged, the receive ledger that suppresses re-applied duplicates, the sink of applied
+// events (--event-log) and the synthetic source's position (--synthetic-events). In memory: a
+// crash of this worker loses that state (the Redis backend is a later issue, see README.md).
+// Agent side: a supervised skeleton (its Redis cache is a later issue too).
+//
+// Single-threaded: everything runs on the worker's KJ loop; one kj timer per waiting session.
+#include <map>
+
+#include <kj/debug.h>
+
+#include "eventstream.pb.h"
+#include "ipc/agentstate.capnp.h"
+#include "ipc/runtime/log.h"
+#include "workers/common/cloudevents.h"
 #include "workers/common/role.h"
+#include "workers/common/service_link.h"
+#include "workers/common/synthetic.h"
 
 namespace aa {
 namespace {
-class CacheRole final : public Role {
- public:
-  kj::Promise<void> start() override { return kj::READY_NOW; }
-  std::string describe() override { return "redis cache not implemented yet"; }
+
+using delivery::Clock;
+constexpr auto kIdleNext = 30 * kj::SECONDS;  // an empty answer keeps next() from ageing out
+constexpr uint32_t kMaxBatch = 1024;
+
+kj::Duration toKj(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count() * kj::NANOSECONDS;
+}
+
+class SessionImpl;
+
+struct AgentState {
+  AgentState(const std::string& n, const Config& c)
+      : name(n), writer(delivery::WriterOptions{static_cast<size_t>(c.common.sendQueueSize)}) {}
+  std::string name;
+  delivery::EventWriter writer;
+  delivery::ReceiveLedger ledger;
+  SessionImpl* session = nullptr;  // the newest stream's lease, if any
+  std::string listener;            // where that stream is
+  uint64_t sourceNext = 0;         // the synthetic source's position: next event to produce
+  uint32_t streams = 0;            // streams opened (reconnects + 1), across listener restarts
+  bool sourceStarted = false, sourceReported = false;
+  Clock::time_point sourceStart{};
 };
+
+class Store;
+
+class SessionImpl final : public ipc::AgentSession::Server {
+ public:
+  SessionImpl(Store& store, AgentState& agent) : store_(store), agent_(agent) {}
+  ~SessionImpl() noexcept(false);
+
+  kj::Promise<void> next(NextContext context) override;
+  kj::Promise<void> acked(AckedContext context) override;
+  kj::Promise<void> received(ReceivedContext context) override;
+
+  // Something may be due now (an ACK freed a resource, the source produced, a re-send is due).
+  void kick();
+  void supersede() {
+    superseded_ = true;
+    wake();
+  }
+
+ private:
+  bool fill(ipc::AgentSession::NextResults::Builder results, uint32_t max);
+  void wake() {
+    KJ_IF_MAYBE (f, waiting_) {
+      (*f)->fulfill();
+      waiting_ = nullptr;
+    }
+  }
+  Store& store_;
+  AgentState& agent_;
+  bool superseded_ = false;
+  kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> waiting_;
+};
+
+class StoreImpl;
+
+class Store {
+ public:
+  Store(const Config& config, kj::Timer& timer)
+      : config_(config), timer_(timer), sink_(config.common.eventLog) {
+    if (!config.principal.syntheticEvents.empty()) {
+      synthetic_ = delivery::parseSyntheticSpec(config.principal.syntheticEvents);
+    }
+  }
+
+  kj::Timer& timer() { return timer_; }
+  delivery::MemorySink& sink() { return sink_; }
+
+  AgentState& agent(const std::string& name) {
+    auto& a = agents_[name];
+    if (!a) a = std::make_unique<AgentState>(name, config_);
+    return *a;
+  }
+
+  // Tops the agent's writer up from the synthetic source; logs once everything was ACKed.
+  void produce(AgentState& a) {
+    if (!synthetic_ || a.name.rfind(synthetic_->agentPrefix, 0) != 0) return;
+    if (!a.sourceStarted) {
+      a.sourceStarted = true;
+      a.sourceStart = Clock::now();
+    }
+    while (a.sourceNext < synthetic_->count && !a.writer.full()) {
+      a.writer.enqueue(delivery::syntheticEvent(*synthetic_, a.sourceNext++));
+    }
+    if (a.sourceNext == synthetic_->count && a.writer.tracked() == 0 && !a.sourceReported) {
+      a.sourceReported = true;
+      auto ms = std::chrono::duration<double, std::milli>(Clock::now() - a.sourceStart);
+      const auto& st = a.writer.stats();
+      spdlog::info(
+          "synthetic source: {} events acknowledged by agent {} in {:.0f}ms ({:.0f} "
+          "events/s); ACK latency p50 {}us p99 {}us; re-sent {}",
+          synthetic_->count, a.name, ms.count(),
+          synthetic_->count * 1000.0 / std::max(ms.count(), 1.0),
+          st.ackLatency.quantile(0.5).count(), st.ackLatency.quantile(0.99).count(), st.resent);
+    }
+  }
+
+  std::vector<AgentDirectory::AgentView> views() {
+    std::vector<AgentDirectory::AgentView> out;
+    for (auto& [name, a] : agents_) {
+      AgentDirectory::AgentView v;
+      v.name = name;
+      v.unacknowledged = a->writer.tracked();
+      v.streams = a->streams;
+      out.push_back(std::move(v));
+    }
+    return out;
+  }
+
+  std::string describe() {
+    uint64_t tracked = 0, leased = 0;
+    for (auto& [n, a] : agents_) {
+      tracked += a->writer.tracked();
+      if (a->session != nullptr) leased++;
+    }
+    return "agents: " + std::to_string(agents_.size()) + ", streams: " + std::to_string(leased) +
+           ", unacknowledged: " + std::to_string(tracked) + " (in memory)";
+  }
+
+  const std::map<std::string, std::unique_ptr<AgentState>>& agents() const { return agents_; }
+
+ private:
+  const Config& config_;
+  kj::Timer& timer_;
+  delivery::MemorySink sink_;
+  std::optional<delivery::SyntheticSpec> synthetic_;
+  std::map<std::string, std::unique_ptr<AgentState>> agents_;
+};
+
+SessionImpl::~SessionImpl() noexcept(false) {
+  if (agent_.session == this) {
+    agent_.session = nullptr;
+    agent_.listener.clear();
+  }
+}
+
+void SessionImpl::kick() { wake(); }
+
+bool SessionImpl::fill(ipc::AgentSession::NextResults::Builder results, uint32_t max) {
+  auto due = agent_.writer.takeDue(Clock::now(), std::min(max, kMaxBatch));
+  if (due.empty()) return false;
+  auto list = results.initEvents(due.size());
+  eventstreamapi::Event msg;
+  std::string bytes;
+  for (size_t i = 0; i < due.size(); ++i) {
+    *msg.mutable_event() = std::move(due[i]);
+    msg.SerializeToString(&bytes);
+    list.set(i, kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
+  }
+  return true;
+}
+
+kj::Promise<void> SessionImpl::next(NextContext context) {
+  if (superseded_) return KJ_EXCEPTION(DISCONNECTED, "a newer stream of this agent took over");
+  uint32_t max = std::max<uint32_t>(1, context.getParams().getMax());
+  if (fill(context.getResults(), max)) return kj::READY_NOW;
+  // Wait for input, the next re-send or the idle limit, whichever comes first.
+  auto now = Clock::now();
+  auto deadline = agent_.writer.nextDeadline(now);
+  kj::Duration wait = kIdleNext;
+  if (deadline) wait = std::min(wait, toKj(*deadline - now) + 1 * kj::MILLISECONDS);
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  waiting_ = kj::mv(paf.fulfiller);
+  return paf.promise.exclusiveJoin(store_.timer().afterDelay(wait))
+      .then([this, context, max]() mutable -> kj::Promise<void> {
+        waiting_ = nullptr;
+        if (superseded_) {
+          return KJ_EXCEPTION(DISCONNECTED, "a newer stream of this agent took over");
+        }
+        // Woken with nothing due (an ACK that freed nothing) or idle: an empty answer, and the
+        // listener asks again.
+        if (!fill(context.getResults(), max)) context.getResults().initEvents(0);
+        return kj::READY_NOW;
+      });
+}
+
+kj::Promise<void> SessionImpl::acked(AckedContext context) {
+  if (superseded_) return kj::READY_NOW;  // the newer stream re-sends what is still unacknowledged
+  bool any = false;
+  for (auto a : context.getParams().getAcks()) {
+    any |= agent_.writer.ack(a.getResourceId(), a.getEventId());
+  }
+  if (any) {
+    store_.produce(agent_);
+    kick();
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> SessionImpl::received(ReceivedContext context) {
+  auto in = context.getParams().getEvents();
+  auto verdicts = context.getResults().initVerdicts(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    auto r = in[i];
+    std::string resource = r.getResourceId(), eventId = r.getEventId();
+    if (agent_.ledger.seen(resource, eventId)) {
+      verdicts.set(i, ipc::Verdict::DUPLICATE);
+      continue;
+    }
+    delivery::Event e;
+    auto bytes = r.getEvent();
+    if (!e.ParseFromArray(bytes.begin(), static_cast<int>(bytes.size()))) {
+      verdicts.set(i, ipc::Verdict::REJECTED);
+      continue;
+    }
+    std::string problem;
+    switch (store_.sink().apply(e, problem)) {
+      case delivery::Sink::Result::kApplied:
+        agent_.ledger.record(resource, eventId);
+        verdicts.set(i, ipc::Verdict::APPLIED);
+        break;
+      case delivery::Sink::Result::kRetry:
+        verdicts.set(i, ipc::Verdict::RETRY);
+        break;
+      case delivery::Sink::Result::kRejected:
+        spdlog::error("agent {}: event type '{}' for resource '{}' not applied: {}", agent_.name,
+                      e.type(), resource.substr(0, 128), problem);
+        verdicts.set(i, ipc::Verdict::REJECTED);
+        break;
+    }
+  }
+  return kj::READY_NOW;
+}
+
+class StoreImpl final : public ipc::AgentStore::Server {
+ public:
+  explicit StoreImpl(Store& store) : store_(store) {}
+
+  kj::Promise<void> open(OpenContext context) override {
+    auto p = context.getParams();
+    std::string name = p.getAgent();
+    AgentState& a = store_.agent(name);
+    if (a.session != nullptr) {
+      spdlog::info("agent {}: a new stream on {} takes over from the one on {}", name,
+                   std::string(p.getListener()), a.listener);
+      a.session->supersede();
+      KJ_IF_MAYBE (c, controls_[name]) {
+        auto req = c->closeRequest();
+        req.setReason("a newer stream of this agent took over");
+        tasks_.add(req.send().ignoreResult().catch_([](kj::Exception&&) {}));
+      }
+    }
+    a.streams++;
+    auto session = kj::heap<SessionImpl>(store_, a);
+    a.session = session.get();
+    a.listener = p.getListener();
+    controls_[name] = p.getControl();
+    a.writer.onReconnect(Clock::now());  // what was in flight is due again at once
+    store_.produce(a);
+    context.getResults().setSession(kj::mv(session));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> unacknowledged(UnacknowledgedContext context) override {
+    const auto& agents = store_.agents();
+    auto list = context.getResults().initAgents(agents.size());
+    size_t i = 0;
+    for (const auto& [name, a] : agents) {
+      list[i].setAgent(name);
+      list[i].setCount(a->writer.tracked());
+      ++i;
+    }
+    return kj::READY_NOW;
+  }
+
+ private:
+  struct Ignore : kj::TaskSet::ErrorHandler {
+    void taskFailed(kj::Exception&&) override {}
+  } ignore_;
+  Store& store_;
+  std::map<std::string, kj::Maybe<ipc::StreamControl::Client>> controls_;
+  kj::TaskSet tasks_{ignore_};
+};
+
+class CacheRole final : public Role, public AgentDirectory {
+ public:
+  explicit CacheRole(WorkerEnv& env) : env_(env) {}
+
+  kj::Promise<void> start() override {
+    if (env_.args.side == Side::kPrincipal) {
+      store_ = std::make_unique<Store>(env_.config, env_.timer);
+      serving_ = serveServiceSocket(env_.io, kj::heap<StoreImpl>(*store_))
+                     .eagerlyEvaluate([](kj::Exception&& e) {
+                       spdlog::error("agent store: {}", e.getDescription().cStr());
+                     });
+    }
+    return kj::READY_NOW;
+  }
+
+  std::string describe() override {
+    return store_ ? store_->describe() : "redis cache not implemented yet";
+  }
+
+  std::vector<AgentView> agents() override {
+    return store_ ? store_->views() : std::vector<AgentView>{};
+  }
+
+  std::vector<MetricSample> samples() override {
+    std::vector<MetricSample> out;
+    if (!store_) return out;
+    // Here, not in the heartbeat worker: this count must survive listener and heartbeat restarts.
+    for (const auto& v : store_->views()) {
+      out.push_back({"argocd_principal_agent_connections_total",
+                     "Event streams opened by the agent",
+                     true,
+                     {{"agent_name", v.name}},
+                     static_cast<double>(v.streams)});
+    }
+    return out;
+  }
+
+ private:
+  WorkerEnv& env_;
+  std::unique_ptr<Store> store_;
+  kj::Promise<void> serving_ = nullptr;
+};
+
 }  // namespace
-kj::Own<Role> makeCacheRole(WorkerEnv&) { return kj::heap<CacheRole>(); }
+kj::Own<Role> makeCacheRole(WorkerEnv& env) { return kj::heap<CacheRole>(env); }
 }  // namespace aa

@@ -82,6 +82,7 @@ EnqueueResult EventWriter::enqueue(Event event) {
     tracked_ -= dropped;
     stats_.superseded += dropped;
     r.unsent.clear();
+    if (r.inFlight) resends_.erase(r.inFlight->resendAt);
     r.inFlight.reset();  // its ACK, if it comes, will not match anything
     r.unsent.push_back(std::move(event));
     ++tracked_;
@@ -131,24 +132,20 @@ std::vector<Event> EventWriter::takeDue(Clock::time_point now, size_t max) {
     f.eventId = ce::stringAttr(f.event, "eventid");
     f.due = now + resendDelay(0);
     f.firstSent = now;
-    f.token = nextToken_++;
-    resends_.push({f.due, id, f.token});
+    f.resendAt = resends_.emplace(f.due, id);
     out.push_back(f.event);
     r.inFlight = std::move(f);
     ++stats_.sent;
   }
-  while (!resends_.empty() && resends_.top().due <= now && out.size() < max) {
-    Due d = resends_.top();
-    resends_.pop();
-    auto it = resources_.find(d.resourceId);
-    if (it == resources_.end() || !it->second.inFlight || it->second.inFlight->token != d.token) {
-      continue;  // acknowledged or superseded since
-    }
+  while (!resends_.empty() && resends_.begin()->first <= now && out.size() < max) {
+    std::string id = std::move(resends_.begin()->second);
+    resends_.erase(resends_.begin());
+    auto it = resources_.find(id);
+    if (it == resources_.end() || !it->second.inFlight) continue;  // cannot happen: erased with it
     InFlight& f = *it->second.inFlight;
     ++f.attempts;
     f.due = now + resendDelay(f.attempts);
-    f.token = nextToken_++;
-    resends_.push({f.due, d.resourceId, f.token});
+    f.resendAt = resends_.emplace(f.due, id);
     out.push_back(f.event);
     ++stats_.resent;
   }
@@ -162,6 +159,7 @@ bool EventWriter::ack(const std::string& resourceId, const std::string& eventId,
     return false;
   }
   stats_.ackLatency.record(now - it->second.inFlight->firstSent);
+  resends_.erase(it->second.inFlight->resendAt);
   it->second.inFlight.reset();
   --tracked_;
   ++stats_.acked;
@@ -173,16 +171,16 @@ bool EventWriter::ack(const std::string& resourceId, const std::string& eventId,
 void EventWriter::onReconnect(Clock::time_point now) {
   for (auto& [id, r] : resources_) {
     if (!r.inFlight) continue;
+    resends_.erase(r.inFlight->resendAt);
     r.inFlight->due = now;
-    r.inFlight->token = nextToken_++;
-    resends_.push({now, id, r.inFlight->token});
+    r.inFlight->resendAt = resends_.emplace(now, id);
   }
 }
 
 std::optional<Clock::time_point> EventWriter::nextDeadline(Clock::time_point now) const {
   if (!untracked_.empty() || !ready_.empty()) return now;
   if (resends_.empty()) return std::nullopt;
-  return resends_.top().due;  // may be a stale entry: takeDue then returns nothing, harmlessly
+  return resends_.begin()->first;
 }
 
 bool ReceiveLedger::seen(const std::string& resourceId, const std::string& eventId) const {

@@ -17,7 +17,6 @@
 #include <deque>
 #include <map>
 #include <optional>
-#include <queue>
 #include <random>
 #include <string>
 #include <unordered_map>
@@ -88,24 +87,21 @@ class EventWriter {
   const WriterStats& stats() const { return stats_; }
 
  private:
+  // Re-send deadlines, earliest first; an in-flight event owns exactly one entry, erased when it
+  // is acknowledged or superseded (no stale entries: an idle writer has no deadline at all).
+  using Resends = std::multimap<Clock::time_point, std::string>;
   struct InFlight {
     Event event;
     std::string eventId;
     Clock::time_point due;
     Clock::time_point firstSent;
     int attempts = 0;
-    uint64_t token = 0;  // matches the heap entry that may re-send it
+    Resends::iterator resendAt;
   };
   struct Resource {
     std::deque<Event> unsent;
     std::optional<InFlight> inFlight;
     bool inReady = false;
-  };
-  struct Due {
-    Clock::time_point due;
-    std::string resourceId;
-    uint64_t token;
-    bool operator>(const Due& o) const { return due > o.due; }
   };
 
   std::chrono::milliseconds resendDelay(int attempts);
@@ -116,10 +112,9 @@ class EventWriter {
   std::mt19937_64 rng_;
   std::unordered_map<std::string, Resource> resources_;
   std::deque<std::string> ready_;  // resources with unsent events and nothing in flight
-  std::priority_queue<Due, std::vector<Due>, std::greater<Due>> resends_;
+  Resends resends_;
   std::deque<Event> untracked_;
   size_t tracked_ = 0;
-  uint64_t nextToken_ = 1;
   WriterStats stats_;
 };
 

@@ -17,7 +17,7 @@ namespace aa {
 // What the supervisor told this worker on its command line (see Supervisor::spawn).
 struct WorkerArgs {
   Side side = Side::kPrincipal;
-  std::string role;
+  std::string role;  // the worker's name: its role, with "-N" for listener workers ("listener-2")
   unsigned generation = 0;
   std::string runtimeDir;
   int listenPort = 0;
@@ -55,19 +55,23 @@ class Role {
   virtual std::pair<bool, std::string> serving() { return {true, ""}; }
 };
 
-// What a role answers beyond the Worker interface, when it has per-agent state: the principal's
-// listener (its worker's bootstrap is then ipc::ListenerWorker).
+// What a role answers beyond the Worker interface, when it keeps per-agent state: the principal's
+// heartbeat worker (liveness) and cache worker (unacknowledged events); their worker's bootstrap
+// is then ipc::AgentsWorker, and the supervisor merges the two views.
 class AgentDirectory {
  public:
   virtual ~AgentDirectory() noexcept(false) = default;
   struct AgentView {
-    std::string name, state;
+    std::string name, state, listener;
     uint64_t connectedSinceMs = 0, lastHeardMs = 0, heartbeats = 0, unacknowledged = 0;
     uint64_t heartbeatRttUs = 0;
     uint32_t streams = 0;
   };
   virtual std::vector<AgentView> agents() = 0;
 };
+
+// "listener-2" -> "listener": the role a worker name runs.
+std::string roleOf(const std::string& workerName);
 
 kj::Own<Role> makeListenerRole(WorkerEnv& env);
 kj::Own<Role> makeAuthRole(WorkerEnv& env);

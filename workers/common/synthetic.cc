@@ -46,24 +46,6 @@ uint64_t MemorySink::applied() {
   return applied_;
 }
 
-std::optional<SyntheticSpec> parseSyntheticSpec(const std::string& text) {
-  SyntheticSpec s;
-  uint64_t v[3];
-  size_t pos = 0;
-  for (int i = 0; i < 3; ++i) {
-    size_t end = i < 2 ? text.find(':', pos) : text.size();
-    if (end == std::string::npos) return std::nullopt;
-    auto [p, ec] = std::from_chars(text.data() + pos, text.data() + end, v[i]);
-    if (ec != std::errc() || p != text.data() + end) return std::nullopt;
-    pos = end + 1;
-  }
-  if (v[1] == 0 || v[2] > 64 * 1024 * 1024) return std::nullopt;
-  s.count = v[0];
-  s.resources = v[1];
-  s.bytes = v[2];
-  return s;
-}
-
 std::string applicationJson(const std::string& name, uint64_t seq, size_t bytes) {
   std::string head =
       R"({"apiVersion":"argoproj.io/v1alpha1","kind":"Application","metadata":{"name":")" + name +

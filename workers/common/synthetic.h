@@ -2,8 +2,9 @@
 // behind the Sink interface (stream_pump.h) until a later issue plugs in real stores.
 //  * MemorySink applies events to an in-memory map and, with --event-log, appends one line per
 //    applied event ("<resourceid> <eventid> <type>") so a test can check exactly-once, in order.
-//  * --synthetic-events=COUNT:RESOURCES:BYTES (principal) queues COUNT `create` events spread
-//    round-robin over RESOURCES resources, each carrying BYTES of Argo CD Application-like JSON.
+//  * --synthetic-events=COUNT:RESOURCES:BYTES[:AGENT-PREFIX] (principal) queues COUNT `create`
+//    events spread round-robin over RESOURCES resources, each carrying BYTES of Argo CD
+//    Application-like JSON, for every agent (or every agent whose name starts with AGENT-PREFIX).
 #pragma once
 
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <optional>
 #include <string>
 
+#include "ipc/config/config.h"
 #include "workers/common/stream_pump.h"
 
 namespace aa::delivery {
@@ -31,13 +33,8 @@ class MemorySink final : public Sink {
   FILE* log_ = nullptr;
 };
 
-struct SyntheticSpec {
-  uint64_t count = 0;
-  uint64_t resources = 1;
-  size_t bytes = 1024;
-};
-// Parses COUNT:RESOURCES:BYTES; nullopt when malformed.
-std::optional<SyntheticSpec> parseSyntheticSpec(const std::string& text);
+using aa::parseSyntheticSpec;
+using aa::SyntheticSpec;
 
 // A JSON Application of about `bytes` bytes for resource `name`, generation `seq`.
 std::string applicationJson(const std::string& name, uint64_t seq, size_t bytes);

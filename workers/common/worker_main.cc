@@ -87,8 +87,8 @@ class WorkerImpl : public Base {
   kj::Maybe<Role&>& role_;
 };
 
-// The listener's bootstrap: Worker plus its per-agent view.
-class ListenerWorkerImpl final : public WorkerImpl<ipc::ListenerWorker::Server> {
+// The bootstrap of a worker with per-agent state: Worker plus its per-agent view.
+class AgentsWorkerImpl final : public WorkerImpl<ipc::AgentsWorker::Server> {
  public:
   using WorkerImpl::WorkerImpl;
 
@@ -107,6 +107,7 @@ class ListenerWorkerImpl final : public WorkerImpl<ipc::ListenerWorker::Server> 
         a.setHeartbeats(views[i].heartbeats);
         a.setUnacknowledged(views[i].unacknowledged);
         a.setHeartbeatRttUs(views[i].heartbeatRttUs);
+        a.setListener(views[i].listener);
       }
     }
     return kj::READY_NOW;
@@ -114,7 +115,9 @@ class ListenerWorkerImpl final : public WorkerImpl<ipc::ListenerWorker::Server> 
 };
 
 capnp::Capability::Client makeBootstrap(const WorkerArgs& args, kj::Maybe<Role&>& role) {
-  if (args.role == "listener") return kj::heap<ListenerWorkerImpl>(role);
+  if (args.side == Side::kPrincipal && (args.role == "cache" || args.role == "heartbeat")) {
+    return kj::heap<AgentsWorkerImpl>(role);
+  }
   return kj::heap<WorkerImpl<ipc::Worker::Server>>(role);
 }
 
@@ -152,7 +155,7 @@ bool parseArgs(int argc, char** argv, WorkerArgs& out, std::vector<std::string>&
 }
 
 kj::Own<Role> makeRole(WorkerEnv& env) {
-  const std::string& r = env.args.role;
+  const std::string r = roleOf(env.args.role);
   if (env.args.side == Side::kPrincipal) {
     if (r == "listener") return makeListenerRole(env);
     if (r == "auth") return makeAuthRole(env);
@@ -167,6 +170,15 @@ kj::Own<Role> makeRole(WorkerEnv& env) {
 
 }  // namespace
 
+std::string roleOf(const std::string& workerName) {
+  auto dash = workerName.rfind('-');
+  if (dash == std::string::npos || dash + 1 == workerName.size()) return workerName;
+  for (size_t i = dash + 1; i < workerName.size(); ++i) {
+    if (workerName[i] < '0' || workerName[i] > '9') return workerName;
+  }
+  return workerName.substr(0, dash);
+}
+
 int workerMain(int argc, char** argv) {
   // Signals first, before any thread exists. Ctrl-C reaches the whole process group: workers
   // leave SIGINT/SIGHUP to the supervisor, which stops them in order with SIGTERM.
@@ -174,6 +186,10 @@ int workerMain(int argc, char** argv) {
   signal(SIGHUP, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
   kj::UnixEventPort::captureSignal(SIGTERM);
+  // Test fault switches (README, Testing): only with AA_TEST_FAULTS=1, SIGUSR2 triggers one.
+  if (const char* f = getenv("AA_TEST_FAULTS"); f != nullptr && std::string(f) == "1") {
+    kj::UnixEventPort::captureSignal(SIGUSR2);
+  }
   crash::installHandlers();
   // glibc's default trimming hands freed heap back to the OS and faults it in again for every
   // large message, which collapses throughput for 16 KiB events and gzip

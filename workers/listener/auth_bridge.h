@@ -1,12 +1,10 @@
-// The one seam between grpc++'s handler threads and the auth worker. Calls block the calling grpc
-// thread and always return within the deadline. Fail closed: anything but an explicit grant from
+// The one seam between the listener and the auth worker, on the listener's KJ thread. Calls are
+// asynchronous (a slow or hung auth worker holds up only the calls waiting for it, never a serving
+// thread) and always resolve within the deadline. Fail closed: anything but an explicit grant from
 // the auth worker - a crash, a hang, a broken link, garbage - is a refusal.
 //
-// Each call runs on the calling grpc thread itself, on a "channel" borrowed from a small pool: a
-// private KJ event loop plus its own Cap'n Proto link to the auth socket. No other thread is woken
-// on the listener's side (the listener's KJ thread is not involved), so a call costs one round
-// trip to the auth worker and nothing else. See auth_bridge.cc for why a pool and not one link or
-// one link per thread.
+// Calls are spread round-robin over a few links: the auth worker serves each connection on one of
+// its threads (bcrypt and RSA are CPU work), so one link would serialise them.
 #pragma once
 
 #include <string>
@@ -14,10 +12,9 @@
 #include <vector>
 
 #include <kj/async-io.h>
-#include <kj/mutex.h>
-#include <kj/vector.h>
 
 #include "ipc/auth.capnp.h"
+#include "workers/common/service_link.h"
 
 namespace aa {
 
@@ -40,26 +37,21 @@ struct AuthOutcome {
 
 class AuthBridge {
  public:
-  // `socketPath` is the auth worker's service socket. `io` and `timer` (the listener's KJ loop)
-  // are not used by calls any more; the parameters stay so that the listener constructs the
-  // bridge as before.
-  AuthBridge(kj::AsyncIoContext& io, kj::Timer& timer, std::string socketPath,
-             kj::Duration deadline);
-  ~AuthBridge();
+  // `socketPath` is the auth worker's service socket.
+  AuthBridge(kj::AsyncIoContext& io, kj::Timer& timer, const std::string& socketPath,
+             kj::Duration deadline, size_t links = 4);
 
-  // Thread-safe; call from grpc threads only (never from a thread that runs a KJ event loop: the
-  // call runs its own loop on the calling thread, and such a call is refused).
-  AuthOutcome authenticate(const AuthInput& input);
-  AuthOutcome refresh(const std::string& refreshToken);
-
-  struct Channel;
+  // KJ thread only. Never throw: failures resolve as kUnavailable.
+  kj::Promise<AuthOutcome> authenticate(const AuthInput& input);
+  kj::Promise<AuthOutcome> refresh(const std::string& refreshToken);
 
  private:
-  AuthOutcome call(kj::Function<kj::Promise<AuthOutcome>(ipc::Auth::Client)> fn);
+  kj::Promise<AuthOutcome> call(kj::Function<kj::Promise<AuthOutcome>(ipc::Auth::Client)> fn);
 
-  std::string socketPath_;
+  kj::Timer& timer_;
   kj::Duration deadline_;
-  kj::MutexGuarded<kj::Vector<kj::Own<Channel>>> idle_;  // healthy links nobody is using
+  std::vector<kj::Own<ServiceLink>> links_;
+  size_t next_ = 0;
 };
 
 }  // namespace aa

@@ -1,31 +1,47 @@
-// The listener worker (principal): serves the upstream gRPC API (Version, Authenticate,
-// RefreshToken, EventStream.Subscribe) on --listen-host/--listen-port with grpc++. Credentials are
-// never parsed here: Authenticate goes to the auth worker through AuthBridge (fail closed); the
-// per-RPC token check uses only the JWT public key. The port belongs to the FrontDoor
-// (front_door.h: accept, TLS, hand-off to grpc), bound with SO_REUSEPORT next to the
-// supervisor's reservation of the port, so a restarted listener gets the same port back.
+// The listener worker (principal): a stateless, event-driven edge (ARCHITECTURE.md decision 17).
+// It serves the upstream gRPC API (Version, Authenticate, RefreshToken, EventStream.Subscribe) on
+// --listen-host/--listen-port with grpc++'s asynchronous completion-queue API, and owns nothing
+// that outlives a connection: each agent's delivery state is the cache worker's
+// (ipc/agentstate.capnp), its liveness the heartbeat worker's (ipc/liveness.capnp). Several
+// listener workers (--listener-workers) share the port; the kernel spreads connections over them.
+//
+// Threads: --listener-threads serving threads, each alone on its own completion queue (a call's
+// grpc state is touched only by its queue's thread), plus this worker's KJ thread, which holds
+// every Cap'n Proto link (auth, cache, heartbeat, supervisor). No thread per stream or per agent.
+// Hand-offs go in batches: serving threads post jobs to the KJ thread through one mailbox (an
+// eventfd it watches); the KJ thread hands a call its batch through the call's inbox and wakes its
+// queue with a grpc::Alarm. Credentials are never parsed here: Authenticate goes to the auth worker
+// (fail closed); the per-RPC token check uses only the JWT public key. The port belongs to the
+// FrontDoor (front_door.h: accept, TLS, hand-off to grpc), bound with SO_REUSEPORT.
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <atomic>
-#include <fstream>
+#include <deque>
 #include <map>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
+#include <grpcpp/alarm.h>
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/server_posix.h>
+#include <kj/async-unix.h>
 #include <kj/debug.h>
 
 #include "auth.grpc.pb.h"
-#include "eventstream.grpc.pb.h"
+#include "eventstream.pb.h"
+#include "ipc/agentstate.capnp.h"
 #include "ipc/auth.capnp.h"
+#include "ipc/liveness.capnp.h"
 #include "ipc/runtime/log.h"
 #include "version.grpc.pb.h"
 #include "workers/common/agent_name.h"
 #include "workers/common/cloudevents.h"
 #include "workers/common/jwt.h"
 #include "workers/common/role.h"
+#include "workers/common/service_link.h"
 #include "workers/common/stream_pump.h"
-#include "workers/common/synthetic.h"
 #include "workers/listener/auth_bridge.h"
 #include "workers/listener/front_door.h"
 
@@ -34,6 +50,10 @@ namespace {
 
 constexpr auto kAuthDeadline = 2 * kj::SECONDS;
 constexpr size_t kMaxAuthorization = 16 * 1024;
+constexpr auto kOpenDeadline = 5 * kj::SECONDS;  // the cache worker's answer to a new stream
+constexpr uint32_t kBatch = 256;                 // events leased from the cache per call
+constexpr auto kLivenessPeriod = 500 * kj::MILLISECONDS;  // how often "heard" is reported
+constexpr const char* kSubscribeMethod = "/eventstreamapi.EventStream/Subscribe";
 
 // The Version RPC's answer (upstream: version.QualifiedVersion()); AuthResponse.version is plain.
 std::string versionString() { return std::string("argocd-agent-") + ARGOCD_AGENT_VERSION; }
@@ -77,29 +97,210 @@ std::optional<jwt::Claims> checkToken(const grpc::ServerContext& ctx, const jwt:
   return v.claims;
 }
 
-class VersionService final : public versionapi::Version::Service {
-  grpc::Status Version(grpc::ServerContext*, const versionapi::VersionRequest*,
-                       versionapi::VersionResponse* resp) override {
-    resp->set_version(versionString());
-    return grpc::Status::OK;
+// ---------------------------------------------------------------------------------------------
+// Serving threads -> KJ thread.
+
+class Mailbox {
+ public:
+  explicit Mailbox(kj::UnixEventPort& port)
+      : fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+        observer_(port, fd_, kj::UnixEventPort::FdObserver::OBSERVE_READ) {}
+  ~Mailbox() { close(fd_); }
+
+  // Any thread. Wakes the KJ thread only when the mailbox was empty.
+  void post(std::function<void()> job) {
+    bool wasEmpty;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      wasEmpty = jobs_.empty();
+      jobs_.push_back(std::move(job));
+    }
+    if (wasEmpty) {
+      uint64_t one = 1;
+      ssize_t n = ::write(fd_, &one, sizeof one);
+      (void)n;  // EAGAIN only when the counter is huge: the KJ thread is awake anyway
+    }
   }
+
+  // KJ thread: runs jobs as they arrive, then `after` once per batch.
+  kj::Promise<void> run(std::function<void()> after) {
+    return observer_.whenBecomesReadable().then([this, after]() {
+      uint64_t v;
+      ssize_t n = ::read(fd_, &v, sizeof v);  // before taking the jobs: see post()
+      (void)n;
+      std::vector<std::function<void()>> jobs;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        jobs.swap(jobs_);
+      }
+      for (auto& j : jobs) j();
+      after();
+      return run(after);
+    });
+  }
+
+ private:
+  int fd_;
+  kj::UnixEventPort::FdObserver observer_;
+  std::mutex mu_;
+  std::vector<std::function<void()>> jobs_;
 };
 
-class AuthenticationService final : public authapi::Authentication::Service {
+// Every completion-queue tag: a call and which of its operations completed.
+class Call {
  public:
-  AuthenticationService(AuthBridge& bridge, const Config& config, const PeerRegistry& peers)
-      : bridge_(bridge), config_(config), peers_(peers) {}
+  virtual ~Call() = default;
+  virtual void proceed(int op, bool ok) = 0;
+};
+struct Tag {
+  Call* call;
+  int op;
+};
 
-  grpc::Status Authenticate(grpc::ServerContext* ctx, const authapi::AuthRequest* req,
-                            authapi::AuthResponse* resp) override {
+class Edge;
+
+// One serving thread and its completion queue.
+struct Loop {
+  std::unique_ptr<grpc::ServerCompletionQueue> cq;
+  std::thread thread;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The KJ side's view of one live Subscribe stream.
+
+class StreamCall;
+
+struct Counters {
+  std::atomic<uint64_t> eventsReceived{0}, eventsSent{0}, streams{0}, refusedNoState{0};
+};
+
+// Everything the KJ thread does for the calls (defined after the calls).
+class Hub {
+ public:
+  virtual ~Hub() noexcept(false) = default;
+  virtual void post(std::function<void()> job) = 0;
+  virtual void authenticate(std::function<void(AuthOutcome)> done, AuthInput in) = 0;
+  virtual void refresh(std::function<void(AuthOutcome)> done, std::string token) = 0;
+  virtual void opened(std::shared_ptr<StreamCall> call) = 0;  // serving thread: post()s itself
+};
+
+struct Services {
+  versionapi::Version::AsyncService version;
+  authapi::Authentication::AsyncService auth;
+  grpc::AsyncGenericService generic;
+};
+
+struct EdgeContext {
+  const Config& config;
+  const jwt::Key& key;
+  const PeerRegistry& peers;
+  Services& services;
+  Hub& hub;
+  Counters& counters;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Unary calls.
+
+class VersionCall final : public Call {
+ public:
+  VersionCall(EdgeContext& e, grpc::ServerCompletionQueue* cq) : e_(e), cq_(cq) {
+    e_.services.version.RequestVersion(&ctx_, &req_, &responder_, cq_, cq_, &tag_);
+  }
+  void proceed(int, bool ok) override {
+    if (!requested_) {
+      requested_ = true;
+      if (!ok) {
+        delete this;
+        return;
+      }
+      new VersionCall(e_, cq_);
+      versionapi::VersionResponse resp;
+      resp.set_version(versionString());
+      responder_.Finish(resp, grpc::Status::OK, &tag_);
+      return;
+    }
+    delete this;
+  }
+
+ private:
+  EdgeContext& e_;
+  grpc::ServerCompletionQueue* cq_;
+  grpc::ServerContext ctx_;
+  versionapi::VersionRequest req_;
+  grpc::ServerAsyncResponseWriter<versionapi::VersionResponse> responder_{&ctx_};
+  Tag tag_{this, 0};
+  bool requested_ = false;
+};
+
+// Authenticate and RefreshToken: the answer comes from the auth worker through the KJ thread,
+// delivered back on this call's queue with an alarm; the serving thread never waits for it.
+template <bool kRefresh>
+class AuthCall final : public Call {
+  using Request = std::conditional_t<kRefresh, authapi::RefreshTokenRequest, authapi::AuthRequest>;
+
+ public:
+  AuthCall(EdgeContext& e, grpc::ServerCompletionQueue* cq) : e_(e), cq_(cq) {
+    if constexpr (kRefresh) {
+      e_.services.auth.RequestRefreshToken(&ctx_, &req_, &responder_, cq_, cq_, &tag_);
+    } else {
+      e_.services.auth.RequestAuthenticate(&ctx_, &req_, &responder_, cq_, cq_, &tag_);
+    }
+  }
+
+  void proceed(int op, bool ok) override {
+    switch (state_) {
+      case State::kRequested:
+        if (!ok) {
+          delete this;
+          return;
+        }
+        new AuthCall(e_, cq_);
+        state_ = State::kWaiting;
+        begin();
+        return;
+      case State::kWaiting:  // the alarm: the outcome is in
+        (void)op;
+        state_ = State::kFinishing;
+        responder_.Finish(resp_, status_, &tag_);
+        return;
+      case State::kFinishing:
+        delete this;
+        return;
+    }
+  }
+
+ private:
+  enum class State { kRequested, kWaiting, kFinishing };
+
+  void begin() {
+    auto peer = peerOf(e_.peers, ctx_);
+    peerAddress_ = peer->address;
+    auto done = [this](AuthOutcome out) {  // KJ thread
+      conclude(out);
+      alarm_.Set(cq_, gpr_now(GPR_CLOCK_MONOTONIC), &tag_);
+    };
+    if constexpr (kRefresh) {
+      if (req_.refreshtoken().size() > kMaxAuthorization) {
+        status_ = invalidAuth();
+        state_ = State::kFinishing;
+        responder_.Finish(resp_, status_, &tag_);
+        return;
+      }
+      e_.hub.refresh(done, req_.refreshtoken());
+    } else {
+      e_.hub.authenticate(done, input(*peer));
+    }
+  }
+
+  AuthInput input(const PeerInfo& peer) {
     AuthInput in;
-    in.method = req->method();
-    in.mode = req->mode();
-    in.version = req->version();
-    in.agentNamespace = req->agentnamespace();
-    for (const auto& [k, v] : req->credentials()) in.credentials.emplace_back(k, v);
-    const auto& md = ctx->client_metadata();
-    auto peer = peerOf(peers_, *ctx);
+    in.method = req_.method();
+    in.mode = req_.mode();
+    in.version = req_.version();
+    in.agentNamespace = req_.agentnamespace();
+    for (const auto& [k, v] : req_.credentials()) in.credentials.emplace_back(k, v);
+    const auto& md = ctx_.client_metadata();
     if (spdlog::should_log(spdlog::level::debug)) {
       // Which headers arrived (so an operator sees whether the sidecar injected one); values are
       // redacted to a recognisable prefix, never logged whole.
@@ -110,10 +311,10 @@ class AuthenticationService final : public authapi::Authentication::Service {
         names += (names.empty() ? "" : ", ") + std::string(key) + "=" +
                  log::redact(std::string_view(v.data(), v.size()));
       }
-      spdlog::debug("Authenticate from {} (method {}): headers: {}", peer->address, req->method(),
+      spdlog::debug("Authenticate from {} (method {}): headers: {}", peer.address, req_.method(),
                     names.empty() ? "(none)" : names);
     }
-    const auto& p = config_.principal;
+    const auto& p = e_.config.principal;
     if (!p.authHeader.empty()) {
       // Forward every value of the identity header, each capped one byte past the auth
       // worker's limit so that it can still say "too large"; parsing happens there.
@@ -124,313 +325,740 @@ class AuthenticationService final : public authapi::Authentication::Service {
         in.headers.emplace_back(p.authHeader, std::string(it->second.data(), n));
       }
     }
-    if (p.authMethod == "mtls") {
-      if (peer->certificatePem.size() <= ipc::MAX_CERTIFICATE_PEM_BYTES) {
-        in.peerCertificate = peer->certificatePem;
-      }
+    if (p.authMethod == "mtls" && peer.certificatePem.size() <= ipc::MAX_CERTIFICATE_PEM_BYTES) {
+      in.peerCertificate = peer.certificatePem;
     }
-    AuthOutcome out = bridge_.authenticate(in);
+    return in;
+  }
+
+  // KJ thread; the serving thread reads resp_/status_ only after the alarm fired.
+  void conclude(const AuthOutcome& out) {
+    const char* what = kRefresh ? "token refresh" : "authentication";
     switch (out.kind) {
       case AuthOutcome::Kind::kGranted:
-        resp->set_accesstoken(out.accessToken);
-        resp->set_refreshtoken(out.refreshToken);
-        resp->set_version(ARGOCD_AGENT_VERSION);  // plain, as upstream's Version() (not Qualified)
-        resp->set_principalnamespace(config_.principal.namespace_);
-        return grpc::Status::OK;
-      case AuthOutcome::Kind::kDenied:
-        spdlog::warn("authentication failed from {}: {}", peer->address, out.reason);
-        switch (out.code) {
-          case ipc::DenialCode::INVALID_MODE:
-            return grpc::Status(grpc::StatusCode::UNKNOWN, out.reason);
-          case ipc::DenialCode::VERSION_REQUIRED:
-            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "agent version is required");
-          case ipc::DenialCode::VERSION_MISMATCH:
-            return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "version mismatch");
-          default:
-            return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authentication failed");
+        resp_.set_accesstoken(out.accessToken);
+        resp_.set_refreshtoken(out.refreshToken);
+        if constexpr (!kRefresh) {
+          resp_.set_version(ARGOCD_AGENT_VERSION);  // plain, as upstream's Version()
+          resp_.set_principalnamespace(e_.config.principal.namespace_);
         }
+        status_ = grpc::Status::OK;
+        return;
+      case AuthOutcome::Kind::kDenied:
+        spdlog::warn("{} failed from {}: {}", what, peerAddress_, out.reason);
+        if constexpr (!kRefresh) {
+          switch (out.code) {
+            case ipc::DenialCode::INVALID_MODE:
+              status_ = grpc::Status(grpc::StatusCode::UNKNOWN, out.reason);
+              return;
+            case ipc::DenialCode::VERSION_REQUIRED:
+              status_ =
+                  grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "agent version is required");
+              return;
+            case ipc::DenialCode::VERSION_MISMATCH:
+              status_ = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "version mismatch");
+              return;
+            default:
+              break;
+          }
+        }
+        status_ = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authentication failed");
+        return;
       case AuthOutcome::Kind::kUnavailable:
         break;
     }
-    spdlog::error("authentication refused from {}: auth worker unavailable ({})", peer->address,
+    spdlog::error("{} refused from {}: auth worker unavailable ({})", what, peerAddress_,
                   out.reason);
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "authentication service unavailable");
+    status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE, "authentication service unavailable");
   }
 
-  grpc::Status RefreshToken(grpc::ServerContext* ctx, const authapi::RefreshTokenRequest* req,
-                            authapi::AuthResponse* resp) override {
-    if (req->refreshtoken().size() > kMaxAuthorization) return invalidAuth();
-    AuthOutcome out = bridge_.refresh(req->refreshtoken());
-    if (out.kind == AuthOutcome::Kind::kGranted) {
-      resp->set_accesstoken(out.accessToken);
-      resp->set_refreshtoken(out.refreshToken);
-      return grpc::Status::OK;
-    }
-    if (out.kind == AuthOutcome::Kind::kUnavailable) {
-      spdlog::error("token refresh refused from {}: auth worker unavailable ({})",
-                    peerOf(peers_, *ctx)->address, out.reason);
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "authentication service unavailable");
-    }
-    spdlog::warn("token refresh failed from {}: {}", peerOf(peers_, *ctx)->address, out.reason);
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authentication failed");
-  }
-
- private:
-  AuthBridge& bridge_;
-  const Config& config_;
-  const PeerRegistry& peers_;
+  EdgeContext& e_;
+  grpc::ServerCompletionQueue* cq_;
+  grpc::ServerContext ctx_;
+  Request req_;
+  authapi::AuthResponse resp_;
+  grpc::Status status_;
+  std::string peerAddress_;
+  grpc::ServerAsyncResponseWriter<authapi::AuthResponse> responder_{&ctx_};
+  grpc::Alarm alarm_;
+  Tag tag_{this, 0};
+  State state_ = State::kRequested;
 };
 
-// Per-agent delivery state. It outlives streams: what an agent has not acknowledged when its
-// stream dies is re-sent on its next stream. Newest stream wins: a second stream for the same
-// agent cancels the first (upstream lets both drain one queue, §13.12).
-struct AgentSession {
-  explicit AgentSession(const Config& c)
-      : outbox(delivery::WriterOptions{static_cast<size_t>(c.common.sendQueueSize)}) {}
-  delivery::Outbox outbox;
-  delivery::ReceiveLedger ledger;
-  std::mutex ledgerMu;
-  std::mutex mu;
-  grpc::ServerContext* active = nullptr;  // guarded by mu
-  std::thread producer;                   // synthetic source, if configured
-  // Liveness, guarded by mu.
-  std::chrono::steady_clock::time_point connectedSince{}, lastHeard{};
-  uint32_t streams = 0;
-  uint64_t heartbeats = 0;
-  uint64_t heartbeatRttUs = 0;  // as reported by the agent
-  bool stale = false;
+// ---------------------------------------------------------------------------------------------
+// Subscribe (and anything else not registered above: answered UNIMPLEMENTED), on grpc's generic
+// API so that events leased from the cache go on the wire as the bytes the cache serialised.
+
+grpc::ByteBuffer toBuffer(std::string bytes) {
+  auto* owned = new std::string(std::move(bytes));
+  grpc::Slice slice(
+      owned->data(), owned->size(), [](void* p) { delete static_cast<std::string*>(p); }, owned);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+grpc::ByteBuffer toBuffer(const google::protobuf::Message& m) {
+  std::string bytes;
+  m.SerializeToString(&bytes);
+  return toBuffer(std::move(bytes));
+}
+
+// What the KJ thread hands a stream (under the call's mutex).
+struct Inbox {
+  std::vector<std::string> events;   // serialized eventstreamapi.Event, leased from the cache
+  std::vector<delivery::Event> ack;  // agent events whose verdict says: ACK it
+  std::optional<grpc::Status> finish;
+  bool cancel = false;
+  bool opened = false;  // the cache leased the agent's state: the stream may answer
 };
 
-class EventStreamService final : public eventstreamapi::EventStream::Service {
+class StreamCall final : public Call, public std::enable_shared_from_this<StreamCall> {
  public:
-  EventStreamService(const jwt::Key& key, const Config& config, const PeerRegistry& peers)
-      : key_(key), config_(config), peers_(peers), sink_(config.common.eventLog) {
-    if (!config.principal.syntheticEvents.empty()) {
-      synthetic_ = delivery::parseSyntheticSpec(config.principal.syntheticEvents);
-    }
+  enum Op { kRequest, kRead, kWrite, kFinish, kAlarm };
+
+  StreamCall(EdgeContext& e, grpc::ServerCompletionQueue* cq) : e_(e), cq_(cq) {}
+  static void spawn(EdgeContext& e, grpc::ServerCompletionQueue* cq) {
+    auto c = std::make_shared<StreamCall>(e, cq);
+    c->self_ = c;
+    c->e_.services.generic.RequestCall(&c->ctx_, &c->stream_, cq, cq, &c->tags_[kRequest]);
   }
 
-  ~EventStreamService() override {
-    stopping_ = true;
+  void proceed(int op, bool ok) override {
+    switch (op) {
+      case kRequest:
+        onRequest(ok);
+        break;
+      case kRead:
+        reading_ = false;
+        if (ok) {
+          onMessage();
+          if (!finishing_) read();
+        } else {
+          finishStream(grpc::Status::OK);  // the agent closed its side, or the call was cancelled
+        }
+        break;
+      case kWrite:
+        writing_ = false;
+        if (!ok) {
+          finishStream(grpc::Status::OK);
+          ctx_.TryCancel();
+        }
+        pump();
+        break;
+      case kAlarm:
+        onAlarm();
+        break;
+      case kFinish:
+        finished_ = true;
+        break;
+    }
+    maybeRelease();
+  }
+
+  // --- KJ thread (any thread, under mu_) ---
+  void deliver(std::function<void(Inbox&)> fill) {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [name, s] : sessions_) {
-      if (s->producer.joinable()) s->producer.join();
+    if (ended_) return;
+    fill(inbox_);
+    if (!alarmArmed_) {
+      alarmArmed_ = true;
+      alarm_.Set(cq_, gpr_now(GPR_CLOCK_MONOTONIC), &tags_[kAlarm]);
     }
   }
 
-  grpc::Status Subscribe(
-      grpc::ServerContext* ctx,
-      grpc::ServerReaderWriter<eventstreamapi::Event, eventstreamapi::Event>* stream) override {
-    const auto& p = config_.principal;
-    auto claims = checkToken(
-        *ctx, key_, p.namespace_,
-        p.clientCertSubjectMatch && p.requireClientCerts && !p.insecurePlaintext, peers_);
-    if (!claims) return invalidAuth();
-    const std::string agent = claims->clientId;
-    auto session = sessionFor(agent);
-    {
-      std::lock_guard<std::mutex> lock(session->mu);
-      if (session->active != nullptr) {
-        spdlog::warn("agent {} opened a new stream; closing its previous one", agent);
-        session->active->TryCancel();
-      }
-      session->active = ctx;
-      session->connectedSince = session->lastHeard = std::chrono::steady_clock::now();
-      session->streams++;
-      session->stale = false;
-    }
-    auto opened = std::chrono::steady_clock::now();
-    streams_++;
-    spdlog::info("agent {} subscribed (mode {}, peer {})", agent, claims->mode,
-                 peerOf(peers_, *ctx)->address);
-    stream->SendInitialMetadata();
-    auto stats = delivery::pumpStream(
-        *stream, session->outbox, sink_, session->ledger, session->ledgerMu, "", "agent " + agent,
-        [this, &session, &agent](const delivery::Event& e) {
-          eventsReceived_.fetch_add(1, std::memory_order_relaxed);
-          std::lock_guard<std::mutex> lock(session->mu);
-          session->lastHeard = std::chrono::steady_clock::now();
-          if (e.type() == ce::kPing) {
-            session->heartbeats++;
-            std::string rtt = ce::stringAttr(e, std::string(ce::kHeartbeatRttExtension));
-            if (!rtt.empty() && rtt.size() < 16 &&
-                rtt.find_first_not_of("0123456789") == std::string::npos) {
-              session->heartbeatRttUs = std::stoull(rtt);
-            }
-          }
-          if (session->stale) {
-            session->stale = false;
-            spdlog::info("agent {} is alive again", agent);
-          }
-        },
-        &eventsSent_);
-    {
-      std::lock_guard<std::mutex> lock(session->mu);
-      if (session->active == ctx) session->active = nullptr;
-    }
-    streams_--;
-    auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::chrono::steady_clock::now() - opened);
-    spdlog::info(
-        "agent {} disconnected after {}ms ({} events received, {} ACKs, {} still "
-        "unacknowledged{})",
-        agent, lived.count(), stats.received, stats.acksReceived, session->outbox.tracked(),
-        ctx->IsCancelled() ? ", cancelled" : "");
-    return grpc::Status::OK;
-  }
-
-  int streams() const { return streams_.load(); }
-
-  // Upstream's principal metrics that this listener can count (ipc/observe.capnp Sample).
-  std::vector<MetricSample> samples() {
-    std::vector<MetricSample> out;
-    double connected = 0;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (auto& [name, s] : sessions_) {
-        std::lock_guard<std::mutex> l(s->mu);
-        if (s->active != nullptr) connected++;
-        out.push_back({"argocd_principal_agent_connections_total",
-                       "Event streams opened by the agent",
-                       true,
-                       {{"agent_name", name}},
-                       static_cast<double>(s->streams)});
-      }
-    }
-    out.push_back({"argocd_principal_connected_agents",
-                   "Agents with an open event stream",
-                   false,
-                   {},
-                   connected});
-    out.push_back({"principal_events_received",
-                   "Events received from agents",
-                   true,
-                   {},
-                   static_cast<double>(eventsReceived_.load())});
-    out.push_back({"principal_events_sent",
-                   "Events sent to agents",
-                   true,
-                   {},
-                   static_cast<double>(eventsSent_.load())});
-    return out;
-  }
-
-  std::vector<AgentDirectory::AgentView> agents() {
-    auto now = std::chrono::steady_clock::now();
-    auto ms = [](auto d) {
-      return static_cast<uint64_t>(
-          std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
-    };
-    std::vector<AgentDirectory::AgentView> out;
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [name, s] : sessions_) {
-      AgentDirectory::AgentView v;
-      v.name = name;
-      v.unacknowledged = s->outbox.tracked();
-      std::lock_guard<std::mutex> l(s->mu);
-      v.state = s->active == nullptr ? "disconnected" : s->stale ? "stale" : "connected";
-      v.connectedSinceMs = s->active == nullptr ? 0 : ms(now - s->connectedSince);
-      v.lastHeardMs = ms(now - s->lastHeard);
-      v.streams = s->streams;
-      v.heartbeats = s->heartbeats;
-      v.heartbeatRttUs = s->heartbeatRttUs;
-      out.push_back(std::move(v));
-    }
-    return out;
-  }
-
-  // Marks silent agents stale and, past the disconnect threshold, closes their stream. Called
-  // once a second by the listener's KJ thread.
-  void checkLiveness() {
-    const auto& p = config_.principal;
-    if (p.agentStaleAfter.count() == 0 && p.agentDisconnectAfter.count() == 0) return;
-    auto now = std::chrono::steady_clock::now();
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [name, s] : sessions_) {
-      std::lock_guard<std::mutex> l(s->mu);
-      if (s->active == nullptr) continue;
-      auto silent = now - s->lastHeard;
-      auto secs = std::chrono::duration_cast<std::chrono::milliseconds>(silent).count() / 1000.0;
-      if (p.agentDisconnectAfter.count() > 0 && silent >= p.agentDisconnectAfter) {
-        spdlog::warn("agent {} silent for {:.1f}s: closing its stream (--agent-disconnect-after)",
-                     name, secs);
-        s->active->TryCancel();
-      } else if (p.agentStaleAfter.count() > 0 && silent >= p.agentStaleAfter && !s->stale) {
-        s->stale = true;
-        spdlog::warn("agent {} is stale: nothing heard for {:.1f}s", name, secs);
-      }
-    }
-  }
-
-  std::string describe() {
-    std::lock_guard<std::mutex> lock(mu_);
-    uint64_t tracked = 0, waits = 0;
-    for (auto& [n, s] : sessions_) {
-      tracked += s->outbox.tracked();
-      waits += s->outbox.backpressureWaits();
-    }
-    return "streams: " + std::to_string(streams_.load()) +
-           ", agents: " + std::to_string(sessions_.size()) +
-           ", unacknowledged: " + std::to_string(tracked) +
-           ", back-pressure waits: " + std::to_string(waits);
-  }
+  const std::string& agent() const { return agent_; }
+  const std::string& mode() const { return mode_; }
+  const std::string& peer() const { return peer_; }
+  // Liveness, read by the KJ thread.
+  std::atomic<uint64_t> messages{0}, heartbeats{0}, rttUs{0};
+  // Read by the KJ thread once the stream ended (posted after the last update).
+  uint64_t acksReceived = 0, applied = 0;
+  bool cancelled() const { return cancelled_; }
 
  private:
-  std::shared_ptr<AgentSession> sessionFor(const std::string& agent) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto& s = sessions_[agent];
-    if (!s) {
-      s = std::make_shared<AgentSession>(config_);
-      if (synthetic_) startProducer(agent, *s);
+  void onRequest(bool ok) {
+    if (!ok) {  // the server is shutting down
+      std::lock_guard<std::mutex> lock(mu_);
+      ended_ = true;
+      self_.reset();
+      return;
     }
-    return s;
+    spawn(e_, cq_);  // the next call on this queue
+    if (ctx_.method() != kSubscribeMethod) {
+      finishStream(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                                "unknown method " + ctx_.method().substr(0, 128)));
+      return;
+    }
+    const auto& p = e_.config.principal;
+    auto claims = checkToken(
+        ctx_, e_.key, p.namespace_,
+        p.clientCertSubjectMatch && p.requireClientCerts && !p.insecurePlaintext, e_.peers);
+    if (!claims) {
+      finishStream(invalidAuth());
+      return;
+    }
+    agent_ = claims->clientId;
+    mode_ = claims->mode;
+    peer_ = peerOf(e_.peers, ctx_)->address;
+    subscribed_ = true;
+    e_.hub.opened(shared_from_this());
+    read();  // nothing is written (not even headers) until the cache worker leased the state
   }
 
-  void startProducer(const std::string& agent, AgentSession& s) {
-    auto spec = *synthetic_;
-    s.producer = std::thread([this, agent, spec, &s] {
-      auto start = std::chrono::steady_clock::now();
-      for (uint64_t seq = 0; seq < spec.count && !stopping_; ++seq) {
-        auto e = delivery::syntheticEvent(spec, seq);
-        while (!stopping_ && s.outbox.enqueue(e, std::chrono::milliseconds(500)) ==
-                                 delivery::EnqueueResult::kFull) {
+  void read() {
+    reading_ = true;
+    stream_.Read(&in_, &tags_[kRead]);
+  }
+
+  void onMessage() {
+    e_.counters.eventsReceived.fetch_add(1, std::memory_order_relaxed);
+    messages.fetch_add(1, std::memory_order_relaxed);
+    eventstreamapi::Event msg;
+    if (!grpc::SerializationTraits<eventstreamapi::Event>::Deserialize(&in_, &msg).ok()) {
+      spdlog::error("agent {}: message is not an eventstreamapi.Event; ignored", agent_);
+      return;
+    }
+    const delivery::Event& e = msg.event();
+    if (e.type() == ce::kProcessed) {
+      acksReceived++;
+      e_.hub.post([self = shared_from_this(), r = ce::stringAttr(e, "resourceid"),
+                   id = ce::stringAttr(e, "eventid")]() mutable {
+        self->ackToStore(std::move(r), std::move(id));
+      });
+      return;
+    }
+    std::string resource = ce::stringAttr(e, "resourceid");
+    if (auto problem = delivery::validateEvent(e)) {
+      spdlog::error("agent {}: rejected event type '{}' for resource '{}': {}", agent_,
+                    e.type().substr(0, 64), resource.empty() ? "(none)" : resource.substr(0, 128),
+                    *problem);
+      writeAck(e);  // re-sending a malformed event cannot make it valid
+      return;
+    }
+    switch (ce::classify(e.type())) {
+      case ce::Kind::kHeartbeat: {
+        heartbeats.fetch_add(1, std::memory_order_relaxed);
+        std::string rtt = ce::stringAttr(e, std::string(ce::kHeartbeatRttExtension));
+        if (!rtt.empty() && rtt.size() < 16 &&
+            rtt.find_first_not_of("0123456789") == std::string::npos) {
+          rttUs.store(std::stoull(rtt), std::memory_order_relaxed);
         }
+        spdlog::debug("agent {}: received heartbeat", agent_);
+        writeAck(e);
+        return;
       }
-      // Report once everything was acknowledged (the benchmark reads this line).
-      while (!stopping_ && s.outbox.tracked() > 0) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
-      if (stopping_) return;
-      auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start);
-      auto st = s.outbox.stats();
-      spdlog::info(
-          "synthetic source: {} events acknowledged by agent {} in {:.0f}ms ({:.0f} "
-          "events/s); ACK latency p50 {}us p99 {}us; re-sent {}",
-          spec.count, agent, ms.count(), spec.count * 1000.0 / std::max(ms.count(), 1.0),
-          st.ackLatency.quantile(0.5).count(), st.ackLatency.quantile(0.99).count(), st.resent);
+      case ce::Kind::kUnsupported:
+        if (unsupportedTypes_.insert(e.type()).second) {
+          spdlog::debug(
+              "agent {}: received event type '{}' (target '{}'): not supported by this "
+              "implementation, acknowledged without action (logged once per stream)",
+              agent_, e.type(), ce::target(e).substr(0, 64));
+        }
+        writeAck(e);
+        return;
+      default:
+        break;
+    }
+    // A Kubernetes object: applied once, through the receive ledger in the cache worker.
+    std::string bytes;
+    e.SerializeToString(&bytes);
+    e_.hub.post([self = shared_from_this(), resource = std::move(resource),
+                 id = ce::stringAttr(e, "eventid"), bytes = std::move(bytes),
+                 event = std::move(*msg.mutable_event())]() mutable {
+      self->receivedToStore(std::move(resource), std::move(id), std::move(bytes), std::move(event));
     });
   }
 
-  const jwt::Key& key_;
-  const Config& config_;
-  const PeerRegistry& peers_;
-  delivery::MemorySink sink_;
-  std::optional<delivery::SyntheticSpec> synthetic_;
-  std::atomic<bool> stopping_{false};
+  void writeAck(const delivery::Event& e) {
+    eventstreamapi::Event out;
+    *out.mutable_event() = ce::makeAck(e, "");
+    control_.push_back(toBuffer(out));
+    pump();
+  }
+
+  void onAlarm() {
+    Inbox in;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      alarmArmed_ = false;
+      std::swap(in, inbox_);
+    }
+    for (auto& e : in.ack) {
+      eventstreamapi::Event out;
+      *out.mutable_event() = ce::makeAck(e, "");
+      control_.push_back(toBuffer(out));
+    }
+    for (auto& bytes : in.events) events_.push_back(toBuffer(std::move(bytes)));
+    if (in.opened && !opened_ && !finishing_) {
+      opened_ = true;
+      writing_ = true;
+      stream_.SendInitialMetadata(&tags_[kWrite]);
+    }
+    batchPending_ += in.events.size();
+    if (in.cancel && !finished_) {
+      cancelled_ = true;
+      ctx_.TryCancel();
+    }
+    if (in.finish) finishStream(*in.finish);
+    pump();
+  }
+
+  // One write at a time: ACKs before events; the last of a burst flushes.
+  void pump() {
+    if (writing_ || finishing_) {
+      if (finishing_ && !writing_ && !finishSent_) sendFinish();
+      return;
+    }
+    if (!opened_) return;
+    std::deque<grpc::ByteBuffer>* q = !control_.empty() ? &control_ : &events_;
+    if (q->empty()) return;
+    grpc::WriteOptions options;
+    if (control_.size() + events_.size() > 1) options.set_buffer_hint();
+    writeBuf_ = std::move(q->front());
+    bool isEvent = q == &events_;
+    q->pop_front();
+    writing_ = true;
+    stream_.Write(writeBuf_, options, &tags_[kWrite]);
+    e_.counters.eventsSent.fetch_add(1, std::memory_order_relaxed);
+    if (isEvent && --batchPending_ == 0) {
+      // The whole lease is on its way: ask the cache for the next one.
+      e_.hub.post([self = shared_from_this()]() { self->wantMore(); });
+    }
+  }
+
+  void finishStream(grpc::Status status) {
+    if (finishing_) return;
+    finishing_ = true;
+    status_ = std::move(status);
+    if (!writing_) sendFinish();
+  }
+
+  void sendFinish() {
+    finishSent_ = true;
+    stream_.Finish(status_, &tags_[kFinish]);
+  }
+
+  void maybeRelease() {
+    if (reading_ || writing_ || !finished_) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (alarmArmed_) return;  // its tag is still to come
+      ended_ = true;
+    }
+    if (subscribed_) e_.hub.post([self = shared_from_this()]() { self->closedOnKj(); });
+    self_.reset();  // may destroy this: last statement
+  }
+
+  // KJ-thread hooks, defined with the Hub.
+  void ackToStore(std::string resource, std::string eventId);
+  void receivedToStore(std::string resource, std::string eventId, std::string bytes,
+                       delivery::Event event);
+  void wantMore();
+  void closedOnKj();
+
+  EdgeContext& e_;
+  grpc::ServerCompletionQueue* cq_;
+  grpc::GenericServerContext ctx_;
+  grpc::GenericServerAsyncReaderWriter stream_{&ctx_};
+  Tag tags_[5] = {{this, kRequest}, {this, kRead}, {this, kWrite}, {this, kFinish}, {this, kAlarm}};
+  std::shared_ptr<StreamCall> self_;  // while grpc may still return one of our tags
+
+  // Serving thread only.
+  grpc::ByteBuffer in_, writeBuf_;
+  std::deque<grpc::ByteBuffer> control_, events_;
+  size_t batchPending_ = 0;
+  bool reading_ = false, writing_ = false, finishing_ = false, finishSent_ = false,
+       finished_ = false, subscribed_ = false, cancelled_ = false, opened_ = false;
+  grpc::Status status_;
+  std::set<std::string> unsupportedTypes_;
+  std::string agent_, mode_, peer_;  // set before the KJ thread sees the call
+
+  // Shared with the KJ thread.
   std::mutex mu_;
-  std::map<std::string, std::shared_ptr<AgentSession>> sessions_;
-  std::atomic<int> streams_{0};
-  std::atomic<uint64_t> eventsReceived_{0}, eventsSent_{0};
+  Inbox inbox_;
+  bool alarmArmed_ = false, ended_ = false;
+  grpc::Alarm alarm_;
 };
 
-class ListenerRole final : public Role, public AgentDirectory {
+// ---------------------------------------------------------------------------------------------
+// The KJ thread's side: links to auth, cache and heartbeat, and each live stream's lease.
+
+class StreamControlImpl;
+
+struct Live {
+  std::shared_ptr<StreamCall> call;
+  kj::Maybe<ipc::AgentSession::Client> session;
+  kj::Maybe<ipc::LiveStream::Client> live;
+  std::vector<std::pair<std::string, std::string>> acks;  // to report to the cache
+  std::vector<std::tuple<std::string, std::string, std::string, delivery::Event>> received;
+  bool opening = true, leasing = false, wantMore = true, liveOpening = false, closed = false;
+  uint64_t reportedMessages = 0, reportedHeartbeats = 0, reportedRtt = 0;
+  std::chrono::steady_clock::time_point opened = std::chrono::steady_clock::now();
+};
+
+class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
+ public:
+  KjHub(WorkerEnv& env, Counters& counters)
+      : env_(env),
+        counters_(counters),
+        name_(env.args.role),
+        mailbox_(env.io.unixEventPort),
+        auth_(env.io, env.timer, env.args.runtimeDir + "/auth.sock", kAuthDeadline),
+        cache_(env.io, env.args.runtimeDir + "/cache.sock", "cache"),
+        heartbeat_(env.io, env.args.runtimeDir + "/heartbeat.sock", "heartbeat"),
+        tasks_(*this) {
+    tasks_.add(mailbox_.run([this]() { flush(); }));
+    tasks_.add(livenessLoop());
+  }
+
+  // From the serving threads.
+  void post(std::function<void()> job) override { mailbox_.post(std::move(job)); }
+  void authenticate(std::function<void(AuthOutcome)> done, AuthInput in) override {
+    post([this, done = std::move(done), in = std::move(in)]() mutable {
+      if (closing_) return;
+      tasks_.add(auth_.authenticate(in).then([this, done = std::move(done)](AuthOutcome out) {
+        if (!closing_) done(std::move(out));
+      }));
+    });
+  }
+  void refresh(std::function<void(AuthOutcome)> done, std::string token) override {
+    post([this, done = std::move(done), token = std::move(token)]() mutable {
+      if (closing_) return;
+      tasks_.add(auth_.refresh(token).then([this, done = std::move(done)](AuthOutcome out) {
+        if (!closing_) done(std::move(out));
+      }));
+    });
+  }
+  void opened(std::shared_ptr<StreamCall> call) override {
+    post([this, call = std::move(call)]() mutable { open(std::move(call)); });
+  }
+
+  // KJ thread: the calls' hooks.
+  Live* find(StreamCall* c) {
+    auto it = live_.find(c);
+    return it == live_.end() ? nullptr : it->second.get();
+  }
+  void ack(StreamCall* c, std::string r, std::string id) {
+    if (Live* l = find(c)) {
+      l->acks.emplace_back(std::move(r), std::move(id));
+      dirty_.insert(c);
+    }
+  }
+  void received(StreamCall* c, std::string r, std::string id, std::string bytes,
+                delivery::Event e) {
+    if (Live* l = find(c)) {
+      l->received.emplace_back(std::move(r), std::move(id), std::move(bytes), std::move(e));
+      dirty_.insert(c);
+    }
+  }
+  void wantMore(StreamCall* c) {
+    if (Live* l = find(c)) {
+      l->wantMore = true;
+      lease(*l);
+    }
+  }
+  void closed(StreamCall* c) {
+    auto it = live_.find(c);
+    if (it == live_.end()) return;
+    auto& l = *it->second;
+    auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - l.opened);
+    if (!l.opening) {
+      counters_.streams.fetch_sub(1);
+      spdlog::info("agent {} disconnected after {}ms ({} events received, {} ACKs{})", c->agent(),
+                   lived.count(), c->messages.load(), c->acksReceived,
+                   c->cancelled() ? ", cancelled" : "");
+    }
+    flushOne(c, l);  // ACKs that arrived last still reach the cache
+    dirty_.erase(c);
+    live_.erase(it);  // drops the lease and the liveness stream: both workers see it end
+  }
+  // StreamControl.close from the cache or heartbeat worker.
+  void close(StreamCall* c, std::string reason) {
+    if (Live* l = find(c)) {
+      spdlog::info("agent {}: closing its stream on {}: {}", c->agent(), name_, reason);
+      l->call->deliver([](Inbox& in) { in.cancel = true; });
+    }
+  }
+
+  // Drain: stop handing anything to the calls (their queues are about to shut down).
+  void beginClosing() { closing_ = true; }
+  bool closing() const { return closing_; }
+  // The test fault switch: cut this listener's link to the cache worker (see README, Testing).
+  void cutCacheLink() {
+    spdlog::warn("fault switch: cutting the link to the cache worker");
+    cache_.reset();
+    for (auto& [c, l] : live_) {
+      if (l->session != nullptr) {
+        l->session = nullptr;
+        c->deliver([](Inbox& in) { in.cancel = true; });
+      }
+    }
+  }
+  size_t streams() const { return live_.size(); }
+  bool cacheConnected() const { return cache_.connected(); }
+
+ private:
+  void taskFailed(kj::Exception&& e) override {
+    spdlog::error("listener: {}", e.getDescription().cStr());
+  }
+
+  void open(std::shared_ptr<StreamCall> call) {
+    if (closing_) return;
+    StreamCall* c = call.get();
+    auto l = std::make_unique<Live>();
+    l->call = call;
+    Live& live = *l;
+    live_[c] = std::move(l);
+    auto control = makeControl(c);
+    auto opening = cache_.get().then([this, c, control](capnp::Capability::Client cap) mutable {
+      auto req = cap.castAs<ipc::AgentStore>().openRequest();
+      req.setAgent(c->agent());
+      req.setListener(name_);
+      req.setControl(kj::mv(control));
+      return req.send();
+    });
+    tasks_.add(env_.timer.timeoutAfter(kOpenDeadline, kj::mv(opening))
+                   .then(
+                       [this, c](auto resp) {
+                         Live* l = find(c);
+                         if (l == nullptr) return;  // gone meanwhile
+                         l->session = resp.getSession();
+                         l->opening = false;
+                         counters_.streams.fetch_add(1);
+                         spdlog::info("agent {} subscribed (mode {}, peer {})", c->agent(),
+                                      c->mode(), c->peer());
+                         l->call->deliver([](Inbox& in) { in.opened = true; });
+                         openLive(*l);
+                         flushOne(c, *l);
+                         lease(*l);
+                       },
+                       [this, c](kj::Exception&& e) {
+                         Live* l = find(c);
+                         if (l == nullptr) return;
+                         counters_.refusedNoState.fetch_add(1);
+                         spdlog::error(
+                             "agent {}: stream refused: the cache worker holding its delivery "
+                             "state is unavailable ({})",
+                             c->agent(), e.getDescription().cStr());
+                         l->call->deliver([](Inbox& in) {
+                           in.finish = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                                    "agent state unavailable, retry later");
+                         });
+                       }));
+  }
+
+  ipc::StreamControl::Client makeControl(StreamCall* c);
+
+  void openLive(Live& l) {
+    if (l.liveOpening || l.live != nullptr || l.opening) return;
+    l.liveOpening = true;
+    StreamCall* c = l.call.get();
+    tasks_.add(heartbeat_.get()
+                   .then([this, c](capnp::Capability::Client cap) {
+                     auto req = cap.castAs<ipc::Liveness>().openedRequest();
+                     req.setAgent(c->agent());
+                     req.setListener(name_);
+                     req.setPeer(c->peer());
+                     req.setControl(makeControl(c));
+                     return req.send();
+                   })
+                   .then(
+                       [this, c](auto resp) {
+                         if (Live* l = find(c)) {
+                           l->live = resp.getStream();
+                           l->liveOpening = false;
+                         }
+                       },
+                       [this, c](kj::Exception&&) {
+                         // The heartbeat worker is down: the stream goes on; the next liveness
+                         // tick announces it again.
+                         if (Live* l = find(c)) l->liveOpening = false;
+                       }));
+  }
+
+  // Asks the cache for the stream's next batch: one lease in flight, the next once it is written.
+  void lease(Live& l) {
+    if (l.leasing || !l.wantMore || closing_) return;
+    KJ_IF_MAYBE (s, l.session) {
+      l.leasing = true;
+      StreamCall* c = l.call.get();
+      auto req = s->nextRequest();
+      req.setMax(kBatch);
+      tasks_.add(req.send().then(
+          [this, c](auto resp) {
+            Live* l = find(c);
+            if (l == nullptr) return;
+            l->leasing = false;
+            auto list = resp.getEvents();
+            spdlog::trace("agent {}: leased {} events", c->agent(), list.size());
+            if (list.size() == 0) {
+              lease(*l);  // idle answer: ask again
+              return;
+            }
+            std::vector<std::string> events;
+            events.reserve(list.size());
+            for (auto d : list)
+              events.emplace_back(reinterpret_cast<const char*>(d.begin()), d.size());
+            l->wantMore = false;
+            l->call->deliver([&events](Inbox& in) {
+              for (auto& e : events) in.events.push_back(std::move(e));
+            });
+          },
+          [this, c](kj::Exception&& e) {
+            Live* l = find(c);
+            if (l == nullptr) return;
+            l->leasing = false;
+            // Superseded by a newer stream, or the cache link broke: nothing is lost (what this
+            // stream did not get ACKed is re-sent on the next), so close the stream.
+            spdlog::info("agent {}: stream closed by {}: {}", c->agent(), name_,
+                         e.getDescription().cStr());
+            l->session = nullptr;
+            l->call->deliver([](Inbox& in) { in.cancel = true; });
+          }));
+    }
+  }
+
+  // After each mailbox batch: hand the cache what the streams received, one call per stream.
+  void flush() {
+    for (StreamCall* c : dirty_) {
+      if (Live* l = find(c)) flushOne(c, *l);
+    }
+    dirty_.clear();
+  }
+
+  void flushOne(StreamCall* c, Live& l) {
+    if (l.opening) return;  // sent once the lease exists
+    auto* s = kj::_::readMaybe(l.session);
+    if (s == nullptr) {
+      l.acks.clear();  // the stream is closing; the cache re-sends what is unacknowledged
+      l.received.clear();
+      return;
+    }
+    if (!l.acks.empty()) {
+      auto req = s->ackedRequest();
+      auto list = req.initAcks(l.acks.size());
+      for (size_t i = 0; i < l.acks.size(); ++i) {
+        list[i].setResourceId(l.acks[i].first);
+        list[i].setEventId(l.acks[i].second);
+      }
+      l.acks.clear();
+      tasks_.add(req.send().ignoreResult().catch_([](kj::Exception&&) {}));
+    }
+    if (!l.received.empty()) {
+      auto req = s->receivedRequest();
+      auto list = req.initEvents(l.received.size());
+      auto events = kj::heap<std::vector<delivery::Event>>();
+      for (size_t i = 0; i < l.received.size(); ++i) {
+        auto& [r, id, bytes, e] = l.received[i];
+        list[i].setResourceId(r);
+        list[i].setEventId(id);
+        list[i].setEvent(
+            kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
+        events->push_back(std::move(e));
+      }
+      l.received.clear();
+      auto call = l.call;
+      tasks_.add(req.send()
+                     .then([call, events = kj::mv(events)](auto resp) mutable {
+                       auto verdicts = resp.getVerdicts();
+                       call->deliver([&](Inbox& in) {
+                         for (size_t i = 0; i < verdicts.size() && i < events->size(); ++i) {
+                           if (verdicts[i] != ipc::Verdict::RETRY) {
+                             in.ack.push_back(std::move((*events)[i]));
+                           }
+                         }
+                       });
+                     })
+                     .catch_([](kj::Exception&&) {
+                       // No ACK: the agent re-sends, and the ledger applies it once.
+                     }));
+    }
+  }
+
+  // Reports what arrived on each live stream to the heartbeat worker; announces streams it does
+  // not know yet (after it restarted).
+  kj::Promise<void> livenessLoop() {
+    return env_.timer.afterDelay(kLivenessPeriod).then([this]() {
+      for (auto& [c, l] : live_) {
+        if (l->opening) continue;
+        if (l->live == nullptr) {
+          openLive(*l);
+          continue;
+        }
+        uint64_t m = c->messages.load(), h = c->heartbeats.load(), rtt = c->rttUs.load();
+        if (m == l->reportedMessages) continue;
+        auto req = kj::_::readMaybe(l->live)->heardRequest();
+        req.setMessages(m - l->reportedMessages);
+        req.setHeartbeats(h - l->reportedHeartbeats);
+        req.setRttUs(rtt != l->reportedRtt ? rtt : 0);
+        l->reportedMessages = m;
+        l->reportedHeartbeats = h;
+        l->reportedRtt = rtt;
+        tasks_.add(req.send().ignoreResult().catch_([this, c = c](kj::Exception&&) {
+          if (Live* l = find(c)) l->live = nullptr;  // announced again next tick
+        }));
+      }
+      return livenessLoop();
+    });
+  }
+
+  WorkerEnv& env_;
+  Counters& counters_;
+  std::string name_;
+  Mailbox mailbox_;
+  AuthBridge auth_;
+  ServiceLink cache_, heartbeat_;
+  std::map<StreamCall*, std::unique_ptr<Live>> live_;
+  std::set<StreamCall*> dirty_;
+  bool closing_ = false;
+  kj::TaskSet tasks_;
+};
+
+KjHub* theHub = nullptr;  // the one hub of this process (the calls' KJ hooks reach it)
+
+void StreamCall::ackToStore(std::string r, std::string id) {
+  theHub->ack(this, std::move(r), std::move(id));
+}
+void StreamCall::receivedToStore(std::string r, std::string id, std::string bytes,
+                                 delivery::Event event) {
+  theHub->received(this, std::move(r), std::move(id), std::move(bytes), std::move(event));
+}
+void StreamCall::wantMore() { theHub->wantMore(this); }
+void StreamCall::closedOnKj() { theHub->closed(this); }
+
+class StreamControlImpl final : public ipc::StreamControl::Server {
+ public:
+  StreamControlImpl(KjHub& hub, std::weak_ptr<StreamCall> call)
+      : hub_(hub), call_(std::move(call)) {}
+  kj::Promise<void> close(CloseContext context) override {
+    if (auto c = call_.lock()) hub_.close(c.get(), context.getParams().getReason());
+    return kj::READY_NOW;
+  }
+
+ private:
+  KjHub& hub_;
+  std::weak_ptr<StreamCall> call_;
+};
+
+ipc::StreamControl::Client KjHub::makeControl(StreamCall* c) {
+  Live* l = find(c);
+  return kj::heap<StreamControlImpl>(
+      *this, l ? std::weak_ptr<StreamCall>(l->call) : std::weak_ptr<StreamCall>());
+}
+
+// ---------------------------------------------------------------------------------------------
+
+class ListenerRole final : public Role {
  public:
   explicit ListenerRole(WorkerEnv& env) : env_(env) {}
 
   ~ListenerRole() noexcept(false) override {
+    if (hub_) hub_->beginClosing();
     if (front_) front_->stopAccepting();  // nothing more is handed to the server below
     if (server_) server_->Shutdown(std::chrono::system_clock::now());
     if (shutdownThread_.joinable()) shutdownThread_.join();
+    stopLoops();
+    theHub = nullptr;
   }
 
   kj::Promise<void> start() override {
@@ -442,10 +1070,10 @@ class ListenerRole final : public Role, public AgentDirectory {
     } catch (const std::runtime_error& e) {
       throw ConfigError(std::string("JWT public key: ") + e.what());
     }
-    bridge_ = kj::heap<AuthBridge>(env_.io, env_.timer, dir + "/auth.sock", kAuthDeadline);
-    version_ = std::make_unique<VersionService>();
-    auth_ = std::make_unique<AuthenticationService>(*bridge_, c, peers_);
-    events_ = std::make_unique<EventStreamService>(*key_, c, peers_);
+    hub_ = kj::heap<KjHub>(env_, counters_);
+    theHub = hub_.get();
+    edge_ =
+        std::make_unique<EdgeContext>(EdgeContext{c, *key_, peers_, services_, *hub_, counters_});
 
     FrontDoor::Options front;
     front.host = p.listenHost;
@@ -472,11 +1100,32 @@ class ListenerRole final : public Role, public AgentDirectory {
                                  static_cast<int>(ms.count()));
       builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
     }
-    builder.RegisterService(version_.get());
-    builder.RegisterService(auth_.get());
-    builder.RegisterService(events_.get());
+    builder.RegisterService(&services_.version);
+    builder.RegisterService(&services_.auth);
+    builder.RegisterAsyncGenericService(&services_.generic);
+    threads_ = listenerThreads(p);
+    loops_.resize(threads_);
+    for (auto& l : loops_) l.cq = builder.AddCompletionQueue();
     server_ = builder.BuildAndStart();
     KJ_REQUIRE(server_ != nullptr, "grpc server did not start");
+    for (auto& l : loops_) {
+      auto* cq = l.cq.get();
+      // A few calls waiting per method and queue, so that a burst does not wait for re-arming.
+      for (int i = 0; i < 4; ++i) {
+        new VersionCall(*edge_, cq);
+        new AuthCall<false>(*edge_, cq);
+        new AuthCall<true>(*edge_, cq);
+        StreamCall::spawn(*edge_, cq);
+      }
+      l.thread = std::thread([cq]() {
+        void* tag;
+        bool ok;
+        while (cq->Next(&tag, &ok)) {
+          auto* t = static_cast<Tag*>(tag);
+          t->call->proceed(t->op, ok);
+        }
+      });
+    }
     grpc::Server* server = server_.get();
     front.handOff = [server](int fd) { grpc::AddInsecureChannelFromFd(server, fd); };
     // Usually a bind failure means the port is taken by a process that is not ours: temporary,
@@ -484,7 +1133,8 @@ class ListenerRole final : public Role, public AgentDirectory {
     front_ = std::make_unique<FrontDoor>(std::move(front));
     front_->start();
     std::string address = front_->address();
-    spdlog::info("Listening on {} ({})", address, p.insecurePlaintext ? "plaintext" : "TLS");
+    spdlog::info("Listening on {} ({}), {} serving threads", address,
+                 p.insecurePlaintext ? "plaintext" : "TLS", threads_);
     if (!p.insecurePlaintext) {
       auto range = [](int v, int dflt) { return tls::versionName(v == tls::kUnset ? dflt : v); };
       spdlog::info("TLS {} to {}, cipher suites: {}, client certificates: {}",
@@ -496,7 +1146,6 @@ class ListenerRole final : public Role, public AgentDirectory {
                    }(),
                    p.requireClientCerts ? "required" : "not requested");
     }
-    liveness_ = livenessLoop().eagerlyEvaluate(nullptr);
     if (p.insecurePlaintext && p.listenHost != "127.0.0.1" && p.listenHost != "::1" &&
         p.listenHost != "localhost") {
       spdlog::warn(
@@ -504,28 +1153,52 @@ class ListenerRole final : public Role, public AgentDirectory {
           "this behind a service-mesh sidecar that enforces mTLS",
           address);
     }
+    faultSwitch_ = watchFaultSwitch().eagerlyEvaluate(nullptr);
     return kj::READY_NOW;
   }
 
   kj::Promise<void> drain() override {
-    // grpc's Shutdown blocks until handlers return (an Authenticate may wait up to the auth
-    // deadline, a stream until its deadline): run it on its own thread so that this KJ loop
-    // (supervisor link, watchdog) keeps answering, and resolve when it is done.
+    // grpc's Shutdown blocks until calls end (a stream until the deadline): run it on its own
+    // thread so that this KJ loop (supervisor link, watchdog) keeps answering.
+    hub_->beginClosing();
     if (front_) front_->stopAccepting();  // open connections drain through grpc's GOAWAY
     auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
     shutdownDone_ = kj::mv(paf.fulfiller);
     auto deadline = std::chrono::system_clock::now() + env_.config.common.shutdownTimeout / 2;
     shutdownThread_ = std::thread([this, deadline, done = shutdownDone_.get()]() {
       server_->Shutdown(deadline);
+      stopLoops();
       done->fulfill();
     });
     return kj::mv(paf.promise);
   }
 
-  std::string describe() override { return events_ ? events_->describe() : "starting"; }
+  std::string describe() override {
+    if (!hub_) return "starting";
+    return "streams: " + std::to_string(counters_.streams.load()) +
+           ", serving threads: " + std::to_string(threads_) +
+           ", cache link: " + (hub_->cacheConnected() ? "up" : "down") +
+           ", refused (no agent state): " + std::to_string(counters_.refusedNoState.load());
+  }
 
   std::vector<MetricSample> samples() override {
-    return events_ ? events_->samples() : std::vector<MetricSample>{};
+    return {
+        {"argocd_principal_connected_agents",
+         "Agents with an open event stream",
+         false,
+         {},
+         static_cast<double>(counters_.streams.load())},
+        {"principal_events_received",
+         "Events received from agents",
+         true,
+         {},
+         static_cast<double>(counters_.eventsReceived.load())},
+        {"principal_events_sent",
+         "Events sent to agents",
+         true,
+         {},
+         static_cast<double>(counters_.eventsSent.load())},
+    };
   }
 
   std::pair<bool, std::string> serving() override {
@@ -533,30 +1206,46 @@ class ListenerRole final : public Role, public AgentDirectory {
     return {true, ""};
   }
 
-  std::vector<AgentView> agents() override {
-    return events_ ? events_->agents() : std::vector<AgentView>{};
+ private:
+  void stopLoops() {
+    std::lock_guard<std::mutex> lock(loopsMu_);
+    if (loopsStopped_) return;
+    loopsStopped_ = true;
+    for (auto& l : loops_) {
+      if (l.cq) l.cq->Shutdown();
+    }
+    for (auto& l : loops_) {
+      if (l.thread.joinable()) l.thread.join();
+    }
   }
 
- private:
+  // Test fault switch: SIGUSR2 cuts the link to the cache worker (the stream refusal and
+  // re-lease path), only when AA_TEST_FAULTS=1 is in the environment.
+  kj::Promise<void> watchFaultSwitch() {
+    const char* on = getenv("AA_TEST_FAULTS");
+    if (on == nullptr || std::string(on) != "1") return kj::NEVER_DONE;
+    return env_.io.unixEventPort.onSignal(SIGUSR2).then([this](siginfo_t) {
+      hub_->cutCacheLink();
+      return watchFaultSwitch();
+    });
+  }
+
   WorkerEnv& env_;
   std::shared_ptr<const jwt::Key> key_;
-  kj::Own<AuthBridge> bridge_;
-  std::unique_ptr<VersionService> version_;
-  std::unique_ptr<AuthenticationService> auth_;
-  std::unique_ptr<EventStreamService> events_;
-  PeerRegistry peers_;  // before the services and the front door, which use it
+  Counters counters_;
+  Services services_;
+  PeerRegistry peers_;  // before the edge and the front door, which use it
+  kj::Own<KjHub> hub_;
+  std::unique_ptr<EdgeContext> edge_;
+  int threads_ = 0;
+  std::vector<Loop> loops_;
+  std::mutex loopsMu_;
+  bool loopsStopped_ = false;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<FrontDoor> front_;  // destroyed before server_: no hand-off to a dead server
   kj::Own<kj::CrossThreadPromiseFulfiller<void>> shutdownDone_;
   std::thread shutdownThread_;
-  kj::Promise<void> liveness_ = nullptr;
-
-  kj::Promise<void> livenessLoop() {
-    return env_.timer.afterDelay(1 * kj::SECONDS).then([this]() {
-      events_->checkLiveness();
-      return livenessLoop();
-    });
-  }
+  kj::Promise<void> faultSwitch_ = nullptr;
 };
 
 }  // namespace
