@@ -165,8 +165,9 @@ class LoadGen:
 
 def write_load_users(path, count, prefix="load-", password="load-secret", extra=None):
     """A userpass file for `count` load agents (<prefix>00000...) plus `extra` {name: password}."""
-    subprocess.run([LOADGEN_BIN, "--write-users", path, "--agents", str(count), "--prefix", prefix,
-                    "--password", password], check=True, timeout=30)
+    if count > 0:
+        subprocess.run([LOADGEN_BIN, "--write-users", path, "--agents", str(count), "--prefix",
+                        prefix, "--password", password], check=True, timeout=30)
     with open(path, "a") as f:
         for name, pw in (extra or {}).items():
             f.write(f"{name}:{hash_password(pw)}\n")

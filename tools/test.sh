@@ -6,7 +6,9 @@
 #            again; a report in any of our processes, workers included, fails the run (the
 #            fixture test sanitizer.reports, see tools/sanitizers/sanitizers.cmake)
 #   thread   build-tsan/ (-DAA_SANITIZE=thread): the unit tests (front door/TLS relay, Outbox,
-#            everything with threads); suppressions: tools/sanitizers/tsan.supp
+#            everything with threads) and the integration tests labelled tsan (the listener's
+#            serving threads, mailbox and alarms: integration.data_path); reports are collected
+#            as in the address stage; suppressions: tools/sanitizers/tsan.supp
 # FUZZ_SECONDS (default 20) sets each fuzzer's budget; SANITIZERS (default "address thread")
 # chooses the sanitizer stages ("" skips them); extra arguments go to every ctest run (e.g.
 # -L unit). Each stage prints its wall time, and all of them are summed up at the end.
@@ -48,8 +50,9 @@ stage_end
 # the unit tests and the Python stubs (no benchmarks). -j2 like everything else on 2 cores.
 for san in ${SANITIZERS-address thread}; do
   case $san in
-    address) dir=build-asan; targets=(argocd-agent argocd-agentctl unit_tests integration_pb); labels=() ;;
-    thread) dir=build-tsan; targets=(unit_tests); labels=(-L unit) ;;
+    address) dir=build-asan; targets=(argocd-agent argocd-agentctl agent_load unit_tests integration_pb); labels=() ;;
+    thread) dir=build-tsan; targets=(argocd-agent argocd-agentctl agent_load unit_tests integration_pb)
+            labels=(-L "unit|tsan") ;;
     *) echo "SANITIZERS: unknown '$san' (address, thread)" >&2; exit 2 ;;
   esac
   stage_start "$san: build"

@@ -58,7 +58,7 @@ start_principal() {
   BENCH_PIDS+=("$PRINCIPAL_PID")
   wait_for_line "$log" "Listening on" 30
   PORT=$(grep -o 'Listening on [0-9.]*:[0-9]*' "$log" | head -n1 | sed 's/.*://')
-  LISTENER_PID=$(grep -o 'started worker listener (pid [0-9]*' "$log" | head -n1 | grep -o '[0-9]*$')
+  LISTENER_PID=$(grep -o 'started worker listener-1 (pid [0-9]*' "$log" | head -n1 | grep -o '[0-9]*$')
 }
 
 # stop PID: SIGTERM and wait.

@@ -23,6 +23,7 @@
 //         reconnects=R refused=X events=E acks_sent=K heartbeats_acked=H hb_p50_us=.. hb_p99_us=..
 // (subscribed: the stream is open and the principal answered its first heartbeat; counters are
 // totals since start; hb_* over the last report interval).
+#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -404,6 +405,8 @@ struct Agent {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Stopped by SIGTERM (the harness, a script): leave at once, as a killed agent would.
+  signal(SIGTERM, [](int) { _exit(0); });
   Options o = parse(argc, argv);
   if (!o.writeUsers.empty()) {
     std::string hash = aa::userpass::hashPassword(o.password, o.cost);

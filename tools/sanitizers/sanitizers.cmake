@@ -39,6 +39,7 @@ elseif(AA_SANITIZE STREQUAL "thread")
   set(_tsan "halt_on_error=1:second_deadlock_stack=1")
   set(_tsan "${_tsan}:suppressions=${CMAKE_SOURCE_DIR}/tools/sanitizers/tsan.supp")
   list(APPEND AA_SANITIZER_UNIT_ENV "TSAN_OPTIONS=${_tsan}")
+  set(AA_SANITIZER_INTEGRATION_TSAN "${_tsan}")
 endif()
 
 # Called for every integration test: in the ASan build, its environment (reports to
@@ -49,10 +50,15 @@ function(aa_sanitizer_integration_test name)
       "ASAN_OPTIONS=${AA_SANITIZER_INTEGRATION_ASAN}:log_path=${AA_SANITIZER_REPORT_DIR}/${name}"
       "UBSAN_OPTIONS=${AA_SANITIZER_INTEGRATION_UBSAN}:log_path=${AA_SANITIZER_REPORT_DIR}/${name}")
     set_property(TEST ${name} APPEND PROPERTY FIXTURES_REQUIRED sanitizer_reports)
+  elseif(AA_SANITIZE STREQUAL "thread")
+    # The TSan stage runs only the integration tests labelled tsan (the listener's threads).
+    set_property(TEST ${name} APPEND PROPERTY ENVIRONMENT
+      "TSAN_OPTIONS=${AA_SANITIZER_INTEGRATION_TSAN}:log_path=${AA_SANITIZER_REPORT_DIR}/${name}")
+    set_property(TEST ${name} APPEND PROPERTY FIXTURES_REQUIRED sanitizer_reports)
   endif()
 endfunction()
 
-if(AA_SANITIZE STREQUAL "address")
+if(AA_SANITIZE STREQUAL "address" OR AA_SANITIZE STREQUAL "thread")
   # Setup empties the directory (world-writable and sticky: test_bad_input runs argocd-agentctl as
   # uid 65534); cleanup runs after every test that requires it and fails if any report is there.
   add_test(NAME sanitizer.reports.clear
@@ -62,7 +68,7 @@ if(AA_SANITIZE STREQUAL "address")
            COMMAND /bin/sh ${CMAKE_SOURCE_DIR}/tools/sanitizers/check_reports.sh
                    ${AA_SANITIZER_REPORT_DIR})
   set_tests_properties(sanitizer.reports.clear PROPERTIES FIXTURES_SETUP sanitizer_reports
-                       LABELS integration)
+                       LABELS "integration;tsan")
   set_tests_properties(sanitizer.reports PROPERTIES FIXTURES_CLEANUP sanitizer_reports
-                       LABELS integration)
+                       LABELS "integration;tsan")
 endif()

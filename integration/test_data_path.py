@@ -1,0 +1,173 @@
+"""The principal's data path: stateless listener workers, agent state in the cache worker.
+
+* Two listener workers share the port and a few hundred agents (tools/loadgen/agent_load, real TLS
+  connections, userpass, heartbeats, ACKs). `kill -9` of one listener reconnects exactly its own
+  agents; all are subscribed again; a synthetic stream in flight to a real agent on the killed
+  listener converges: every event applied once, no resource ever goes back to an older version
+  (the source's position is the cache worker's: nothing lost, nothing regenerated).
+* A listener's cut link to the cache worker (test fault switch) closes its streams and loses
+  nothing; the agent reconnects and the stream converges.
+* A listener's thread count does not grow with its agents (1 vs 500).
+* A slow auth worker (test fault switch) does not stall an established stream on the same listener.
+"""
+
+import collections
+import json
+import os
+import signal
+import unittest
+
+import harness as h
+
+TOTAL = 6000
+RESOURCES = 20
+LOAD_AGENTS = int(os.environ.get("AA_TEST_LOAD_AGENTS", "300"))
+
+
+def agents_view(principal):
+    return {a["name"]: a for a in json.loads(principal.ctl("agents", "--json").stdout)}
+
+
+def listener_threads(pid):
+    """{thread name: count} of a process."""
+    names = collections.Counter()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            names[f.read().strip()] += 1
+    return names
+
+
+class DataPathTest(h.IntegrationTestCase):
+
+    def start(self, listeners, load_agents, extra=(), env=None, synthetic=True):
+        self.users = {"agent-a": "secret-a"}
+        users_file = h.write_load_users(self.path("users"), load_agents, extra=self.users)
+        flags = ["--listener-workers", str(listeners)] + list(extra)
+        if synthetic:
+            flags += [f"--synthetic-events={TOTAL}:{RESOURCES}:512:agent-a"]
+        prefix = ("env", *[f"{k}={v}" for k, v in (env or {}).items()]) if env else ()
+        self.principal = self.start_principal(users=self.users, users_file=users_file, extra=flags,
+                                              prefix=prefix)
+        return self.principal
+
+    def start_real_agent(self):
+        self.event_log = self.path("agent-events.log")
+        return self.start_agent(self.principal, user="agent-a", password="secret-a",
+                                extra=["--event-log", self.event_log, "--heartbeat-interval", "1s"])
+
+    def test_kill9_of_one_listener_reconnects_only_its_agents_and_loses_nothing(self):
+        principal = self.start(listeners=2, load_agents=LOAD_AGENTS)
+        st = principal.wait_all_ready(roles=("listener-1", "listener-2"))
+        self.assertEqual(sorted(w["role"] for w in st["workers"] if w["role"].startswith("listener")),
+                         ["listener-1", "listener-2"])
+        load = self.start_load(principal, LOAD_AGENTS, extra=["--heartbeat-ms", "1000"])
+        load.wait(lambda r: r["subscribed"] == LOAD_AGENTS, 90, "every load agent subscribed")
+        agent = self.start_real_agent()
+        applied = h.LineCounter(self.event_log)
+        h.wait_for(lambda: applied() >= 200, h.EVENT_TIMEOUT, "the synthetic stream flowing")
+
+        view = agents_view(principal)
+        self.assertEqual(len(view), LOAD_AGENTS + 1, "agents known to the principal")
+        victim = view["agent-a"]["listener"]
+        self.assertIn(victim, ("listener-1", "listener-2"))
+        on_victim = sorted(n for n, a in view.items() if a["listener"] == victim)
+        on_other = sorted(n for n, a in view.items() if a["listener"] not in ("", victim))
+        self.assertEqual(len(on_victim) + len(on_other), LOAD_AGENTS + 1, view)
+        # SO_REUSEPORT spreads the connections: both listeners hold some (a loose bound).
+        self.assertGreater(len(on_other), LOAD_AGENTS // 10, "the other listener holds agents")
+        for n, a in view.items():
+            self.assertEqual(a["streams"], 1, f"{n} reconnected before the kill: {a}")
+        before = principal.worker(victim)
+        applied_at_kill = applied()
+        self.assertLess(applied_at_kill, TOTAL, "the stream ended before the kill")
+
+        os.kill(before["pid"], signal.SIGKILL)
+        principal.wait_log(rf"worker {victim} \(pid {before['pid']}, generation 1\) exited "
+                           r"unexpectedly: signal KILL")
+        # Every agent is subscribed again; exactly the victim's agents reconnected.
+        load.wait(lambda r: r["subscribed"] == LOAD_AGENTS and r["reconnects"] >= len(on_victim) - 1,
+                  60, "the killed listener's load agents subscribed again")
+        principal.wait_log(rf"synthetic source: {TOTAL} events acknowledged by agent agent-a",
+                           timeout=90)
+
+        def settled():
+            v = agents_view(principal)
+            return v if all(a["state"] == "connected" for a in v.values()) else None
+        view = h.wait_for(settled, 30, "every agent connected")
+        reconnected = sorted(n for n, a in view.items() if a["streams"] > 1)
+        self.assertEqual(reconnected, on_victim, "agents that reconnected")
+        self.assertTrue(all(view[n]["streams"] == 2 for n in on_victim), view)
+        self.assertEqual(load.report()["reconnects"], len(on_victim) - 1)
+
+        # The stream in flight converged: exactly once, never backwards, nothing regenerated.
+        h.assert_converged(self, self.event_log, TOTAL, RESOURCES, f"(kill at {applied_at_kill})")
+        self.assertEqual(principal.count(r"synthetic source: \d+ events acknowledged"), 1)
+        st = principal.wait_all_ready()
+        for w in st["workers"]:
+            expected = 2 if w["role"] == victim else 1
+            self.assertEqual(w["generation"], expected, w)
+        self.assertAlive(agent)
+
+    def test_cut_cache_link_closes_streams_and_loses_nothing(self):
+        principal = self.start(listeners=1, load_agents=0, env={"AA_TEST_FAULTS": "1"})
+        agent = self.start_real_agent()
+        applied = h.LineCounter(self.event_log)
+        h.wait_for(lambda: applied() >= 300, h.EVENT_TIMEOUT, "the synthetic stream flowing")
+        listener = principal.worker("listener-1")
+        os.kill(listener["pid"], signal.SIGUSR2)
+        principal.wait_log(r"fault switch: cutting the link to the cache worker")
+        agent.wait_log(r"Stream closed after \d+ms")
+        principal.wait_log(rf"synthetic source: {TOTAL} events acknowledged by agent agent-a",
+                           timeout=90)
+        h.assert_converged(self, self.event_log, TOTAL, RESOURCES)
+        self.assertEqual(principal.worker("listener-1")["pid"], listener["pid"],
+                         "the listener was restarted")
+        self.assertGreaterEqual(agents_view(principal)["agent-a"]["streams"], 2)
+
+    def test_listener_threads_do_not_grow_with_agents(self):
+        principal = self.start(listeners=1, load_agents=500, synthetic=False)
+        pid = principal.worker("listener-1")["pid"]
+        one = self.start_load(principal, 1, name="one", extra=["--heartbeat-ms", "500"])
+        one.wait(lambda r: r["subscribed"] == 1 and r["heartbeats_acked"] >= 3, 30,
+                 "one agent heartbeating")
+        with_one = listener_threads(pid)
+        many = self.start_load(principal, 499, name="many", extra=["--first", "1",
+                                                                    "--heartbeat-ms", "500"])
+        many.wait(lambda r: r["subscribed"] == 499 and r["heartbeats_acked"] >= 1500, 90,
+                  "499 more agents heartbeating")
+        with_500 = listener_threads(pid)
+        self.assertEqual(len(agents_view(principal)), 500)
+        what = f"listener threads: {dict(with_one)} with 1 agent, {dict(with_500)} with 500"
+        # Ours (serving threads, KJ, front door) are exactly the same. grpc's own pools start
+        # threads on demand under load, bounded by the cores, not by calls: its executor at most
+        # 2 per core, its timer threads a couple (the sync listener had 2 threads per agent).
+        ours = lambda c: {n: k for n, k in c.items() if n.startswith("aa-")}  # noqa: E731
+        self.assertEqual(ours(with_500), ours(with_one), what)
+        bound = sum(with_one.values()) + 2 * os.cpu_count() + 2
+        self.assertLessEqual(sum(with_500.values()), bound, what)
+
+    def test_slow_auth_does_not_stall_other_streams(self):
+        principal = self.start(listeners=1, load_agents=40,
+                               env={"AA_TEST_FAULTS": "1", "AA_TEST_AUTH_DELAY_MS": "1500"})
+        agent = self.start_real_agent()
+        applied = h.LineCounter(self.event_log)
+        h.wait_for(lambda: applied() >= 100, h.EVENT_TIMEOUT, "the synthetic stream flowing")
+        auth = principal.worker("auth")
+        os.kill(auth["pid"], signal.SIGUSR2)  # from now on every answer waits 1.5 s
+        principal.wait_log(r"fault switch: auth answers are delayed by 1500ms")
+        load = self.start_load(principal, 40, extra=["--heartbeat-ms", "1000"])
+        load.wait(lambda r: r["subscribes"] == 0, 5, "load agents authenticating")
+        # While 40 Authenticate calls wait on the slow auth worker, agent-a's stream goes on.
+        start = applied()
+        h.wait_for(lambda: applied() >= start + 500, 5,
+                   "500 more events applied while authentication is slow")
+        self.assertEqual(load.report().get("auths", 0), 0, "authentication was not slow")
+        load.wait(lambda r: r["subscribed"] == 40, 60, "the load agents subscribed in the end")
+        principal.wait_log(rf"synthetic source: {TOTAL} events acknowledged by agent agent-a",
+                           timeout=90)
+        h.assert_converged(self, self.event_log, TOTAL, RESOURCES)
+        self.assertAlive(agent)
+
+
+if __name__ == "__main__":
+    unittest.main()
