@@ -452,6 +452,9 @@ int main(int argc, char** argv) {
     a->events = eventstreamapi::EventStream::NewStub(a->channel);
     agents.push_back(std::move(a));
   }
+  // Every agent starts on its CQ's thread: an alarm at a spread offset over the first 100 ms.
+  for (auto& a : agents) a->retry(std::chrono::microseconds(a->index * 100000LL / o.agents), false);
+  // The threads start after every agent's first alarm is set (thread creation orders it).
   std::vector<std::thread> threads;
   for (auto& cq : cqs) {
     threads.emplace_back([q = cq.get()]() {
@@ -463,8 +466,6 @@ int main(int argc, char** argv) {
       }
     });
   }
-  // Start every agent from its own CQ thread: an alarm at a spread offset over the first 100 ms.
-  for (auto& a : agents) a->retry(std::chrono::microseconds(a->index * 100000LL / o.agents), false);
 
   auto start = Clock::now();
   auto deadline =

@@ -10,8 +10,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -315,22 +317,28 @@ class ServingThread {
  public:
   explicit ServingThread(std::shared_ptr<const Shared> shared)
       : thread_([this, shared = std::move(shared)]() mutable { run(std::move(shared)); }) {
-    handles_.when([](const Handles& h) { return h.started; }, [](const Handles&) {});
-    KJ_IF_MAYBE (e, handles_.lockExclusive()->failed) {
+    std::unique_lock<std::mutex> lock(mu_);
+    started_.wait(lock, [this] { return handles_.started; });
+    KJ_IF_MAYBE (e, handles_.failed) {
       kj::throwFatalException(kj::cp(*e));
     }
   }
 
   ~ServingThread() noexcept(false) {
     // Closes this thread's connections (the listener reconnects; this happens at exit only).
-    KJ_IF_MAYBE (stop, handles_.lockExclusive()->stop) {
+    std::lock_guard<std::mutex> lock(mu_);
+    KJ_IF_MAYBE (stop, handles_.stop) {
       (*stop)->fulfill();
     }
   }  // thread_ joins
 
   // Called on the main thread: the connection is served on this thread from now on.
   void hand(kj::AutoCloseFd fd) {
-    const kj::Executor* executor = handles_.lockExclusive()->executor;
+    const kj::Executor* executor;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      executor = handles_.executor;
+    }
     executor
         ->executeAsync([this, fd = kj::mv(fd)]() mutable {
           server_->accept(lowLevel_->wrapSocketFd(
@@ -359,25 +367,31 @@ class ServingThread {
       server_ = &server;
       lowLevel_ = io.lowLevelProvider.get();
       {
-        auto h = handles_.lockExclusive();
-        h->executor = &kj::getCurrentThreadExecutor();
-        h->stop = kj::mv(stop.fulfiller);
-        h->started = true;
+        std::lock_guard<std::mutex> lock(mu_);
+        handles_.executor = &kj::getCurrentThreadExecutor();
+        handles_.stop = kj::mv(stop.fulfiller);
+        handles_.started = true;
       }
+      started_.notify_all();
       stop.promise.wait(io.waitScope);
     });
     KJ_IF_MAYBE (e, failed) {
-      auto h = handles_.lockExclusive();
-      if (!h->started) {  // setup failed: the constructor rethrows it
-        h->failed = kj::mv(*e);
-        h->started = true;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!handles_.started) {  // setup failed: the constructor rethrows it
+        handles_.failed = kj::mv(*e);
+        handles_.started = true;
+        started_.notify_all();
       } else {
         spdlog::error("auth serving thread failed: {}", e->getDescription().cStr());
       }
     }
   }
 
-  kj::MutexGuarded<Handles> handles_;
+  // std::mutex rather than kj::MutexGuarded: ThreadSanitizer sees pthread mutexes, not KJ's
+  // futexes (Debian's KJ is not instrumented), and this hand-over crosses threads.
+  std::mutex mu_;
+  std::condition_variable started_;
+  Handles handles_;
   capnp::TwoPartyServer* server_ = nullptr;          // owned by, and used only on, the thread
   kj::LowLevelAsyncIoProvider* lowLevel_ = nullptr;  // likewise
   kj::Thread thread_;                                // last: joined first

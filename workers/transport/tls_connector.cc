@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <mutex>
 #include <optional>
 #include <sstream>
 
@@ -173,8 +174,19 @@ class TlsConnector::Loop {
   Result connect(const kj::Executor& executor, kj::AutoCloseFd fd, tls::SslPtr ssl,
                  std::string peer, std::chrono::milliseconds timeout,
                  const std::function<bool()>& cancelled) {
-    return executor.executeSync(
-        [&]() { return handshake(kj::mv(fd), std::move(ssl), peer, timeout, cancelled); });
+    // The result comes back through a std::mutex rather than executeSync's return value: KJ's
+    // cross-thread wake-up is a futex inside libkj, which ThreadSanitizer cannot see, so without
+    // this lock it reports the hand-over of the descriptor and of `peer` as races.
+    std::mutex handoff;
+    std::optional<Result> result;
+    executor.executeSync([&]() {
+      return handshake(kj::mv(fd), std::move(ssl), peer, timeout, cancelled).then([&](Result r) {
+        std::lock_guard<std::mutex> lock(handoff);
+        result = std::move(r);
+      });
+    });
+    std::lock_guard<std::mutex> lock(handoff);
+    return std::move(*result);
   }
 
  private:
