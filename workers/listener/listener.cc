@@ -20,6 +20,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <shared_mutex>
 #include <thread>
 
 #include <grpcpp/alarm.h>
@@ -105,7 +106,6 @@ class Mailbox {
   explicit Mailbox(kj::UnixEventPort& port)
       : fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
         observer_(port, fd_, kj::UnixEventPort::FdObserver::OBSERVE_READ) {}
-  ~Mailbox() { close(fd_); }
 
   // Any thread. Wakes the KJ thread only when the mailbox was empty.
   void post(std::function<void()> job) {
@@ -140,11 +140,35 @@ class Mailbox {
   }
 
  private:
-  int fd_;
+  kj::AutoCloseFd fd_;  // before observer_: closed after it left the epoll set
   kj::UnixEventPort::FdObserver observer_;
   std::mutex mu_;
   std::vector<std::function<void()>> jobs_;
 };
+
+// Every grpc operation on a completion queue starts through this gate: none may start once the
+// queues are shut down (grpc aborts), and at drain the serving threads still handle their last
+// tags (a failed read finishes its call, and so on) while the queues are being shut down. After
+// close(), an operation is not started and its call is simply left (the process is exiting).
+class QueueGate {
+ public:
+  template <class F>
+  bool run(F&& f) {
+    std::shared_lock<std::shared_mutex> lock(mu_);
+    if (shut_) return false;
+    f();
+    return true;
+  }
+  void close() {
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    shut_ = true;
+  }
+
+ private:
+  std::shared_mutex mu_;
+  bool shut_ = false;
+};
+QueueGate gQueues;
 
 // Every completion-queue tag: a call and which of its operations completed.
 class Call {
@@ -205,7 +229,8 @@ struct EdgeContext {
 class VersionCall final : public Call {
  public:
   VersionCall(EdgeContext& e, grpc::ServerCompletionQueue* cq) : e_(e), cq_(cq) {
-    e_.services.version.RequestVersion(&ctx_, &req_, &responder_, cq_, cq_, &tag_);
+    gQueues.run(
+        [&] { e_.services.version.RequestVersion(&ctx_, &req_, &responder_, cq_, cq_, &tag_); });
   }
   void proceed(int, bool ok) override {
     if (!requested_) {
@@ -217,7 +242,7 @@ class VersionCall final : public Call {
       new VersionCall(e_, cq_);
       versionapi::VersionResponse resp;
       resp.set_version(versionString());
-      responder_.Finish(resp, grpc::Status::OK, &tag_);
+      gQueues.run([&] { responder_.Finish(resp, grpc::Status::OK, &tag_); });
       return;
     }
     delete this;
@@ -242,9 +267,13 @@ class AuthCall final : public Call {
  public:
   AuthCall(EdgeContext& e, grpc::ServerCompletionQueue* cq) : e_(e), cq_(cq) {
     if constexpr (kRefresh) {
-      e_.services.auth.RequestRefreshToken(&ctx_, &req_, &responder_, cq_, cq_, &tag_);
+      gQueues.run([&] {
+        e_.services.auth.RequestRefreshToken(&ctx_, &req_, &responder_, cq_, cq_, &tag_);
+      });
     } else {
-      e_.services.auth.RequestAuthenticate(&ctx_, &req_, &responder_, cq_, cq_, &tag_);
+      gQueues.run([&] {
+        e_.services.auth.RequestAuthenticate(&ctx_, &req_, &responder_, cq_, cq_, &tag_);
+      });
     }
   }
 
@@ -265,7 +294,7 @@ class AuthCall final : public Call {
         // The lock orders the KJ thread's writes before these reads in a way ThreadSanitizer
         // sees (the alarm's own hand-over happens inside uninstrumented grpc).
         std::lock_guard<std::mutex> lock(outcomeMu_);
-        responder_.Finish(resp_, status_, &tag_);
+        gQueues.run([&] { responder_.Finish(resp_, status_, &tag_); });
         return;
       }
       case State::kFinishing:
@@ -285,13 +314,13 @@ class AuthCall final : public Call {
       // this thread's last touch of the call is ordered before that.
       std::lock_guard<std::mutex> lock(outcomeMu_);
       conclude(out);
-      alarm_.Set(cq_, gpr_now(GPR_CLOCK_MONOTONIC), &tag_);
+      gQueues.run([&] { alarm_.Set(cq_, gpr_now(GPR_CLOCK_MONOTONIC), &tag_); });
     };
     if constexpr (kRefresh) {
       if (req_.refreshtoken().size() > kMaxAuthorization) {
         status_ = invalidAuth();
         state_ = State::kFinishing;
-        responder_.Finish(resp_, status_, &tag_);
+        gQueues.run([&] { responder_.Finish(resp_, status_, &tag_); });
         return;
       }
       e_.hub.refresh(done, req_.refreshtoken());
@@ -428,7 +457,9 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
   static void spawn(EdgeContext& e, grpc::ServerCompletionQueue* cq) {
     auto c = std::make_shared<StreamCall>(e, cq);
     c->self_ = c;
-    c->e_.services.generic.RequestCall(&c->ctx_, &c->stream_, cq, cq, &c->tags_[kRequest]);
+    gQueues.run([&] {
+      c->e_.services.generic.RequestCall(&c->ctx_, &c->stream_, cq, cq, &c->tags_[kRequest]);
+    });
   }
 
   void proceed(int op, bool ok) override {
@@ -470,7 +501,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     fill(inbox_);
     if (!alarmArmed_) {
       alarmArmed_ = true;
-      alarm_.Set(cq_, gpr_now(GPR_CLOCK_MONOTONIC), &tags_[kAlarm]);
+      gQueues.run([&] { alarm_.Set(cq_, gpr_now(GPR_CLOCK_MONOTONIC), &tags_[kAlarm]); });
     }
   }
 
@@ -517,7 +548,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
 
   void read() {
     reading_ = true;
-    stream_.Read(&in_, &tags_[kRead]);
+    gQueues.run([&] { stream_.Read(&in_, &tags_[kRead]); });
   }
 
   void onMessage() {
@@ -602,7 +633,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     if (in.opened && !opened_ && !finishing_) {
       opened_ = true;
       writing_ = true;
-      stream_.SendInitialMetadata(&tags_[kWrite]);
+      gQueues.run([&] { stream_.SendInitialMetadata(&tags_[kWrite]); });
     }
     batchPending_ += in.events.size();
     if (in.cancel && !finished_) {
@@ -628,7 +659,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     bool isEvent = q == &events_;
     q->pop_front();
     writing_ = true;
-    stream_.Write(writeBuf_, options, &tags_[kWrite]);
+    gQueues.run([&] { stream_.Write(writeBuf_, options, &tags_[kWrite]); });
     e_.counters.eventsSent.fetch_add(1, std::memory_order_relaxed);
     if (isEvent && --batchPending_ == 0) {
       // The whole lease is on its way: ask the cache for the next one.
@@ -645,7 +676,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
 
   void sendFinish() {
     finishSent_ = true;
-    stream_.Finish(status_, &tags_[kFinish]);
+    gQueues.run([&] { stream_.Finish(status_, &tags_[kFinish]); });
   }
 
   void maybeRelease() {
@@ -1222,6 +1253,7 @@ class ListenerRole final : public Role {
     std::lock_guard<std::mutex> lock(loopsMu_);
     if (loopsStopped_) return;
     loopsStopped_ = true;
+    gQueues.close();  // no operation starts from now on
     for (auto& l : loops_) {
       if (l.cq) l.cq->Shutdown();
     }
