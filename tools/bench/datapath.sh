@@ -8,6 +8,9 @@
 #            CPU over a WINDOW_S idle window
 #   storm:   kill -9 of the listener holding the most agents: time until every agent is
 #            subscribed again, the peak summed RSS meanwhile, authentications during the storm
+#   events:  with EVENTS=COUNT:RESOURCES:BYTES, every agent is sent COUNT synthetic events (the
+#            principal's --synthetic-events): time until all are ACKed, aggregate events/s
+#            (then the idle/storm phases are skipped)
 #
 #   AGENTS=10000 LISTENERS=2 tools/bench/datapath.sh
 set -euo pipefail
@@ -22,9 +25,11 @@ ulimit -n "$(ulimit -Hn)"
 "$BIN/agent_load" --write-users "$BENCH_TMP/users" --agents "$AGENTS" --prefix load- \
   --password bench-pw
 machine_info
+EXTRA=()
+[ -n "${EVENTS:-}" ] && EXTRA=(--synthetic-events "$EVENTS:load-")
 start_principal "$BENCH_TMP/principal.log" --auth "userpass:$BENCH_TMP/users" \
   --insecure-tls-generate --insecure-jwt-generate --listener-workers "$LISTENERS" \
-  --metrics-port 0 --healthz-port 0
+  --metrics-port 0 --healthz-port 0 "${EXTRA[@]}"
 SOCK=$(ls "$BENCH_TMP"/p.*.sock)
 for _ in $(seq 100); do
   [ "$(grep -c 'is ready' "$BENCH_TMP/principal.log")" -ge $((4 + LISTENERS)) ] && break
@@ -61,6 +66,18 @@ until [ "$(field subscribed)" = "$AGENTS" ]; do
 done
 connect_s=$(echo "$(date +%s.%N) - $t0" | bc)
 echo "connect: agents=$AGENTS listeners=$LISTENERS seconds=$connect_s $(last)"
+
+if [ -n "${EVENTS:-}" ]; then
+  total=$(( ${EVENTS%%:*} * AGENTS ))
+  until [ "$(field acks_sent)" -ge "$total" ]; do
+    sleep 0.25
+    if (( $(echo "$(date +%s.%N) - $t0 > 600" | bc) )); then echo "events timeout: $(last)"; exit 1; fi
+  done
+  all_s=$(echo "$(date +%s.%N) - $t0" | bc)
+  echo "events: agents=$AGENTS per_agent=${EVENTS%%:*} total=$total seconds_from_start=$all_s" \
+    "events_per_s=$(echo "$total / $all_s" | bc) principal_cpu_ms=$(cpu_all) $(last)"
+  exit 0
+fi
 
 sleep 3
 rss=$(rss_kib)

@@ -50,7 +50,10 @@ class Store;
 
 class SessionImpl final : public ipc::AgentSession::Server {
  public:
-  SessionImpl(Store& store, AgentState& agent) : store_(store), agent_(agent) {}
+  // Holds the store: at exit, pending calls (and so sessions) outlive the role and are destroyed
+  // only with the event loop.
+  SessionImpl(std::shared_ptr<Store> store, AgentState& agent)
+      : keep_(store), store_(*store), agent_(agent) {}
   ~SessionImpl() noexcept(false);
 
   kj::Promise<void> next(NextContext context) override;
@@ -72,6 +75,7 @@ class SessionImpl final : public ipc::AgentSession::Server {
       waiting_ = nullptr;
     }
   }
+  std::shared_ptr<Store> keep_;
   Store& store_;
   AgentState& agent_;
   bool superseded_ = false;
@@ -250,7 +254,7 @@ kj::Promise<void> SessionImpl::received(ReceivedContext context) {
 
 class StoreImpl final : public ipc::AgentStore::Server {
  public:
-  explicit StoreImpl(Store& store) : store_(store) {}
+  explicit StoreImpl(std::shared_ptr<Store> store) : keep_(store), store_(*store) {}
 
   kj::Promise<void> open(OpenContext context) override {
     auto p = context.getParams();
@@ -267,7 +271,7 @@ class StoreImpl final : public ipc::AgentStore::Server {
       }
     }
     a.streams++;
-    auto session = kj::heap<SessionImpl>(store_, a);
+    auto session = kj::heap<SessionImpl>(keep_, a);
     a.session = session.get();
     a.listener = p.getListener();
     controls_[name] = p.getControl();
@@ -293,6 +297,7 @@ class StoreImpl final : public ipc::AgentStore::Server {
   struct Ignore : kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&&) override {}
   } ignore_;
+  std::shared_ptr<Store> keep_;
   Store& store_;
   std::map<std::string, kj::Maybe<ipc::StreamControl::Client>> controls_;
   kj::TaskSet tasks_{ignore_};
@@ -304,8 +309,8 @@ class CacheRole final : public Role, public AgentDirectory {
 
   kj::Promise<void> start() override {
     if (env_.args.side == Side::kPrincipal) {
-      store_ = std::make_unique<Store>(env_.config, env_.timer);
-      serving_ = serveServiceSocket(env_.io, kj::heap<StoreImpl>(*store_))
+      store_ = std::make_shared<Store>(env_.config, env_.timer);
+      serving_ = serveServiceSocket(env_.io, kj::heap<StoreImpl>(store_))
                      .eagerlyEvaluate([](kj::Exception&& e) {
                        spdlog::error("agent store: {}", e.getDescription().cStr());
                      });
@@ -337,7 +342,7 @@ class CacheRole final : public Role, public AgentDirectory {
 
  private:
   WorkerEnv& env_;
-  std::unique_ptr<Store> store_;
+  std::shared_ptr<Store> store_;
   kj::Promise<void> serving_ = nullptr;
 };
 

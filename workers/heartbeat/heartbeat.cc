@@ -41,7 +41,9 @@ class Directory {
 
 class LiveStreamImpl final : public ipc::LiveStream::Server {
  public:
-  LiveStreamImpl(Directory& d, std::string agent) : dir_(d), agent_(std::move(agent)) {}
+  // Holds the directory: at exit, streams outlive the role until the event loop is destroyed.
+  LiveStreamImpl(std::shared_ptr<Directory> d, std::string agent)
+      : keep_(d), dir_(*d), agent_(std::move(agent)) {}
   ~LiveStreamImpl() noexcept(false) {
     auto it = dir_.agents.find(agent_);
     if (it != dir_.agents.end() && it->second.active == this) {
@@ -68,13 +70,14 @@ class LiveStreamImpl final : public ipc::LiveStream::Server {
   }
 
  private:
+  std::shared_ptr<Directory> keep_;
   Directory& dir_;
   std::string agent_;
 };
 
 class LivenessImpl final : public ipc::Liveness::Server {
  public:
-  explicit LivenessImpl(Directory& d) : dir_(d) {}
+  explicit LivenessImpl(std::shared_ptr<Directory> d) : keep_(d), dir_(*d) {}
 
   kj::Promise<void> opened(OpenedContext context) override {
     auto p = context.getParams();
@@ -88,13 +91,14 @@ class LivenessImpl final : public ipc::Liveness::Server {
     e.stale = false;
     e.closeRequested = false;
     e.control = p.getControl();
-    auto stream = kj::heap<LiveStreamImpl>(dir_, agent);
+    auto stream = kj::heap<LiveStreamImpl>(keep_, agent);
     e.active = stream.get();
     context.getResults().setStream(kj::mv(stream));
     return kj::READY_NOW;
   }
 
  private:
+  std::shared_ptr<Directory> keep_;
   Directory& dir_;
 };
 
@@ -104,7 +108,7 @@ class HeartbeatRole final : public Role, public AgentDirectory {
 
   kj::Promise<void> start() override {
     if (env_.args.side == Side::kPrincipal) {
-      serving_ = serveServiceSocket(env_.io, kj::heap<LivenessImpl>(dir_))
+      serving_ = serveServiceSocket(env_.io, kj::heap<LivenessImpl>(dirOwner_))
                      .eagerlyEvaluate([](kj::Exception&& e) {
                        spdlog::error("liveness service: {}", e.getDescription().cStr());
                      });
@@ -186,7 +190,8 @@ class HeartbeatRole final : public Role, public AgentDirectory {
     void taskFailed(kj::Exception&&) override {}
   } ignore_;
   WorkerEnv& env_;
-  Directory dir_;
+  std::shared_ptr<Directory> dirOwner_ = std::make_shared<Directory>();
+  Directory& dir_ = *dirOwner_;
   kj::TaskSet tasks_;
   kj::Promise<void> serving_ = nullptr;
   kj::Promise<void> ticking_ = nullptr;

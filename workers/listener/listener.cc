@@ -465,7 +465,11 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
   void proceed(int op, bool ok) override {
     switch (op) {
       case kRequest:
-        onRequest(ok);
+        if (!ok) {
+          onRequest(false);  // destroys this
+          return;
+        }
+        onRequest(true);
         break;
       case kRead:
         reading_ = false;
@@ -521,7 +525,8 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
         std::lock_guard<std::mutex> lock(mu_);
         ended_ = true;
       }
-      self_.reset();  // may destroy this (and mu_): after the lock is released
+      // Destroys this (nobody else holds a never-started call): proceed() returns at once.
+      self_.reset();
       return;
     }
     spawn(e_, cq_);  // the next call on this queue
