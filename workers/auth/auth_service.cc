@@ -311,7 +311,7 @@ class AuthImpl final : public ipc::Auth::Server {
 // signing, bcrypt) is synchronous and CPU-bound, so one loop serialises concurrent handshakes on
 // one core. Why whole connections rather than a pool for the grant work: a request never changes
 // threads, so a sequential caller pays no extra wake-up (a pool would add two per call), while the
-// listener's concurrent calls, each on a link of its own (auth_bridge.cc), are spread round-robin
+// listener's concurrent calls, over a few links (auth_bridge.cc), are spread round-robin
 // over the threads.
 class ServingThread {
  public:

@@ -206,6 +206,12 @@ class Hub {
   virtual void authenticate(std::function<void(AuthOutcome)> done, AuthInput in) = 0;
   virtual void refresh(std::function<void(AuthOutcome)> done, std::string token) = 0;
   virtual void opened(std::shared_ptr<StreamCall> call) = 0;  // serving thread: post()s itself
+  // KJ thread only (a serving thread post()s a job that calls them).
+  virtual void ack(StreamCall* c, std::string resourceId, std::string eventId) = 0;
+  virtual void received(StreamCall* c, std::string resourceId, std::string eventId,
+                        std::string bytes, delivery::Event event) = 0;
+  virtual void wantMore(StreamCall* c) = 0;  // the leased batch is written: lease the next
+  virtual void closed(StreamCall* c) = 0;    // the call ended on the grpc side
 };
 
 struct Services {
@@ -515,7 +521,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
   // Liveness, read by the KJ thread.
   std::atomic<uint64_t> messages{0}, heartbeats{0}, rttUs{0};
   // Read by the KJ thread once the stream ended (posted after the last update).
-  uint64_t acksReceived = 0, applied = 0;
+  uint64_t acksReceived = 0;
   bool cancelled() const { return cancelled_; }
 
  private:
@@ -569,7 +575,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
       acksReceived++;
       e_.hub.post([self = shared_from_this(), r = ce::stringAttr(e, "resourceid"),
                    id = ce::stringAttr(e, "eventid")]() mutable {
-        self->ackToStore(std::move(r), std::move(id));
+        self->e_.hub.ack(self.get(), std::move(r), std::move(id));
       });
       return;
     }
@@ -611,7 +617,8 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     e_.hub.post([self = shared_from_this(), resource = std::move(resource),
                  id = ce::stringAttr(e, "eventid"), bytes = std::move(bytes),
                  event = std::move(*msg.mutable_event())]() mutable {
-      self->receivedToStore(std::move(resource), std::move(id), std::move(bytes), std::move(event));
+      self->e_.hub.received(self.get(), std::move(resource), std::move(id), std::move(bytes),
+                            std::move(event));
     });
   }
 
@@ -668,7 +675,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     e_.counters.eventsSent.fetch_add(1, std::memory_order_relaxed);
     if (isEvent && --batchPending_ == 0) {
       // The whole lease is on its way: ask the cache for the next one.
-      e_.hub.post([self = shared_from_this()]() { self->wantMore(); });
+      e_.hub.post([self = shared_from_this()]() { self->e_.hub.wantMore(self.get()); });
     }
   }
 
@@ -691,16 +698,10 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
       if (alarmArmed_) return;  // its tag is still to come
       ended_ = true;
     }
-    if (subscribed_) e_.hub.post([self = shared_from_this()]() { self->closedOnKj(); });
+    if (subscribed_)
+      e_.hub.post([self = shared_from_this()]() { self->e_.hub.closed(self.get()); });
     self_.reset();  // may destroy this: last statement
   }
-
-  // KJ-thread hooks, defined with the Hub.
-  void ackToStore(std::string resource, std::string eventId);
-  void receivedToStore(std::string resource, std::string eventId, std::string bytes,
-                       delivery::Event event);
-  void wantMore();
-  void closedOnKj();
 
   EdgeContext& e_;
   grpc::ServerCompletionQueue* cq_;
@@ -737,7 +738,7 @@ struct Live {
   kj::Maybe<ipc::LiveStream::Client> live;
   std::vector<std::pair<std::string, std::string>> acks;  // to report to the cache
   std::vector<std::tuple<std::string, std::string, std::string, delivery::Event>> received;
-  bool opening = true, leasing = false, wantMore = true, liveOpening = false, closed = false;
+  bool opening = true, leasing = false, wantMore = true, liveOpening = false;
   uint64_t reportedMessages = 0, reportedHeartbeats = 0, reportedRtt = 0;
   std::chrono::steady_clock::time_point opened = std::chrono::steady_clock::now();
 };
@@ -784,26 +785,26 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
     auto it = live_.find(c);
     return it == live_.end() ? nullptr : it->second.get();
   }
-  void ack(StreamCall* c, std::string r, std::string id) {
+  void ack(StreamCall* c, std::string r, std::string id) override {
     if (Live* l = find(c)) {
       l->acks.emplace_back(std::move(r), std::move(id));
       dirty_.insert(c);
     }
   }
   void received(StreamCall* c, std::string r, std::string id, std::string bytes,
-                delivery::Event e) {
+                delivery::Event e) override {
     if (Live* l = find(c)) {
       l->received.emplace_back(std::move(r), std::move(id), std::move(bytes), std::move(e));
       dirty_.insert(c);
     }
   }
-  void wantMore(StreamCall* c) {
+  void wantMore(StreamCall* c) override {
     if (Live* l = find(c)) {
       l->wantMore = true;
       lease(*l);
     }
   }
-  void closed(StreamCall* c) {
+  void closed(StreamCall* c) override {
     auto it = live_.find(c);
     if (it == live_.end()) return;
     auto& l = *it->second;
@@ -1061,18 +1062,6 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
   kj::TaskSet tasks_;
 };
 
-KjHub* theHub = nullptr;  // the one hub of this process (the calls' KJ hooks reach it)
-
-void StreamCall::ackToStore(std::string r, std::string id) {
-  theHub->ack(this, std::move(r), std::move(id));
-}
-void StreamCall::receivedToStore(std::string r, std::string id, std::string bytes,
-                                 delivery::Event event) {
-  theHub->received(this, std::move(r), std::move(id), std::move(bytes), std::move(event));
-}
-void StreamCall::wantMore() { theHub->wantMore(this); }
-void StreamCall::closedOnKj() { theHub->closed(this); }
-
 class StreamControlImpl final : public ipc::StreamControl::Server {
  public:
   StreamControlImpl(KjHub& hub, std::weak_ptr<StreamCall> call)
@@ -1105,7 +1094,6 @@ class ListenerRole final : public Role {
     if (server_) server_->Shutdown(std::chrono::system_clock::now());
     if (shutdownThread_.joinable()) shutdownThread_.join();
     stopLoops();
-    theHub = nullptr;
   }
 
   kj::Promise<void> start() override {
@@ -1118,7 +1106,6 @@ class ListenerRole final : public Role {
       throw ConfigError(std::string("JWT public key: ") + e.what());
     }
     hub_ = kj::heap<KjHub>(env_, counters_);
-    theHub = hub_.get();
     edge_ =
         std::make_unique<EdgeContext>(EdgeContext{c, *key_, peers_, services_, *hub_, counters_});
 
