@@ -9,12 +9,19 @@
   nothing; the agent reconnects and the stream converges.
 * A listener's thread count does not grow with its agents (1 vs 500).
 * A slow auth worker (test fault switch) does not stall an established stream on the same listener.
+* TLS sessions resume through tickets whose keys the supervisor shares with every listener worker
+  and generation: after `kill -9` of a listener the reconnecting agents skip the full handshake,
+  a ticket from one listener resumes on the other, and a ticket older than two rotations of
+  --tls-session-ticket-rotation no longer resumes (a full handshake, still served).
 """
 
 import collections
 import json
 import os
+import re
 import signal
+import socket
+import ssl
 import unittest
 
 import harness as h
@@ -26,6 +33,42 @@ LOAD_AGENTS = int(os.environ.get("AA_TEST_LOAD_AGENTS", "300"))
 
 def agents_view(principal):
     return {a["name"]: a for a in json.loads(principal.ctl("agents", "--json").stdout)}
+
+
+def tls_counts(principal, role):
+    """(handshakes, resumed) from a listener's status line."""
+    detail = principal.worker(role)["detail"]
+    m = re.search(r"TLS handshakes: (\d+) \((\d+) resumed\)", detail)
+    if not m:
+        raise AssertionError(f"no TLS counts in {role}'s status: {detail!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+class TicketClient:
+    """A bare TLS client (Python's ssl) that offers its last session ticket on each connection."""
+
+    def __init__(self, port):
+        self.port = port
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.ctx.check_hostname = False
+        self.ctx.verify_mode = ssl.CERT_NONE
+        self.ctx.set_alpn_protocols(["h2"])
+        self.session = None
+
+    def connect(self):
+        """One connection: handshake, HTTP/2 preface, the server's SETTINGS (by then the TLS 1.3
+        ticket has arrived). Returns whether the offered session was resumed."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw:
+            with self.ctx.wrap_socket(raw, session=self.session) as s:
+                s.sendall(H2_PREFACE)
+                if not s.recv(9):
+                    raise AssertionError("the principal closed the connection")
+                reused = s.session_reused
+                self.session = s.session
+        return reused
 
 
 def listener_threads(pid):
@@ -99,6 +142,11 @@ class DataPathTest(h.IntegrationTestCase):
         self.assertTrue(all(view[n]["streams"] == 2 for n in on_victim), view)
         self.assertEqual(load.report()["reconnects"], len(on_victim) - 1)
 
+        # Their TLS sessions resumed (a ticket of the dead listener, opened by the other listener
+        # or by its next generation): no full handshake, no RSA signature.
+        report = load.report()
+        self.assertEqual(report["tls_full"], LOAD_AGENTS, report)
+        self.assertEqual(report["tls_resumed"], len(on_victim) - 1, report)
         # The stream in flight converged: exactly once, never backwards, nothing regenerated.
         h.assert_converged(self, self.event_log, TOTAL, RESOURCES, f"(kill at {applied_at_kill})")
         self.assertEqual(principal.count(r"synthetic source: \d+ events acknowledged"), 1)
@@ -107,6 +155,47 @@ class DataPathTest(h.IntegrationTestCase):
             expected = 2 if w["role"] == victim else 1
             self.assertEqual(w["generation"], expected, w)
         self.assertAlive(agent)
+
+    def test_tls_sessions_resume_across_listener_generations(self):
+        principal = self.start(listeners=1, load_agents=0, synthetic=False)
+        self.event_log = self.path("agent-events.log")
+        agent = self.start_agent(principal, user="agent-a", password="secret-a",
+                                 extra=["--log-level", "debug", "--heartbeat-interval", "1s"])
+        agent.wait_log(r"TLS connection to \S+: TLSv1\.3 \S+$")
+        self.assertEqual(tls_counts(principal, "listener-1"), (1, 0))
+        before = principal.worker("listener-1")
+        os.kill(before["pid"], signal.SIGKILL)
+        principal.wait_log(r"worker listener-1 \(pid \d+, generation 2\) is ready")
+        agent.wait_log(r"TLS connection to \S+: TLSv1\.3 \S+ \(session resumed\)")
+        agent.wait_log(r"Event stream to \S+ opened", count=2)
+        self.assertEqual(tls_counts(principal, "listener-1"), (1, 1))
+        self.assertEqual(agent.count(r"Authentication successful"), 1, "the token was re-used")
+        self.assertAlive(agent)
+
+    def test_tls_tickets_are_shared_by_listener_workers_and_rotate(self):
+        principal = self.start(listeners=2, load_agents=0, synthetic=False,
+                               extra=["--tls-session-ticket-rotation", "2s"])
+        client = TicketClient(principal.port)
+        self.assertFalse(client.connect(), "the first connection resumed a session")
+        # SO_REUSEPORT spreads connections by source port: a run of them reaches both listeners,
+        # and every one resumes, whichever listener issued the ticket it offers.
+        rotations = principal.count(r"TLS session-ticket keys rotated")
+        resumed = [client.connect() for _ in range(16)]
+        if principal.count(r"TLS session-ticket keys rotated") == rotations:
+            self.assertEqual(resumed, [True] * 16)
+        else:  # a rotation fell inside the run: its ticket may have aged out meanwhile
+            self.assertGreaterEqual(sum(resumed), 8, resumed)
+        for role in ("listener-1", "listener-2"):
+            full, res = tls_counts(principal, role)
+            self.assertGreater(res, 0, f"{role}: {full} handshakes, none resumed")
+        # Two rotations later the ticket's key is gone (and the ticket expired): full handshake.
+        client.connect()
+        stale = client.session
+        seen = principal.count(r"TLS session-ticket keys rotated")
+        principal.wait_log(r"TLS session-ticket keys rotated", count=seen + 4, timeout=20)
+        client.session = stale
+        self.assertFalse(client.connect(), "a ticket older than two rotations resumed")
+        self.assertTrue(client.connect(), "the fresh ticket did not resume")
 
     def test_cut_cache_link_closes_streams_and_loses_nothing(self):
         principal = self.start(listeners=1, load_agents=0, env={"AA_TEST_FAULTS": "1"})

@@ -50,4 +50,10 @@ interface Supervisor {
   observe @1 () -> (observe :Obs.Observe);
   # Read access to the side, for the ops worker (health and metrics) only; another role asking
   # gets an exception.
+
+  ticketKeys @2 () -> (keys :List(Data), refreshInMs :UInt64);
+  # The TLS session-ticket keys, for listener workers only: the supervisor keeps them so that every
+  # listener worker and every later generation of one resumes the sessions any of them issued.
+  # Each key is 80 bytes (16 name, 32 HMAC-SHA256, 32 AES-256); keys[0] encrypts new tickets, the
+  # others still decrypt. Empty when tickets are off. Ask again after refreshInMs (the rotation).
 }

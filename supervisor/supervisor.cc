@@ -134,6 +134,22 @@ class Supervisor::LinkImpl final : public ipc::Supervisor::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> ticketKeys(TicketKeysContext context) override {
+    // Least privilege: the keys decrypt every ticket; only the workers issuing them get them.
+    if (!isListener(slot_.spec.role)) {
+      return KJ_EXCEPTION(FAILED, "only listener workers may read the ticket keys",
+                          slot_.spec.role);
+    }
+    auto answer = sup_.ticketKeys_.current(TicketKeys::Clock::now());
+    auto results = context.getResults();
+    auto keys = results.initKeys(static_cast<unsigned>(answer.keys.size()));
+    for (unsigned i = 0; i < answer.keys.size(); ++i) {
+      keys.set(i, kj::arrayPtr(answer.keys[i].data(), answer.keys[i].size()));
+    }
+    results.setRefreshInMs(static_cast<uint64_t>(answer.refreshIn.count()));
+    return kj::READY_NOW;
+  }
+
  private:
   Supervisor& sup_;
   Slot& slot_;
@@ -148,7 +164,8 @@ Supervisor::Supervisor(const Config& config, RuntimeInfo runtime, std::vector<st
       io_(io),
       timer_(io.provider->getTimer()),
       serviceSockets_(std::move(serviceSockets)),
-      tasks_(*this) {}
+      tasks_(*this),
+      ticketKeys_(config.principal.tlsTicketRotation) {}
 
 Supervisor::~Supervisor() = default;
 

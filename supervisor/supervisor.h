@@ -18,6 +18,7 @@
 #include "ipc/control.capnp.h"
 #include "ipc/observe.capnp.h"
 #include "ipc/supervisor.capnp.h"
+#include "supervisor/ticket_keys.h"
 #include "supervisor/worker_state.h"
 
 namespace aa {
@@ -97,6 +98,7 @@ class Supervisor final : private kj::TaskSet::ErrorHandler {
   kj::TimePoint shutdownDeadline_ = kj::origin<kj::TimePoint>();
   kj::Own<kj::PromiseFulfiller<int>> exitFulfiller_;
   kj::Maybe<ipc::Observe::Client> observerCap_;  // created on first use
+  TicketKeys ticketKeys_;  // the principal's TLS session-ticket keys (listener workers ask)
 };
 
 }  // namespace aa

@@ -261,6 +261,10 @@ std::vector<Option> principalOptions(Config& c) {
       durationOpt("tls-handshake-timeout", "ARGOCD_PRINCIPAL_TLS_HANDSHAKE_TIMEOUT",
                   "close connections whose TLS handshake takes longer than this",
                   &p.tlsHandshakeTimeout),
+      durationOpt("tls-session-ticket-rotation", "ARGOCD_PRINCIPAL_TLS_SESSION_TICKET_ROTATION",
+                  "rotate the TLS session-ticket key this often; a ticket resumes for at most "
+                  "this long (0: no tickets)",
+                  &p.tlsTicketRotation),
       boolOpt("insecure-plaintext", "ARGOCD_PRINCIPAL_INSECURE_PLAINTEXT",
               "serve without TLS (only behind a service-mesh sidecar)", &p.insecurePlaintext),
       boolOpt("insecure-tls-generate", "ARGOCD_PRINCIPAL_TLS_SERVER_ALLOW_GENERATE",

@@ -47,6 +47,8 @@ struct PrincipalConfig {
   std::string rootCaPath;
   tls::Policy tls{tls::kTls13, tls::kUnset, {}};  // upstream's default minimum: TLS 1.3
   std::chrono::nanoseconds tlsHandshakeTimeout{std::chrono::seconds(10)};
+  // Session-ticket keys rotate this often (0: no tickets, every reconnect is a full handshake).
+  std::chrono::nanoseconds tlsTicketRotation{std::chrono::hours(1)};
   bool insecurePlaintext = false;
   bool insecureTlsGenerate = false;
   std::string tlsCert;

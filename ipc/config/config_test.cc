@@ -306,6 +306,8 @@ class FlagTableTest : public ConfigTest {
         {"tls-ciphersuites", "ARGOCD_PRINCIPAL_TLS_CIPHERSUITES", "", "TLS_AES_128_GCM_SHA256",
          "TLS_NO_SUCH_SUITE"},
         {"tls-handshake-timeout", "ARGOCD_PRINCIPAL_TLS_HANDSHAKE_TIMEOUT", "10s", "5s", "5"},
+        {"tls-session-ticket-rotation", "ARGOCD_PRINCIPAL_TLS_SESSION_TICKET_ROTATION", "1h0m0s",
+         "30m", "1x"},
         {"insecure-plaintext", "ARGOCD_PRINCIPAL_INSECURE_PLAINTEXT", "false", "true", "maybe"},
         {"insecure-tls-generate",
          "ARGOCD_PRINCIPAL_TLS_SERVER_ALLOW_GENERATE",

@@ -161,6 +161,7 @@ SessionInfo TlsStream::sessionInfo() const {
   SSL* s = ssl_.get();
   info.version = SSL_get_version(s);
   info.cipher = SSL_CIPHER_get_name(SSL_get_current_cipher(s));
+  info.resumed = SSL_session_reused(s) == 1;
   const unsigned char* alpn = nullptr;
   unsigned alpnLen = 0;
   SSL_get0_alpn_selected(s, &alpn, &alpnLen);

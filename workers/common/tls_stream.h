@@ -47,6 +47,7 @@ struct SessionInfo {
   std::string alpn;            // the protocol ALPN agreed on ("h2"), "" if none
   std::string certificatePem;  // the peer's leaf certificate, if it sent one
   std::string commonName;      // its subject CN when there is exactly one; else ""
+  bool resumed = false;        // an earlier session was resumed (no full handshake)
 };
 
 // Scratch space shared by every stream of one thread: a stream copies data into a buffer of its

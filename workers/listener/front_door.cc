@@ -9,14 +9,21 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <chrono>
+#include <cstring>
 
 #include <kj/async-unix.h>
 #include <kj/debug.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -71,8 +78,78 @@ int selectAlpn(SSL*, const unsigned char** out, unsigned char* outLen, const uns
 
 }  // namespace
 
+// ---------------------------------------------------------------- TicketKeyring
+
+namespace {
+int ringIndex() {
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+}  // namespace
+
+void TicketKeyring::set(std::vector<Key> keys) {
+  std::lock_guard<std::mutex> lock(mu_);
+  OPENSSL_cleanse(keys_.data(), keys_.size() * sizeof(Key));
+  keys_ = std::move(keys);
+}
+
+size_t TicketKeyring::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return keys_.size();
+}
+
+int TicketKeyring::find(const unsigned char* name, Key& out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = 0; i < keys_.size(); ++i) {
+    if (name == nullptr || CRYPTO_memcmp(keys_[i].data(), name, 16) == 0) {
+      out = keys_[i];
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
+namespace {
+
+// enc = 1: seal a new ticket with the newest key. enc = 0: open one; 1 = fine, 2 = fine but
+// sealed with an older key (OpenSSL issues a fresh ticket), 0 = unknown key (full handshake).
+int ticketKeyCallback(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* c,
+                      EVP_MAC_CTX* mac, int enc) {
+  auto* ring = static_cast<TicketKeyring*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ringIndex()));
+  if (ring == nullptr) return 0;
+  TicketKeyring::Key key;
+  int at = ring->find(enc ? nullptr : name, key);
+  KJ_DEFER(OPENSSL_cleanse(key.data(), key.size()));
+  if (at < 0) return 0;  // no keys yet, or a ticket from a key that rotated out
+  const unsigned char* hmacKey = key.data() + 16;
+  const unsigned char* aesKey = key.data() + 48;
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, const_cast<unsigned char*>(hmacKey),
+                                        32),
+      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>("SHA256"), 0),
+      OSSL_PARAM_construct_end()};
+  if (enc) {
+    memcpy(name, key.data(), 16);
+    if (RAND_bytes(iv, 16) != 1) return -1;
+    if (EVP_EncryptInit_ex(c, EVP_aes_256_cbc(), nullptr, aesKey, iv) != 1) return -1;
+  } else if (EVP_DecryptInit_ex(c, EVP_aes_256_cbc(), nullptr, aesKey, iv) != 1) {
+    return -1;
+  }
+  if (EVP_MAC_CTX_set_params(mac, params) != 1) return -1;
+  return (!enc && at > 0) ? 2 : 1;
+}
+
+}  // namespace
+
+void TicketKeyring::attach(SSL_CTX* ctx) {
+  SSL_CTX_set_ex_data(ctx, ringIndex(), this);
+  SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticketKeyCallback);
+}
+
+// ---------------------------------------------------------------- TLS context
+
 std::shared_ptr<SSL_CTX> makeServerTlsContext(const PrincipalConfig& p, const std::string& certPath,
-                                              const std::string& keyPath) {
+                                              const std::string& keyPath, TicketKeyring* tickets) {
   ERR_clear_error();
   std::shared_ptr<SSL_CTX> ctx(SSL_CTX_new(TLS_server_method()), SSL_CTX_free);
   if (!ctx) throw ConfigError("TLS: cannot create a context: " + tls::opensslErrors());
@@ -101,6 +178,18 @@ std::shared_ptr<SSL_CTX> makeServerTlsContext(const PrincipalConfig& p, const st
   }
   static const unsigned char kSessionContext[] = "argocd-agent";
   SSL_CTX_set_session_id_context(c, kSessionContext, sizeof kSessionContext - 1);
+  // Resumption by ticket only: a server-side session cache would hold memory per agent and be
+  // private to one process.
+  SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+  if (tickets != nullptr && p.tlsTicketRotation.count() > 0) {
+    tickets->attach(c);
+    SSL_CTX_set_num_tickets(c, 1);  // one reconnect needs one ticket; OpenSSL sends 2 by default
+    auto lifetime = std::chrono::duration_cast<std::chrono::seconds>(p.tlsTicketRotation);
+    SSL_CTX_set_timeout(c, std::max<long>(1, static_cast<long>(lifetime.count())));
+  } else {
+    SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
+    SSL_CTX_set_num_tickets(c, 0);
+  }
   SSL_CTX_set_options(c, SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_alpn_select_cb(c, selectAlpn, nullptr);
   return ctx;
@@ -152,8 +241,13 @@ class LogLimiter {
 
 class FrontDoor::Loop {
  public:
-  Loop(const Options& options, int listenFd, const std::atomic<bool>& stopped)
-      : options_(options), listenFd_(listenFd), stopped_(stopped) {}
+  Loop(const Options& options, int listenFd, const std::atomic<bool>& stopped,
+       std::atomic<size_t>& handshaking, FrontDoorStats& stats)
+      : options_(options),
+        listenFd_(listenFd),
+        stopped_(stopped),
+        handshaking_(handshaking),
+        stats_(stats) {}
 
   // Runs on the front door's thread until `stopped` resolves.
   void run(kj::AsyncIoContext& io, kj::Promise<void> stopped) {
@@ -186,12 +280,13 @@ class FrontDoor::Loop {
   const Options& options_;
   int listenFd_;
   const std::atomic<bool>& stopped_;
+  std::atomic<size_t>& handshaking_;  // shared by every loop of the front door
+  FrontDoorStats& stats_;
   kj::UnixEventPort* eventPort_ = nullptr;
   kj::Timer* timer_ = nullptr;
   kj::TaskSet* tasks_ = nullptr;
   ErrorHandler errorHandler_;
   kj::Own<kj::UnixEventPort::FdObserver> listenObserver_;
-  size_t handshaking_ = 0;
   LogLimiter limiter_;
   tls::Scratch scratch_;
 };
@@ -227,6 +322,7 @@ class FrontDoor::Loop::Connection {
               return handOff();
             },
             [this](kj::Exception&& e) -> kj::Promise<void> {
+              ++loop_.stats_.failed;
               if (loop_.limiter_.allow()) {
                 spdlog::warn("TLS handshake with {} failed: {}", info_->address,
                              e.getDescription().cStr());
@@ -238,6 +334,8 @@ class FrontDoor::Loop::Connection {
  private:
   kj::Promise<void> handOff() {
     auto session = stream_.sessionInfo();
+    ++loop_.stats_.handshakes;
+    if (session.resumed) ++loop_.stats_.resumed;
     // A peer certificate exists only when client certificates are required, i.e. verified.
     info_->tlsVersion = session.version;
     info_->cipher = session.cipher;
@@ -248,8 +346,8 @@ class FrontDoor::Loop::Connection {
     kj::AutoCloseFd ours(pair[0]);
     registeredFd_ = pair[1];
     loop_.options_.registry->add(pair[1], info_);
-    spdlog::debug("TLS connection from {}: {} {}", info_->address, info_->tlsVersion,
-                  info_->cipher);
+    spdlog::debug("TLS connection from {}: {} {}{}", info_->address, info_->tlsVersion,
+                  info_->cipher, session.resumed ? " (session resumed)" : "");
     loop_.options_.handOff(pair[1]);  // grpc owns pair[1] from here on
     return stream_.relay(kj::mv(ours), loop_.scratch_);
   }
@@ -290,10 +388,11 @@ kj::Promise<void> FrontDoor::Loop::acceptLoop() {
       options_.handOff(fd);  // plaintext: grpc reads the socket itself
       continue;
     }
-    if (handshaking_ >= options_.maxHandshakes) {
+    if (handshaking_.load() >= options_.maxHandshakes) {
+      ++stats_.busy;
       if (limiter_.allow()) {
         spdlog::warn("TLS connection from {} closed: {} handshakes already in progress",
-                     info->address, handshaking_);
+                     info->address, handshaking_.load());
       }
       close(fd);
       continue;
@@ -313,8 +412,30 @@ kj::Promise<void> FrontDoor::Loop::acceptLoop() {
 
 // ---------------------------------------------------------------- FrontDoor
 
+namespace {
+
+// A non-blocking listening socket on `address` with SO_REUSEPORT (shared with the other loops and
+// listener workers). Throws kj::Exception naming the address.
+int listenOn(const addrinfo& address, bool dualStack, const std::string& host, int port) {
+  int fd = socket(address.ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  KJ_REQUIRE(fd >= 0, "socket() failed", strerror(errno));
+  int one = 1, zero = 0;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  if (dualStack) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+  if (bind(fd, address.ai_addr, address.ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+    int e = errno;
+    close(fd);
+    KJ_FAIL_REQUIRE("cannot listen", host, port, strerror(e));
+  }
+  return fd;
+}
+
+}  // namespace
+
 FrontDoor::FrontDoor(Options options) : options_(std::move(options)) {
   KJ_REQUIRE(static_cast<bool>(options_.handOff) && options_.registry != nullptr);
+  KJ_REQUIRE(options_.loops >= 1);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -326,29 +447,29 @@ FrontDoor::FrontDoor(Options options) : options_(std::move(options)) {
   KJ_REQUIRE(rc == 0, "cannot resolve the listen address", options_.host, gai_strerror(rc));
   KJ_DEFER(freeaddrinfo(res));
   // With no host, prefer the IPv6 wildcard (dual-stack), as grpc does.
-  const addrinfo* chosen = res;
+  addrinfo* chosen = res;
   if (options_.host.empty()) {
-    for (const addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
       if (a->ai_family == AF_INET6) chosen = a;
     }
   }
-  int fd = socket(chosen->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  KJ_REQUIRE(fd >= 0, "socket() failed", strerror(errno));
-  int one = 1, zero = 0;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  if (chosen->ai_family == AF_INET6 && options_.host.empty()) {
-    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-  }
-  if (bind(fd, chosen->ai_addr, chosen->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
-    int e = errno;
-    close(fd);
-    KJ_FAIL_REQUIRE("cannot listen", options_.host, options_.port, strerror(e));
-  }
-  listenFd_ = fd;
+  bool dualStack = chosen->ai_family == AF_INET6 && options_.host.empty();
+  KJ_DEFER(if (listenFds_.size() < options_.loops) for (int fd : listenFds_) close(fd));
+  listenFds_.push_back(listenOn(*chosen, dualStack, options_.host, options_.port));
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  getsockname(listenFds_[0], reinterpret_cast<sockaddr*>(&ss), &len);
+  // The other loops bind the port the first one got (port 0 asks the kernel for one).
+  if (ss.ss_family == AF_INET6) {
+    reinterpret_cast<sockaddr_in6*>(chosen->ai_addr)->sin6_port =
+        reinterpret_cast<sockaddr_in6&>(ss).sin6_port;
+  } else {
+    reinterpret_cast<sockaddr_in*>(chosen->ai_addr)->sin_port =
+        reinterpret_cast<sockaddr_in&>(ss).sin_port;
+  }
+  while (listenFds_.size() < options_.loops) {
+    listenFds_.push_back(listenOn(*chosen, dualStack, options_.host, options_.port));
+  }
   // "127.0.0.1:8443" / "[::]:8443": what operators and the quick start read from the log.
   boundAddress_ = formatAddress(ss);
   boundAddress_ = boundAddress_.substr(boundAddress_.find(':') + 1);
@@ -356,21 +477,25 @@ FrontDoor::FrontDoor(Options options) : options_(std::move(options)) {
 
 void FrontDoor::stopAccepting() {
   stopped_ = true;
-  if (listenFd_ >= 0) shutdown(listenFd_, SHUT_RDWR);  // wakes accept4() with EINVAL
+  for (int fd : listenFds_) shutdown(fd, SHUT_RDWR);  // wakes accept4() with EINVAL
 }
 
 FrontDoor::~FrontDoor() {
-  thread_ = nullptr;  // every relay is closed on its own thread
-  if (listenFd_ >= 0) close(listenFd_);
+  threads_.clear();  // every relay is closed on its own thread
+  for (int fd : listenFds_) close(fd);
 }
 
 void FrontDoor::start() {
-  loop_ = std::make_unique<Loop>(options_, listenFd_, stopped_);
+  for (int fd : listenFds_) {
+    loops_.push_back(std::make_unique<Loop>(options_, fd, stopped_, handshaking_, stats_));
+  }
   // A listener that cannot accept must be restarted: LoopThread ends the process on failure.
-  thread_ = std::make_unique<tls::LoopThread>(
-      "front door", [this](kj::AsyncIoContext& io, kj::Promise<void> stopped) {
-        loop_->run(io, kj::mv(stopped));
-      });
+  for (auto& loop : loops_) {
+    threads_.push_back(std::make_unique<tls::LoopThread>(
+        "front door", [l = loop.get()](kj::AsyncIoContext& io, kj::Promise<void> stopped) {
+          l->run(io, kj::mv(stopped));
+        }));
+  }
 }
 
 }  // namespace aa

@@ -5,8 +5,10 @@
 // over as they are (the accepted socket itself: no copy).
 //
 // TLS connections are relayed between the TCP socket and one end of a socketpair whose other end
-// grpc owns, on the front door's own thread and KJ event loop: crypto never runs on the worker's
-// main loop (supervisor link, watchdog) and never on grpc's threads. Idle relays hold no buffers.
+// grpc owns, on the front door's own threads, each with its KJ event loop and its own listening
+// socket (SO_REUSEPORT: the kernel spreads connections over the loops, no thundering herd): crypto
+// never runs on the worker's main loop (supervisor link, watchdog) and never on grpc's threads.
+// Idle relays hold no buffers.
 //
 // What grpc can no longer see (the peer's address and verified certificate) is kept in a
 // PeerRegistry keyed by the descriptor grpc was given; handlers look it up from
@@ -14,6 +16,7 @@
 // ("fd:<n>").
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <functional>
 #include <map>
@@ -21,6 +24,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <kj/async-io.h>
 
@@ -28,6 +32,7 @@
 #include "workers/common/tls_stream.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
+typedef struct ssl_st SSL;
 
 namespace aa {
 
@@ -53,11 +58,48 @@ class PeerRegistry {
   std::map<int, std::shared_ptr<const PeerInfo>> byFd_;
 };
 
-// The server's TLS context from the principal's flags. Throws ConfigError naming the file or the
-// setting OpenSSL refused.
+// The session-ticket keys of this listener worker, as the supervisor hands them out
+// (ipc/supervisor.capnp, ticketKeys): shared by every listener worker and generation, so an agent
+// that reconnects anywhere resumes its session instead of a full handshake (no RSA signature).
+// Keys live in memory only. Thread-safe: the front door's loops read, the worker's KJ thread sets.
+class TicketKeyring {
+ public:
+  static constexpr size_t kKeySize = 80;  // 16 name, 32 HMAC-SHA256, 32 AES-256
+  using Key = std::array<unsigned char, kKeySize>;
+
+  // keys[0] encrypts new tickets; the others still decrypt (and ask for a fresh ticket). Empty:
+  // no tickets are issued and none resumes until keys arrive.
+  void set(std::vector<Key> keys);
+  size_t size() const;
+
+  // Makes `ctx` seal and open its tickets with this ring's keys (OpenSSL's ticket-key callback).
+  void attach(SSL_CTX* ctx);
+
+  // Copies the key called `name` (its first 16 bytes; with `name` null, the newest) into `out`;
+  // returns its position, or -1 if there is none.
+  int find(const unsigned char* name, Key& out) const;
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<Key> keys_;
+};
+
+// The server's TLS context from the principal's flags. With `tickets`, sessions resume through
+// tickets sealed by its keys for --tls-session-ticket-rotation; without, not at all (no server
+// side session cache either: it would hold memory per agent). Throws ConfigError naming the
+// file or the setting OpenSSL refused.
 std::shared_ptr<SSL_CTX> makeServerTlsContext(const PrincipalConfig& config,
                                               const std::string& certPath,
-                                              const std::string& keyPath);
+                                              const std::string& keyPath,
+                                              TicketKeyring* tickets = nullptr);
+
+// What the front door did, for status lines and metrics (read from any thread).
+struct FrontDoorStats {
+  std::atomic<uint64_t> handshakes{0};  // completed TLS handshakes
+  std::atomic<uint64_t> resumed{0};     // ... of which resumed a session (no full handshake)
+  std::atomic<uint64_t> failed{0};      // handshakes that failed or timed out
+  std::atomic<uint64_t> busy{0};        // connections closed: too many handshakes in progress
+};
 
 class FrontDoor {
  public:
@@ -67,6 +109,7 @@ class FrontDoor {
     std::shared_ptr<SSL_CTX> tls;  // null = plaintext
     kj::Duration handshakeTimeout = 10 * kj::SECONDS;
     size_t maxHandshakes = 1024;  // connections still handshaking; more are closed at once
+    size_t loops = 1;             // accepting/handshaking/relaying threads
     // Takes ownership of a connected, non-blocking descriptor carrying plaintext HTTP/2.
     std::function<void(int fd)> handOff;
     PeerRegistry* registry = nullptr;
@@ -82,15 +125,18 @@ class FrontDoor {
   // never handed to grpc; relayed connections go on until grpc closes them.
   void stopAccepting();
   std::string address() const { return boundAddress_; }
+  const FrontDoorStats& stats() const { return stats_; }
 
  private:
   class Loop;
   Options options_;
-  int listenFd_ = -1;
+  std::vector<int> listenFds_;  // one per loop, all bound to the same port
   std::atomic<bool> stopped_{false};
+  std::atomic<size_t> handshaking_{0};  // over all loops
+  FrontDoorStats stats_;
   std::string boundAddress_;
-  std::unique_ptr<Loop> loop_;
-  std::unique_ptr<tls::LoopThread> thread_;  // runs loop_; destroyed first
+  std::vector<std::unique_ptr<Loop>> loops_;
+  std::vector<std::unique_ptr<tls::LoopThread>> threads_;  // run loops_; destroyed first
 };
 
 }  // namespace aa

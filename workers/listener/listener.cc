@@ -1109,7 +1109,9 @@ class ListenerRole final : public Role {
     edge_ =
         std::make_unique<EdgeContext>(EdgeContext{c, *key_, peers_, services_, *hub_, counters_});
 
+    threads_ = listenerThreads(p);
     FrontDoor::Options front;
+    front.loops = static_cast<size_t>(threads_);  // as many TLS loops as serving threads
     front.host = p.listenHost;
     front.port = env_.args.listenPort;
     front.registry = &peers_;
@@ -1118,7 +1120,7 @@ class ListenerRole final : public Role {
         kj::NANOSECONDS;
     if (!p.insecurePlaintext) {
       front.tls = makeServerTlsContext(p, p.tlsCert.empty() ? dir + "/tls.crt" : p.tlsCert,
-                                       p.tlsKey.empty() ? dir + "/tls.key" : p.tlsKey);
+                                       p.tlsKey.empty() ? dir + "/tls.key" : p.tlsKey, &tickets_);
     }
 
     // grpc listens on no port of its own: every connection comes from the front door.
@@ -1137,7 +1139,6 @@ class ListenerRole final : public Role {
     builder.RegisterService(&services_.version);
     builder.RegisterService(&services_.auth);
     builder.RegisterAsyncGenericService(&services_.generic);
-    threads_ = listenerThreads(p);
     loops_.resize(threads_);
     for (auto& l : loops_) l.cq = builder.AddCompletionQueue();
     server_ = builder.BuildAndStart();
@@ -1188,7 +1189,13 @@ class ListenerRole final : public Role {
           address);
     }
     faultSwitch_ = watchFaultSwitch().eagerlyEvaluate(nullptr);
-    return kj::READY_NOW;
+    if (p.insecurePlaintext || p.tlsTicketRotation.count() <= 0) return kj::READY_NOW;
+    // Ready once the shared ticket keys are here (the few connections before get no ticket).
+    return fetchTicketKeys(false).then([this](uint64_t refreshInMs) {
+      ticketRefresh_ = refreshTicketKeys(refreshInMs).eagerlyEvaluate([](kj::Exception&& e) {
+        spdlog::error("session-ticket keys no longer refreshed: {}", e.getDescription().cStr());
+      });
+    });
   }
 
   kj::Promise<void> drain() override {
@@ -1212,11 +1219,12 @@ class ListenerRole final : public Role {
     return "streams: " + std::to_string(counters_.streams.load()) +
            ", serving threads: " + std::to_string(threads_) +
            ", cache link: " + (hub_->cacheConnected() ? "up" : "down") +
-           ", refused (no agent state): " + std::to_string(counters_.refusedNoState.load());
+           ", refused (no agent state): " + std::to_string(counters_.refusedNoState.load()) +
+           tlsSummary();
   }
 
   std::vector<MetricSample> samples() override {
-    return {
+    std::vector<MetricSample> out = {
         {"argocd_principal_connected_agents",
          "Agents with an open event stream",
          false,
@@ -1233,6 +1241,36 @@ class ListenerRole final : public Role {
          {},
          static_cast<double>(counters_.eventsSent.load())},
     };
+    if (front_ && !env_.config.principal.insecurePlaintext) {
+      const auto& t = front_->stats();
+      const char* help = "TLS handshakes completed by the front door, by whether a session resumed";
+      out.push_back({"argocd_principal_tls_handshakes_total",
+                     help,
+                     true,
+                     {{"resumed", "false"}},
+                     static_cast<double>(t.handshakes.load() - t.resumed.load())});
+      out.push_back({"argocd_principal_tls_handshakes_total",
+                     help,
+                     true,
+                     {{"resumed", "true"}},
+                     static_cast<double>(t.resumed.load())});
+      out.push_back({"argocd_principal_tls_handshake_failures_total",
+                     "TLS handshakes that failed or timed out",
+                     true,
+                     {},
+                     static_cast<double>(t.failed.load())});
+    }
+    return out;
+  }
+
+  // ", TLS handshakes: N (M resumed), failed: F, busy: B"; "" in plaintext mode.
+  std::string tlsSummary() const {
+    if (!front_ || env_.config.principal.insecurePlaintext) return "";
+    const auto& t = front_->stats();
+    return ", TLS handshakes: " + std::to_string(t.handshakes.load()) + " (" +
+           std::to_string(t.resumed.load()) +
+           " resumed), failed: " + std::to_string(t.failed.load()) +
+           ", busy: " + std::to_string(t.busy.load());
   }
 
   std::pair<bool, std::string> serving() override {
@@ -1254,6 +1292,31 @@ class ListenerRole final : public Role {
     }
   }
 
+  // Asks the supervisor for the session-ticket keys; resolves to the time until they rotate.
+  kj::Promise<uint64_t> fetchTicketKeys(bool rotation) {
+    return env_.supervisor.ticketKeysRequest().send().then([this, rotation](auto&& response) {
+      std::vector<TicketKeyring::Key> keys;
+      for (auto k : response.getKeys()) {
+        if (k.size() != TicketKeyring::kKeySize) continue;  // never from our supervisor
+        TicketKeyring::Key key;
+        memcpy(key.data(), k.begin(), key.size());
+        keys.push_back(key);
+      }
+      auto level = rotation ? spdlog::level::info : spdlog::level::debug;
+      spdlog::log(level, "TLS session-ticket keys {}: {} in use, next rotation in {} ms",
+                  rotation ? "rotated" : "received", keys.size(), response.getRefreshInMs());
+      tickets_.set(std::move(keys));
+      return response.getRefreshInMs();
+    });
+  }
+
+  // After each rotation (plus a moment, so that the supervisor has rotated), fetch again.
+  kj::Promise<void> refreshTicketKeys(uint64_t inMs) {
+    return env_.timer.afterDelay((inMs + 50) * kj::MILLISECONDS)
+        .then([this]() { return fetchTicketKeys(true); })
+        .then([this](uint64_t next) { return refreshTicketKeys(next); });
+  }
+
   // Test fault switch: SIGUSR2 cuts the link to the cache worker (the stream refusal and
   // re-lease path), only when AA_TEST_FAULTS=1 is in the environment.
   kj::Promise<void> watchFaultSwitch() {
@@ -1269,7 +1332,9 @@ class ListenerRole final : public Role {
   std::shared_ptr<const jwt::Key> key_;
   Counters counters_;
   Services services_;
-  PeerRegistry peers_;  // before the edge and the front door, which use it
+  PeerRegistry peers_;     // before the edge and the front door, which use it
+  TicketKeyring tickets_;  // before the front door, whose TLS context uses it
+  kj::Promise<void> ticketRefresh_ = nullptr;
   kj::Own<KjHub> hub_;
   std::unique_ptr<EdgeContext> edge_;
   int threads_ = 0;

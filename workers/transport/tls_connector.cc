@@ -218,7 +218,7 @@ class TlsConnector::Loop {
               }
               auto& s = *stream;
               tasks_->add(s.relay(kj::AutoCloseFd(pair[0]), scratch_).attach(kj::mv(stream)));
-              return Result{pair[1], "", session.version, session.cipher};
+              return Result{pair[1], "", session.version, session.cipher, session.resumed};
             },
             [](kj::Exception&& e) -> Result {
               return Result{-1, e.getDescription().cStr(), "", ""};
@@ -278,6 +278,10 @@ TlsConnector::TlsConnector(const AgentConfig& a) : config_(a) {
   }
   static const unsigned char kH2[] = {2, 'h', '2'};
   SSL_CTX_set_alpn_protos(c, kH2, sizeof kH2);
+  // Keep the principal's session tickets ourselves (one, the newest), not in OpenSSL's cache.
+  SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_set_app_data(c, this);
+  SSL_CTX_sess_set_new_cb(c, &TlsConnector::onNewSession);
   try {
     proxy_ = proxy::fromEnvironment();
   } catch (const std::invalid_argument& e) {
@@ -299,6 +303,15 @@ TlsConnector::TlsConnector(const AgentConfig& a) : config_(a) {
 
 TlsConnector::~TlsConnector() {
   thread_ = nullptr;  // every relay is closed on its own thread
+}
+
+int TlsConnector::onNewSession(SSL* ssl, SSL_SESSION* session) {
+  auto* self = static_cast<TlsConnector*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
+  if (self == nullptr) return 0;
+  std::lock_guard<std::mutex> lock(self->sessionMu_);
+  self->session_.reset(session, SSL_SESSION_free);  // ours now (returning 1)
+  self->sessionPeer_ = self->connectingTo_;         // the transport has one principal at a time
+  return 1;
 }
 
 TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
@@ -331,6 +344,13 @@ TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
   }
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
   std::string peer = host + ":" + std::to_string(port);
+  {
+    std::lock_guard<std::mutex> lock(sessionMu_);
+    connectingTo_ = peer;
+    if (session_ && sessionPeer_ == peer && SSL_SESSION_is_resumable(session_.get())) {
+      SSL_set_session(ssl.get(), session_.get());  // takes its own reference
+    }
+  }
   try {
     return loop_->connect(thread_->executor(), kj::mv(tcp), std::move(ssl), peer,
                           std::max(left, std::chrono::milliseconds(1)), cancelled);

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,6 +18,8 @@
 #include "ipc/config/config.h"
 #include "workers/common/tls_stream.h"
 #include "workers/transport/https_proxy.h"
+
+typedef struct ssl_session_st SSL_SESSION;
 
 namespace aa {
 
@@ -31,6 +34,7 @@ class TlsConnector {
     int fd = -1;        // grpc's end; -1 on failure
     std::string error;  // why not, for the log
     std::string version, cipher;
+    bool resumed = false;  // the last session's ticket was accepted: no full handshake
   };
   // Blocking (call from a transport thread, never from a KJ loop thread): TCP connect to
   // `host`:`port` (every address it resolves to, in order) and the handshake, both within
@@ -43,6 +47,13 @@ class TlsConnector {
   const AgentConfig& config_;
   std::optional<proxy::Proxy> proxy_;  // HTTPS_PROXY (https_proxy.h), if set
   std::shared_ptr<SSL_CTX> ctx_;
+  // The newest session the principal gave a ticket for, offered on the next connect to the same
+  // address (a reconnect then skips the full handshake). Set on the loop thread, read by connect.
+  static int onNewSession(SSL* ssl, SSL_SESSION* session);
+  std::mutex sessionMu_;
+  std::shared_ptr<SSL_SESSION> session_;
+  std::string sessionPeer_;   // "host:port" it was made with
+  std::string connectingTo_;  // "host:port" of the newest connect()
   std::unique_ptr<Loop> loop_;
   std::unique_ptr<tls::LoopThread> thread_;  // runs loop_; destroyed first
 };

@@ -344,7 +344,8 @@ class TransportRole final : public Role {
         setState("connection failed: " + conn.error);
         return 0ms;
       }
-      spdlog::debug("TLS connection to {}: {} {}", target_, conn.version, conn.cipher);
+      spdlog::debug("TLS connection to {}: {} {}{}", target_, conn.version, conn.cipher,
+                    conn.resumed ? " (session resumed)" : "");
       channel = grpc::CreateCustomInsecureChannelFromFd(target_, conn.fd, args);
     } else {
       channel = grpc::CreateCustomChannel(target_, grpc::InsecureChannelCredentials(), args);
