@@ -20,6 +20,10 @@ LISTENERS=${LISTENERS:-2}
 HEARTBEAT_MS=${HEARTBEAT_MS:-30000}
 WINDOW_S=${WINDOW_S:-20}
 LOAD_THREADS=${LOAD_THREADS:-2}
+# The load generator's own limits (see tools/loadgen/agent_load.cc): first attempts spread over
+# RAMP_MS, at most MAX_CONNECTING attempts at once (0: no limit). Reported with the results.
+RAMP_MS=${RAMP_MS:-100}
+MAX_CONNECTING=${MAX_CONNECTING:-0}
 ulimit -n "$(ulimit -Hn)"
 
 "$BIN/agent_load" --write-users "$BENCH_TMP/users" --agents "$AGENTS" --prefix load- \
@@ -40,14 +44,21 @@ done
 pids() { echo "$PRINCIPAL_PID" $(cat /proc/"$PRINCIPAL_PID"/task/*/children 2>/dev/null); }
 rss_kib() { local s=0 p; for p in $(pids); do s=$((s + $(awk '/VmRSS/{print $2}' /proc/$p/status 2>/dev/null || echo 0))); done; echo $s; }
 cpu_all() { local s=0 p; for p in $(pids); do s=$((s + $(cpu_ms "$p"))); done; echo $s; }
-listener_pids() { "$BIN/argocd-agentctl" --socket "$SOCK" status --json | $PY -c '
+worker_pids() { "$BIN/argocd-agentctl" --socket "$SOCK" status --json | $PY -c '
 import json,sys
-for w in json.load(sys.stdin)["workers"]:
-    if w["role"].startswith("listener"): print(w["role"], w["pid"])'; }
+for w in json.load(sys.stdin)["workers"]: print(w["role"], w["pid"])'; }
+listener_pids() { worker_pids | grep '^listener'; }
 last() { grep '^load: ' "$BENCH_TMP/load.log" | tail -n1; }
 field() { last | tr ' ' '\n' | awk -F= -v k="$1" '$1==k{print $2}'; }
 
+rss_roles() {
+  local out="supervisor=$(awk '/VmRSS/{print $2}' /proc/$PRINCIPAL_PID/status)" role pid
+  while read -r role pid; do out="$out $role=$(awk '/VmRSS/{print $2}' /proc/$pid/status)"; done \
+    < <(worker_pids)
+  echo "$out (KiB)"
+}
 base_rss=$(rss_kib)
+base_roles=$(rss_roles)
 $PY - "$BENCH_TMP/principal.log" <<'PY' >"$BENCH_TMP/ca.pem"
 import re,ssl,sys
 port=int(re.search(r"Listening on 127\.0\.0\.1:(\d+)", open(sys.argv[1]).read()).group(1))
@@ -56,7 +67,8 @@ PY
 t0=$(date +%s.%N)
 "$BIN/agent_load" --target "127.0.0.1:$PORT" --agents "$AGENTS" --prefix load- --password bench-pw \
   --ca "$BENCH_TMP/ca.pem" --tls-name argocd-agent-principal--generated \
-  --heartbeat-ms "$HEARTBEAT_MS" --threads "$LOAD_THREADS" --report-ms 250 >"$BENCH_TMP/load.log" 2>&1 &
+  --heartbeat-ms "$HEARTBEAT_MS" --threads "$LOAD_THREADS" --report-ms 250 --ramp-ms "$RAMP_MS" \
+  --max-connecting "$MAX_CONNECTING" >"$BENCH_TMP/load.log" 2>&1 &
 LOAD_PID=$!
 BENCH_PIDS+=("$LOAD_PID")
 until [ "$(field subscribed)" = "$AGENTS" ]; do
@@ -65,7 +77,8 @@ until [ "$(field subscribed)" = "$AGENTS" ]; do
   if (( $(echo "$(date +%s.%N) - $t0 > 300" | bc) )); then echo "connect timeout: $(last)"; exit 1; fi
 done
 connect_s=$(echo "$(date +%s.%N) - $t0" | bc)
-echo "connect: agents=$AGENTS listeners=$LISTENERS seconds=$connect_s $(last)"
+echo "connect: agents=$AGENTS listeners=$LISTENERS ramp_ms=$RAMP_MS max_connecting=$MAX_CONNECTING" \
+  "seconds=$connect_s $(last)"
 
 if [ -n "${EVENTS:-}" ]; then
   total=$(( ${EVENTS%%:*} * AGENTS ))
@@ -87,6 +100,7 @@ while read -r role pid; do
   threads="$threads ${role}_threads=$(awk '/Threads/{print $2}' /proc/$pid/status) ${role}_rss_kib=$(awk '/VmRSS/{print $2}' /proc/$pid/status)"
 done < <(listener_pids)
 per_agent=$(( (rss - base_rss) / AGENTS ))
+echo "rss_by_process: before: $base_roles; with agents: $(rss_roles)"
 echo "idle: rss_total_kib=$rss rss_before_kib=$base_rss per_agent_kib=$per_agent" \
   "principal_cpu_pct=$(echo "scale=2; ($c1 - $c0) / ($WINDOW_S * 10)" | bc)$threads"
 "$BIN/argocd-agentctl" --socket "$SOCK" status | sed 's/^/status: /'

@@ -15,7 +15,9 @@
 //   agent_load --target 127.0.0.1:PORT --agents N [--ca FILE (TLS; else plaintext)]
 //              [--tls-name NAME] [--prefix agent-] [--first 0] [--password P]
 //              [--heartbeat-ms 30000] [--duration-s 0 (until killed)] [--report-ms 1000]
-//              [--threads 1] [--pid-file F]
+//              [--threads 1] [--pid-file F] [--ramp-ms 100] [--max-connecting 0]
+//   (--ramp-ms: first attempts spread over that long; --max-connecting: at most N attempts at
+//   once, 0 = no limit)
 //   agent_load --write-users FILE --agents N [--prefix agent-] [--first 0] [--password P]
 //              [--cost 4]  (a userpass file for the principal; one bcrypt hash shared by all)
 // Reports one line per --report-ms on stdout:
@@ -66,7 +68,7 @@ using Event = eventstreamapi::Event;
 struct Options {
   std::string target, ca, tlsName, prefix = "agent-", password = "load-secret", writeUsers, pidFile;
   int agents = 100, first = 0, heartbeatMs = 30000, durationS = 0, reportMs = 1000, threads = 1,
-      cost = 4;
+      cost = 4, rampMs = 100, maxConnecting = 0;
 };
 
 Options parse(int argc, char** argv) {
@@ -113,12 +115,19 @@ Options parse(int argc, char** argv) {
       o.threads = num();
     } else if (a == "--cost") {
       o.cost = num();
+    } else if (a == "--ramp-ms") {
+      o.rampMs = num();
+    } else if (a == "--max-connecting") {
+      o.maxConnecting = num();
     } else {
       usage("unknown argument " + a);
     }
   }
-  if (o.agents < 1 || o.heartbeatMs < 10 || o.reportMs < 10 || o.threads < 1) {
-    usage("--agents, --threads must be positive; --heartbeat-ms, --report-ms at least 10");
+  if (o.agents < 1 || o.heartbeatMs < 10 || o.reportMs < 10 || o.threads < 1 || o.rampMs < 0 ||
+      o.maxConnecting < 0) {
+    usage(
+        "--agents, --threads must be positive; --heartbeat-ms, --report-ms at least 10; "
+        "--ramp-ms, --max-connecting not negative");
   }
   if (o.writeUsers.empty() && o.target.empty()) usage("--target is required");
   return o;
@@ -153,12 +162,54 @@ struct Tag {
   Op op;
 };
 
+struct Agent;
+
+// --max-connecting: at most N agents between the start of an attempt (TCP, TLS, Authenticate,
+// Subscribe) and its end (subscribed, or failed); the others wait their turn in order. One process
+// playing thousands of agents on a small machine otherwise spends its CPU on client handshakes
+// that time out, which measures the load generator, not the principal.
+class ConnectGate {
+ public:
+  explicit ConnectGate(int slots) : free_(slots), unlimited_(slots == 0) {}
+  // True: go now. False: queued; `kick(a)` runs when a slot is free.
+  bool acquire(Agent* a) {
+    if (unlimited_) return true;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_ > 0) {
+      --free_;
+      return true;
+    }
+    waiting_.push_back(a);
+    return false;
+  }
+  // Hands the slot to the next waiting agent (returned), or frees it (nullptr).
+  Agent* release() {
+    if (unlimited_) return nullptr;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (waiting_.empty()) {
+      ++free_;
+      return nullptr;
+    }
+    Agent* next = waiting_.front();
+    waiting_.pop_front();
+    return next;
+  }
+
+ private:
+  std::mutex mu_;
+  int free_;
+  bool unlimited_;
+  std::deque<Agent*> waiting_;
+};
+
 // One agent; every operation of an attempt runs on its CQ's thread.
 struct Agent {
   int index = 0;
   std::string name;
   const Options* o = nullptr;
   Stats* stats = nullptr;
+  ConnectGate* gate = nullptr;
+  std::atomic<bool> holdsSlot{false};  // set by whoever hands it the slot, before its alarm
   grpc::CompletionQueue* cq = nullptr;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<authapi::Authentication::Stub> auth;
@@ -287,6 +338,7 @@ struct Agent {
           counted = true;
           failures = 0;
           stats->subscribed++;
+          releaseSlot();
         }
       }
     } else {
@@ -364,6 +416,7 @@ struct Agent {
 
   // Jittered exponential backoff: 100 ms x 2^failures, capped at 5 s, stretched by 0-100 %.
   void backoff(bool withAuth) {
+    releaseSlot();
     int shift = std::min(failures++, 6);
     double ms = std::min(5000.0, 100.0 * (1 << shift));
     ms *= 1.0 + std::uniform_real_distribution<double>(0, 1)(rng);
@@ -375,8 +428,20 @@ struct Agent {
     retryAlarm.Set(cq, std::chrono::system_clock::now() + after, &tags[6]);
   }
 
+  void releaseSlot() {
+    if (!holdsSlot.exchange(false)) return;
+    if (Agent* next = gate->release()) {
+      next->holdsSlot = true;
+      next->retry(std::chrono::microseconds(0), next->retryWithAuth);
+    }
+  }
+
   void onAlarm(bool ok) {
     if (!ok) return;
+    if (!holdsSlot.load()) {
+      if (!gate->acquire(this)) return;  // its turn comes with a fresh alarm
+      holdsSlot = true;
+    }
     if (retryWithAuth) {
       authenticate();
     } else {
@@ -439,6 +504,7 @@ int main(int argc, char** argv) {
   std::vector<std::unique_ptr<grpc::CompletionQueue>> cqs;
   for (int t = 0; t < o.threads; ++t) cqs.push_back(std::make_unique<grpc::CompletionQueue>());
   Stats stats;
+  ConnectGate gate(o.maxConnecting);
   std::vector<std::unique_ptr<Agent>> agents;
   for (int i = 0; i < o.agents; ++i) {
     auto a = std::make_unique<Agent>();
@@ -446,6 +512,7 @@ int main(int argc, char** argv) {
     a->name = agentName(o, i);
     a->o = &o;
     a->stats = &stats;
+    a->gate = &gate;
     a->cq = cqs[i % o.threads].get();
     a->rng.seed(static_cast<unsigned>(i * 7919 + getpid()));
     grpc::ChannelArguments args;
@@ -469,8 +536,10 @@ int main(int argc, char** argv) {
     a->events = eventstreamapi::EventStream::NewStub(a->channel);
     agents.push_back(std::move(a));
   }
-  // Every agent starts on its CQ's thread: an alarm at a spread offset over the first 100 ms.
-  for (auto& a : agents) a->retry(std::chrono::microseconds(a->index * 100000LL / o.agents), false);
+  // Every agent starts on its CQ's thread: an alarm at a spread offset over the first --ramp-ms.
+  for (auto& a : agents) {
+    a->retry(std::chrono::microseconds(a->index * 1000LL * o.rampMs / o.agents), false);
+  }
   // The threads start after every agent's first alarm is set (thread creation orders it).
   std::vector<std::thread> threads;
   for (auto& cq : cqs) {

@@ -68,7 +68,7 @@ class SessionImpl final : public ipc::AgentSession::Server {
   }
 
  private:
-  bool fill(ipc::AgentSession::NextResults::Builder results, uint32_t max);
+  bool fill(NextContext& context, uint32_t max);
   void wake() {
     KJ_IF_MAYBE (f, waiting_) {
       (*f)->fulfill();
@@ -166,16 +166,21 @@ SessionImpl::~SessionImpl() noexcept(false) {
 
 void SessionImpl::kick() { wake(); }
 
-bool SessionImpl::fill(ipc::AgentSession::NextResults::Builder results, uint32_t max) {
+bool SessionImpl::fill(NextContext& context, uint32_t max) {
   auto due = agent_.writer.takeDue(Clock::now(), std::min(max, kMaxBatch));
-  if (due.empty()) return false;
-  auto list = results.initEvents(due.size());
+  if (due.empty()) return false;  // no results yet: a waiting call holds no answer message
+  std::vector<std::string> bytes(due.size());
   eventstreamapi::Event msg;
-  std::string bytes;
+  size_t words = 8;
   for (size_t i = 0; i < due.size(); ++i) {
     *msg.mutable_event() = std::move(due[i]);
-    msg.SerializeToString(&bytes);
-    list.set(i, kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
+    msg.SerializeToString(&bytes[i]);
+    words += bytes[i].size() / 8 + 2;
+  }
+  // Sized to fit: without a hint every answer starts with an 8 KiB segment.
+  auto list = context.getResults(capnp::MessageSize{words, 0}).initEvents(due.size());
+  for (size_t i = 0; i < due.size(); ++i) {
+    list.set(i, kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes[i].data()), bytes[i].size()));
   }
   return true;
 }
@@ -183,7 +188,7 @@ bool SessionImpl::fill(ipc::AgentSession::NextResults::Builder results, uint32_t
 kj::Promise<void> SessionImpl::next(NextContext context) {
   if (superseded_) return KJ_EXCEPTION(DISCONNECTED, "a newer stream of this agent took over");
   uint32_t max = std::max<uint32_t>(1, context.getParams().getMax());
-  if (fill(context.getResults(), max)) return kj::READY_NOW;
+  if (fill(context, max)) return kj::READY_NOW;
   // Wait for input, the next re-send or the idle limit, whichever comes first.
   auto now = Clock::now();
   auto deadline = agent_.writer.nextDeadline(now);
@@ -199,7 +204,7 @@ kj::Promise<void> SessionImpl::next(NextContext context) {
         }
         // Woken with nothing due (an ACK that freed nothing) or idle: an empty answer, and the
         // listener asks again.
-        if (!fill(context.getResults(), max)) context.getResults().initEvents(0);
+        if (!fill(context, max)) context.getResults(capnp::MessageSize{4, 0}).initEvents(0);
         return kj::READY_NOW;
       });
 }

@@ -24,9 +24,21 @@ const char* toString(EnqueueResult r) {
   return "?";
 }
 
+LatencyHistogram& LatencyHistogram::operator=(const LatencyHistogram& other) {
+  if (this == &other) return *this;
+  count_ = other.count_;
+  buckets_.reset();
+  if (other.buckets_) {
+    buckets_ = std::make_unique<uint64_t[]>(kBuckets);
+    std::copy(other.buckets_.get(), other.buckets_.get() + kBuckets, buckets_.get());
+  }
+  return *this;
+}
+
 void LatencyHistogram::record(std::chrono::nanoseconds d) {
   double us = std::max(1.0, static_cast<double>(d.count()) / 1000.0);
   int b = static_cast<int>(std::log(us) / std::log(1.05));
+  if (!buckets_) buckets_ = std::make_unique<uint64_t[]>(kBuckets);  // zeroed
   buckets_[std::clamp(b, 0, kBuckets - 1)]++;
   ++count_;
 }
@@ -35,7 +47,7 @@ std::chrono::microseconds LatencyHistogram::quantile(double q) const {
   if (count_ == 0) return std::chrono::microseconds(0);
   uint64_t rank = static_cast<uint64_t>(std::ceil(q * static_cast<double>(count_)));
   uint64_t seen = 0;
-  for (int b = 0; b < kBuckets; ++b) {
+  for (int b = 0; b < kBuckets && buckets_; ++b) {
     seen += buckets_[b];
     if (seen >= std::max<uint64_t>(rank, 1)) {
       return std::chrono::microseconds(static_cast<int64_t>(std::pow(1.05, b + 1)));
@@ -44,7 +56,8 @@ std::chrono::microseconds LatencyHistogram::quantile(double q) const {
   return std::chrono::microseconds(static_cast<int64_t>(std::pow(1.05, kBuckets)));
 }
 
-EventWriter::EventWriter(WriterOptions options, uint64_t seed) : options_(options), rng_(seed) {}
+EventWriter::EventWriter(WriterOptions options, uint64_t seed)
+    : options_(options), rng_(static_cast<std::minstd_rand::result_type>(seed % 2147483646 + 1)) {}
 
 std::chrono::milliseconds EventWriter::resendDelay(int attempts) {
   double base = static_cast<double>(options_.initialResend.count()) *

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
@@ -41,8 +42,15 @@ enum class EnqueueResult { kQueued, kCoalesced, kSuperseded, kFull, kInvalid };
 const char* toString(EnqueueResult r);
 
 // Bounded latency histogram: log-scale buckets 5 % wide from 1 µs to ~1 h.
+// The buckets (3.7 KiB) are allocated by the first record: the principal keeps one writer per
+// agent, and an idle agent's writer records nothing.
 class LatencyHistogram {
  public:
+  LatencyHistogram() = default;
+  LatencyHistogram(const LatencyHistogram& other) { *this = other; }
+  LatencyHistogram& operator=(const LatencyHistogram& other);
+  LatencyHistogram(LatencyHistogram&&) = default;
+  LatencyHistogram& operator=(LatencyHistogram&&) = default;
   void record(std::chrono::nanoseconds d);
   // q in [0,1]; the upper edge of the bucket holding that quantile; 0 when empty.
   std::chrono::microseconds quantile(double q) const;
@@ -50,7 +58,7 @@ class LatencyHistogram {
 
  private:
   static constexpr int kBuckets = 460;
-  uint64_t buckets_[kBuckets] = {};
+  std::unique_ptr<uint64_t[]> buckets_;
   uint64_t count_ = 0;
 };
 
@@ -109,7 +117,7 @@ class EventWriter {
   void dropIfIdle(const std::string& id);
 
   WriterOptions options_;
-  std::mt19937_64 rng_;
+  std::minstd_rand rng_;  // re-send jitter only; 8 bytes where mt19937_64 takes 2.5 KiB per agent
   std::unordered_map<std::string, Resource> resources_;
   std::deque<std::string> ready_;  // resources with unsent events and nothing in flight
   Resends resends_;
