@@ -4,6 +4,7 @@ handshake is made by a real `openssl s_client`; agents are our own (grpc++ TLS c
 
 import signal
 import socket
+import ssl
 import subprocess
 import unittest
 
@@ -133,14 +134,15 @@ class TlsPolicyTest(h.IntegrationTestCase):
         agent = self.start_agent(principal)
         principal.wait_log(r"agent agent1 subscribed")
 
-        # A client that never speaks is closed after the handshake timeout.
+        # A client that never speaks is closed by the deadlines (the ClientHello's, capped by the
+        # handshake's 1 s).
         stalled = socket.create_connection(("127.0.0.1", principal.port), timeout=10)
         garbage = socket.create_connection(("127.0.0.1", principal.port), timeout=10)
         garbage.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        # recv is bounded by the socket's 10 s timeout; the log line says the handshake deadline
-        # (1 s) closed it, not anything else.
+        # recv is bounded by the socket's 10 s timeout; the log line says the deadline (1 s)
+        # closed it, not anything else.
         self.assertEqual(stalled.recv(1), b"", "the stalled connection was closed")
-        principal.wait_log(r"failed: no complete TLS handshake within --tls-handshake-timeout")
+        principal.wait_log(r"failed: no TLS ClientHello within --tls-client-hello-timeout")
         # Plain HTTP gets a TLS alert, a close or a reset, never a hang or an HTTP answer, and a
         # clear reason in the log.
         try:
@@ -151,6 +153,21 @@ class TlsPolicyTest(h.IntegrationTestCase):
         principal.wait_log(r"failed: .*(http request|wrong version number)")
         stalled.close()
         garbage.close()
+
+        # One that sends its ClientHello and then stalls is closed by the handshake deadline.
+        hello_only = socket.create_connection(("127.0.0.1", principal.port), timeout=10)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing)
+        with self.assertRaises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        hello_only.sendall(outgoing.read())
+        while hello_only.recv(65536):  # the server's flight, then its close
+            pass
+        principal.wait_log(r"failed: no complete TLS handshake within --tls-handshake-timeout")
+        hello_only.close()
 
         # Nobody else noticed: the agent's one stream is still the one it opened, and new
         # clients are served.

@@ -295,6 +295,23 @@ std::vector<Option> principalOptions(Config& c) {
       intOpt("listener-threads", "ARGOCD_PRINCIPAL_LISTENER_THREADS",
              "serving threads per listener process (0: the cores left per listener, at least 1)",
              &p.listenerThreads, 0, 64),
+      intOpt("max-connections", "ARGOCD_PRINCIPAL_MAX_CONNECTIONS",
+             "TLS connections per listener process; more are closed at accept (0: as many as "
+             "its descriptor limit allows, three per connection, minus a reserve)",
+             &p.maxConnections, 0, 1000000),
+      intOpt("max-unauthenticated-connections", "ARGOCD_PRINCIPAL_MAX_UNAUTHENTICATED_CONNECTIONS",
+             "TLS connections per listener process without an authenticated event stream yet; "
+             "from half of it on, new ones are refused at random, more often as it fills",
+             &p.maxUnauthenticated, 1, 1000000),
+      intOpt("max-unauthenticated-per-source", "ARGOCD_PRINCIPAL_MAX_UNAUTHENTICATED_PER_SOURCE",
+             "of those, per source address (0: no per-source cap)", &p.maxUnauthenticatedPerSource,
+             0, 1000000),
+      durationOpt("tls-client-hello-timeout", "ARGOCD_PRINCIPAL_TLS_CLIENT_HELLO_TIMEOUT",
+                  "close a TLS connection whose ClientHello has not arrived by then",
+                  &p.clientHelloTimeout),
+      durationOpt("unauthenticated-timeout", "ARGOCD_PRINCIPAL_UNAUTHENTICATED_TIMEOUT",
+                  "close a TLS connection that has opened no authenticated event stream by then",
+                  &p.unauthenticatedTimeout),
       Option{"synthetic-events", 0, "ARGOCD_PRINCIPAL_SYNTHETIC_EVENTS",
              "test/benchmark source: COUNT:RESOURCES:BYTES[:AGENT-PREFIX] create events queued "
              "for each agent (whose name starts with AGENT-PREFIX) on its first subscribe",
@@ -529,6 +546,9 @@ std::string validatePrincipal(PrincipalConfig& p) {
     }
   }
   if (auto e = tls::validate(p.tls); !e.empty()) return "invalid TLS settings: " + e;
+  if (p.clientHelloTimeout.count() == 0 || p.unauthenticatedTimeout.count() == 0) {
+    return "--tls-client-hello-timeout and --unauthenticated-timeout must be greater than 0";
+  }
   if (p.tlsHandshakeTimeout.count() == 0) {
     return "--tls-handshake-timeout must be greater than 0";
   }

@@ -61,6 +61,12 @@ struct PrincipalConfig {
   std::chrono::nanoseconds agentDisconnectAfter{0};  // silence that closes its stream (0: off)
   int listenerWorkers = 0;  // listener processes sharing the port (0: listenerWorkersFor(cores))
   int listenerThreads = 0;  // serving threads per listener (0: listenerThreadsFor(cores, N))
+  // Admission at each listener's front door (TLS connections; workers/listener/admission.h).
+  int maxConnections = 0;  // 0: from the descriptor limit
+  int maxUnauthenticated = 2048;
+  int maxUnauthenticatedPerSource = 256;  // 0: no per-source cap
+  std::chrono::nanoseconds clientHelloTimeout{std::chrono::seconds(2)};
+  std::chrono::nanoseconds unauthenticatedTimeout{std::chrono::seconds(30)};
 };
 
 // --synthetic-events=COUNT:RESOURCES:BYTES[:AGENT-PREFIX] (the test/benchmark source; the

@@ -354,6 +354,14 @@ class FlagTableTest : public ConfigTest {
         {"synthetic-events", "ARGOCD_PRINCIPAL_SYNTHETIC_EVENTS", "", "10:2:64", "10"},
         {"listener-workers", "ARGOCD_PRINCIPAL_LISTENER_WORKERS", "0", "3", "65"},
         {"listener-threads", "ARGOCD_PRINCIPAL_LISTENER_THREADS", "0", "2", "-1"},
+        {"max-connections", "ARGOCD_PRINCIPAL_MAX_CONNECTIONS", "0", "5000", "-1"},
+        {"max-unauthenticated-connections", "ARGOCD_PRINCIPAL_MAX_UNAUTHENTICATED_CONNECTIONS",
+         "2048", "100", "0"},
+        {"max-unauthenticated-per-source", "ARGOCD_PRINCIPAL_MAX_UNAUTHENTICATED_PER_SOURCE", "256",
+         "0", "x"},
+        {"tls-client-hello-timeout", "ARGOCD_PRINCIPAL_TLS_CLIENT_HELLO_TIMEOUT", "2s", "500ms",
+         "2"},
+        {"unauthenticated-timeout", "ARGOCD_PRINCIPAL_UNAUTHENTICATED_TIMEOUT", "30s", "1m", "30"},
     };
   }
   std::vector<FlagRow> agentRows() {

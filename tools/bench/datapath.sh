@@ -24,6 +24,9 @@ LOAD_THREADS=${LOAD_THREADS:-2}
 # RAMP_MS, at most MAX_CONNECTING attempts at once (0: no limit). Reported with the results.
 RAMP_MS=${RAMP_MS:-100}
 MAX_CONNECTING=${MAX_CONNECTING:-0}
+# PLAINTEXT=1: --insecure-plaintext principal and plaintext agents (the mesh-sidecar setup).
+PLAINTEXT=${PLAINTEXT:-0}
+if [ "$PLAINTEXT" = 1 ]; then SECURITY=(--insecure-plaintext); else SECURITY=(--insecure-tls-generate); fi
 ulimit -n "$(ulimit -Hn)"
 
 "$BIN/agent_load" --write-users "$BENCH_TMP/users" --agents "$AGENTS" --prefix load- \
@@ -32,7 +35,7 @@ machine_info
 EXTRA=()
 [ -n "${EVENTS:-}" ] && EXTRA=(--synthetic-events "$EVENTS:load-")
 start_principal "$BENCH_TMP/principal.log" --auth "userpass:$BENCH_TMP/users" \
-  --insecure-tls-generate --insecure-jwt-generate --listener-workers "$LISTENERS" \
+  "${SECURITY[@]}" --insecure-jwt-generate --listener-workers "$LISTENERS" \
   --metrics-port 0 --healthz-port 0 "${EXTRA[@]}"
 SOCK=$(ls "$BENCH_TMP"/p.*.sock)
 for _ in $(seq 100); do
@@ -59,15 +62,18 @@ rss_roles() {
 }
 base_rss=$(rss_kib)
 base_roles=$(rss_roles)
-$PY - "$BENCH_TMP/principal.log" <<'PY' >"$BENCH_TMP/ca.pem"
+LOAD_TLS=()
+if [ "$PLAINTEXT" != 1 ]; then
+  $PY - "$BENCH_TMP/principal.log" <<'PY' >"$BENCH_TMP/ca.pem"
 import re,ssl,sys
 port=int(re.search(r"Listening on 127\.0\.0\.1:(\d+)", open(sys.argv[1]).read()).group(1))
 print(ssl.get_server_certificate(("127.0.0.1", port)))
 PY
+  LOAD_TLS=(--ca "$BENCH_TMP/ca.pem" --tls-name argocd-agent-principal--generated)
+fi
 t0=$(date +%s.%N)
 "$BIN/agent_load" --target "127.0.0.1:$PORT" --agents "$AGENTS" --prefix load- --password bench-pw \
-  --ca "$BENCH_TMP/ca.pem" --tls-name argocd-agent-principal--generated \
-  --heartbeat-ms "$HEARTBEAT_MS" --threads "$LOAD_THREADS" --report-ms 250 --ramp-ms "$RAMP_MS" \
+  "${LOAD_TLS[@]}" --heartbeat-ms "$HEARTBEAT_MS" --threads "$LOAD_THREADS" --report-ms 250 --ramp-ms "$RAMP_MS" \
   --max-connecting "$MAX_CONNECTING" >"$BENCH_TMP/load.log" 2>&1 &
 LOAD_PID=$!
 BENCH_PIDS+=("$LOAD_PID")

@@ -65,6 +65,14 @@ std::string opensslErrors() {
   return out.empty() ? "unknown OpenSSL error" : out;
 }
 
+namespace {
+// What an agent sees when the principal's front door refuses it at accept (admission.h).
+constexpr const char* kClosedInHandshake =
+    "the peer closed the connection during the handshake: a principal that is refusing "
+    "connections (too many in all, or too many unauthenticated ones from this address) closes "
+    "them at once; its log and `argocd-agentctl status` name the cause";
+}  // namespace
+
 std::string explainHandshakeFailure(const std::string& reason) {
   static const std::pair<const char*, const char*> kHints[] = {
       {"unsupported protocol",
@@ -83,6 +91,7 @@ std::string explainHandshakeFailure(const std::string& reason) {
        "the peer's certificate does not verify against --root-ca-path"},
       {"http request", "plain HTTP sent to the TLS port"},
       {"wrong version number", "not TLS: a plaintext peer on a TLS connection?"},
+      {"unexpected eof while reading", kClosedInHandshake},
   };
   for (const auto& [needle, hint] : kHints) {
     if (reason.find(needle) != std::string::npos) return reason + " (" + hint + ")";
@@ -142,7 +151,7 @@ kj::Promise<void> TlsStream::handshake() {
       return tcpObserver_.whenBecomesWritable().then([this]() { return handshake(); });
     case SSL_ERROR_SYSCALL:
       if (ERR_peek_error() == 0) {
-        return failure("the peer closed the connection during the handshake");
+        return failure(kClosedInHandshake);
       }
       [[fallthrough]];
     default: {
@@ -155,6 +164,8 @@ kj::Promise<void> TlsStream::handshake() {
     }
   }
 }
+
+bool TlsStream::helloReceived() const { return SSL_get_state(ssl_.get()) != TLS_ST_BEFORE; }
 
 SessionInfo TlsStream::sessionInfo() const {
   SessionInfo info;

@@ -66,6 +66,8 @@ class TlsStream {
 
   // Completes the handshake; rejects with OpenSSL's reason, explained.
   kj::Promise<void> handshake();
+  // Server side: the peer's ClientHello has arrived in full (the handshake is under way).
+  bool helloReceived() const;
   SessionInfo sessionInfo() const;
 
   // Moves bytes between this TLS stream and `local` (our end of the socketpair whose other end

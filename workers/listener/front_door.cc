@@ -14,6 +14,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstring>
+#include <random>
 
 #include <kj/async-unix.h>
 #include <kj/debug.h>
@@ -57,6 +58,15 @@ std::shared_ptr<const PeerInfo> PeerRegistry::find(std::string_view grpcPeer) co
   auto it = byFd_.find(fd);
   return it == byFd_.end() ? nullptr : it->second;
 }
+
+void PeerInfo::markAuthenticated() const {
+  int expected = kUnauthenticated;
+  if (state_.compare_exchange_strong(expected, kAuthenticated) && admission) {
+    admission->authenticated(source);
+  }
+}
+
+bool PeerInfo::markClosed() const { return state_.exchange(kClosed) == kAuthenticated; }
 
 // ---------------------------------------------------------------- TLS context
 
@@ -214,6 +224,17 @@ std::string formatAddress(const sockaddr_storage& ss) {
   return "unknown";
 }
 
+// The admission key of a peer: its address without the port.
+std::string sourceOf(const sockaddr_storage& ss) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (ss.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(ss).sin_addr, host, sizeof host);
+  } else if (ss.ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(ss).sin6_addr, host, sizeof host);
+  }
+  return host;
+}
+
 // At most `burst` lines per `window`; then one line saying how many were left out.
 class LogLimiter {
  public:
@@ -242,12 +263,13 @@ class LogLimiter {
 class FrontDoor::Loop {
  public:
   Loop(const Options& options, int listenFd, const std::atomic<bool>& stopped,
-       std::atomic<size_t>& handshaking, FrontDoorStats& stats)
+       std::shared_ptr<Admission> admission, FrontDoorStats& stats)
       : options_(options),
         listenFd_(listenFd),
         stopped_(stopped),
-        handshaking_(handshaking),
-        stats_(stats) {}
+        admission_(std::move(admission)),
+        stats_(stats),
+        rng_(static_cast<unsigned>(listenFd) * 7919u + static_cast<unsigned>(getpid())) {}
 
   // Runs on the front door's thread until `stopped` resolves.
   void run(kj::AsyncIoContext& io, kj::Promise<void> stopped) {
@@ -280,8 +302,9 @@ class FrontDoor::Loop {
   const Options& options_;
   int listenFd_;
   const std::atomic<bool>& stopped_;
-  std::atomic<size_t>& handshaking_;  // shared by every loop of the front door
+  std::shared_ptr<Admission> admission_;  // shared by every loop of the front door
   FrontDoorStats& stats_;
+  std::minstd_rand rng_;  // early-drop draws
   kj::UnixEventPort* eventPort_ = nullptr;
   kj::Timer* timer_ = nullptr;
   kj::TaskSet* tasks_ = nullptr;
@@ -294,29 +317,40 @@ class FrontDoor::Loop {
 // One TLS connection: handshake, registration, hand-off to grpc, relay until either side closes.
 class FrontDoor::Loop::Connection {
  public:
+  // `info` was admitted (Admission::admit) by the accept loop.
   Connection(Loop& loop, kj::AutoCloseFd fd, tls::SslPtr ssl, std::shared_ptr<PeerInfo> info)
       : loop_(loop),
         info_(std::move(info)),
-        stream_(*loop.eventPort_, kj::mv(fd), std::move(ssl), info_->address) {
-    ++loop_.handshaking_;
-  }
+        stream_(*loop.eventPort_, kj::mv(fd), std::move(ssl), info_->address) {}
 
   ~Connection() {
     if (registeredFd_ >= 0) loop_.options_.registry->remove(registeredFd_, info_.get());
-    if (handshaking_) --loop_.handshaking_;
+    if (handshaking_) loop_.admission_->handshakeEnded();
+    loop_.admission_->closed(info_->source, info_->markClosed());
   }
 
   kj::Promise<void> run() {
-    auto timeout =
-        loop_.timer_->afterDelay(loop_.options_.handshakeTimeout).then([]() -> kj::Promise<void> {
-          return tls::failure("no complete TLS handshake within --tls-handshake-timeout");
-        });
+    const auto& o = loop_.options_;
+    // First the ClientHello (a silent or trickling client gives its slot back quickly), then
+    // the rest of the handshake within --tls-handshake-timeout of the accept.
+    auto hello =
+        o.clientHelloTimeout < o.handshakeTimeout ? o.clientHelloTimeout : o.handshakeTimeout;
+    auto timeout = loop_.timer_->afterDelay(hello).then([this, hello]() -> kj::Promise<void> {
+      const auto& o = loop_.options_;
+      if (!stream_.helloReceived()) {
+        ++loop_.stats_.noHello;
+        return tls::failure("no TLS ClientHello within --tls-client-hello-timeout");
+      }
+      return loop_.timer_->afterDelay(o.handshakeTimeout - hello).then([]() -> kj::Promise<void> {
+        return tls::failure("no complete TLS handshake within --tls-handshake-timeout");
+      });
+    });
     return stream_.handshake()
         .exclusiveJoin(kj::mv(timeout))
         .then(
             [this]() -> kj::Promise<void> {
               handshaking_ = false;
-              --loop_.handshaking_;
+              loop_.admission_->handshakeEnded();
               // Stopped meanwhile: grpc may be shutting down, nothing is handed to it any more.
               if (loop_.stopped_.load()) return kj::READY_NOW;
               return handOff();
@@ -349,7 +383,22 @@ class FrontDoor::Loop::Connection {
     spdlog::debug("TLS connection from {}: {} {}{}", info_->address, info_->tlsVersion,
                   info_->cipher, session.resumed ? " (session resumed)" : "");
     loop_.options_.handOff(pair[1]);  // grpc owns pair[1] from here on
-    return stream_.relay(kj::mv(ours), loop_.scratch_);
+    // A connection that opens no authenticated event stream in time is closed: before that it
+    // holds three descriptors and grpc's memory on nobody's behalf.
+    auto unauthenticated =
+        loop_.timer_->afterDelay(loop_.options_.unauthenticatedTimeout)
+            .then([this]() -> kj::Promise<void> {
+              if (info_->authenticated()) return kj::NEVER_DONE;
+              ++loop_.stats_.unauthenticatedTimeouts;
+              if (loop_.limiter_.allow()) {
+                spdlog::warn(
+                    "TLS connection from {} closed: no authenticated event stream within "
+                    "--unauthenticated-timeout",
+                    info_->address);
+              }
+              return kj::READY_NOW;
+            });
+    return stream_.relay(kj::mv(ours), loop_.scratch_).exclusiveJoin(kj::mv(unauthenticated));
   }
 
   Loop& loop_;
@@ -388,18 +437,25 @@ kj::Promise<void> FrontDoor::Loop::acceptLoop() {
       options_.handOff(fd);  // plaintext: grpc reads the socket itself
       continue;
     }
-    if (handshaking_.load() >= options_.maxHandshakes) {
-      ++stats_.busy;
+    if (options_.perSource) info->source = sourceOf(ss);
+    Refusal refusal =
+        admission_->admit(info->source, true, std::uniform_real_distribution<double>(0, 1)(rng_));
+    if (refusal != Refusal::kNone) {
+      // Closed at once: the client learns it now and retries (perhaps on another listener)
+      // instead of waiting in the backlog.
+      ++stats_.refused[static_cast<int>(refusal)];
       if (limiter_.allow()) {
-        spdlog::warn("TLS connection from {} closed: {} handshakes already in progress",
-                     info->address, handshaking_.load());
+        spdlog::warn("TLS connection from {} closed: {}", info->address, describe(refusal));
       }
       close(fd);
       continue;
     }
+    info->admission = admission_;
     tls::SslPtr ssl(SSL_new(options_.tls.get()));
     if (!ssl) {
       spdlog::warn("TLS connection from {} closed: {}", info->address, tls::opensslErrors());
+      admission_->handshakeEnded();
+      admission_->closed(info->source, false);
       close(fd);
       continue;
     }
@@ -433,7 +489,8 @@ int listenOn(const addrinfo& address, bool dualStack, const std::string& host, i
 
 }  // namespace
 
-FrontDoor::FrontDoor(Options options) : options_(std::move(options)) {
+FrontDoor::FrontDoor(Options options)
+    : options_(std::move(options)), admission_(std::make_shared<Admission>(options_.admission)) {
   KJ_REQUIRE(static_cast<bool>(options_.handOff) && options_.registry != nullptr);
   KJ_REQUIRE(options_.loops >= 1);
   addrinfo hints{};
@@ -487,7 +544,7 @@ FrontDoor::~FrontDoor() {
 
 void FrontDoor::start() {
   for (int fd : listenFds_) {
-    loops_.push_back(std::make_unique<Loop>(options_, fd, stopped_, handshaking_, stats_));
+    loops_.push_back(std::make_unique<Loop>(options_, fd, stopped_, admission_, stats_));
   }
   // A listener that cannot accept must be restarted: LoopThread ends the process on failure.
   for (auto& loop : loops_) {

@@ -30,6 +30,7 @@
 
 #include "ipc/config/config.h"
 #include "workers/common/tls_stream.h"
+#include "workers/listener/admission.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct ssl_st SSL;
@@ -42,6 +43,21 @@ struct PeerInfo {
   std::string cipher;          // OpenSSL's name; "" for plaintext
   std::string certificatePem;  // verified client leaf certificate; "" if none was requested
   std::string commonName;      // its subject CN when there is exactly one; else ""
+
+  // A Subscribe on this connection presented a valid token: the connection no longer counts as
+  // unauthenticated (admission.h) and its --unauthenticated-timeout no longer applies. Any thread.
+  void markAuthenticated() const;
+  bool authenticated() const { return state_.load() == kAuthenticated; }
+
+  // Set by the front door for the connections it admitted (TLS).
+  std::shared_ptr<Admission> admission;
+  std::string source;  // the admission key: the address without port ("" when not per source)
+  // The connection ended; returns whether it was authenticated (then or before). Once.
+  bool markClosed() const;
+
+ private:
+  enum : int { kUnauthenticated, kAuthenticated, kClosed };
+  mutable std::atomic<int> state_{kUnauthenticated};
 };
 
 class PeerRegistry {
@@ -98,7 +114,10 @@ struct FrontDoorStats {
   std::atomic<uint64_t> handshakes{0};  // completed TLS handshakes
   std::atomic<uint64_t> resumed{0};     // ... of which resumed a session (no full handshake)
   std::atomic<uint64_t> failed{0};      // handshakes that failed or timed out
-  std::atomic<uint64_t> busy{0};        // connections closed: too many handshakes in progress
+  std::atomic<uint64_t> noHello{0};     // ... of which sent no ClientHello in time
+  std::atomic<uint64_t> unauthenticatedTimeouts{0};  // closed: no authenticated stream in time
+  // Connections closed at accept, by admission.h's Refusal (index), kNone unused.
+  std::atomic<uint64_t> refused[6] = {};
 };
 
 class FrontDoor {
@@ -108,8 +127,11 @@ class FrontDoor {
     int port = 0;
     std::shared_ptr<SSL_CTX> tls;  // null = plaintext
     kj::Duration handshakeTimeout = 10 * kj::SECONDS;
-    size_t maxHandshakes = 1024;  // connections still handshaking; more are closed at once
-    size_t loops = 1;             // accepting/handshaking/relaying threads
+    kj::Duration clientHelloTimeout = 2 * kj::SECONDS;       // accept -> ClientHello complete
+    kj::Duration unauthenticatedTimeout = 30 * kj::SECONDS;  // hand-off -> authenticated stream
+    AdmissionLimits admission{0, 0, 0, 0, 1024};             // see admission.h
+    bool perSource = true;  // apply admission.maxPerSource by source address
+    size_t loops = 1;       // accepting/handshaking/relaying threads
     // Takes ownership of a connected, non-blocking descriptor carrying plaintext HTTP/2.
     std::function<void(int fd)> handOff;
     PeerRegistry* registry = nullptr;
@@ -126,13 +148,14 @@ class FrontDoor {
   void stopAccepting();
   std::string address() const { return boundAddress_; }
   const FrontDoorStats& stats() const { return stats_; }
+  Admission::Counts admissionCounts() const { return admission_->counts(); }
 
  private:
   class Loop;
   Options options_;
   std::vector<int> listenFds_;  // one per loop, all bound to the same port
   std::atomic<bool> stopped_{false};
-  std::atomic<size_t> handshaking_{0};  // over all loops
+  std::shared_ptr<Admission> admission_;  // shared by the loops and every admitted connection
   FrontDoorStats stats_;
   std::string boundAddress_;
   std::vector<std::unique_ptr<Loop>> loops_;

@@ -14,6 +14,7 @@
 // (fail closed); the per-RPC token check uses only the JWT public key. The port belongs to the
 // FrontDoor (front_door.h: accept, TLS, hand-off to grpc), bound with SO_REUSEPORT.
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -62,7 +63,11 @@ std::string versionString() { return std::string("argocd-agent-") + ARGOCD_AGENT
 // The connection's peer as the front door recorded it (grpc itself only knows "fd:<n>").
 std::shared_ptr<const PeerInfo> peerOf(const PeerRegistry& peers, const grpc::ServerContext& ctx) {
   auto info = peers.find(ctx.peer());
-  return info ? info : std::make_shared<const PeerInfo>(PeerInfo{ctx.peer()});
+  return info ? info : [&ctx]() {
+    auto p = std::make_shared<PeerInfo>();
+    p->address = ctx.peer();
+    return std::shared_ptr<const PeerInfo>(std::move(p));
+  }();
 }
 
 grpc::Status invalidAuth() {
@@ -551,7 +556,9 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     }
     agent_ = claims->clientId;
     mode_ = claims->mode;
-    peer_ = peerOf(e_.peers, ctx_)->address;
+    auto peer = peerOf(e_.peers, ctx_);
+    peer->markAuthenticated();  // the front door's admission and --unauthenticated-timeout
+    peer_ = peer->address;
     subscribed_ = true;
     e_.hub.opened(shared_from_this());
     read();  // nothing is written (not even headers) until the cache worker leased the state
@@ -1115,9 +1122,15 @@ class ListenerRole final : public Role {
     front.host = p.listenHost;
     front.port = env_.args.listenPort;
     front.registry = &peers_;
-    front.handshakeTimeout =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(p.tlsHandshakeTimeout).count() *
-        kj::NANOSECONDS;
+    auto kjDuration = [](std::chrono::nanoseconds d) { return d.count() * kj::NANOSECONDS; };
+    front.handshakeTimeout = kjDuration(p.tlsHandshakeTimeout);
+    front.clientHelloTimeout = kjDuration(p.clientHelloTimeout);
+    front.unauthenticatedTimeout = kjDuration(p.unauthenticatedTimeout);
+    front.admission.maxConnections = maxConnections(p);
+    front.admission.maxUnauthenticated = static_cast<size_t>(p.maxUnauthenticated);
+    front.admission.earlyDropStart = front.admission.maxUnauthenticated / 2;
+    front.admission.maxPerSource = static_cast<size_t>(p.maxUnauthenticatedPerSource);
+    front.admission.maxHandshakes = 1024;
     if (!p.insecurePlaintext) {
       front.tls = makeServerTlsContext(p, p.tlsCert.empty() ? dir + "/tls.crt" : p.tlsCert,
                                        p.tlsKey.empty() ? dir + "/tls.key" : p.tlsKey, &tickets_);
@@ -1259,18 +1272,66 @@ class ListenerRole final : public Role {
                      true,
                      {},
                      static_cast<double>(t.failed.load())});
+      for (int r = 1; r < 6; ++r) {
+        out.push_back({"argocd_principal_connections_refused_total",
+                       "TLS connections closed at accept by the front door's admission, by cause",
+                       true,
+                       {{"cause", aa::describe(static_cast<Refusal>(r))}},
+                       static_cast<double>(t.refused[r].load())});
+      }
+      out.push_back({"argocd_principal_unauthenticated_timeouts_total",
+                     "TLS connections closed for opening no authenticated stream in time",
+                     true,
+                     {},
+                     static_cast<double>(t.unauthenticatedTimeouts.load())});
     }
     return out;
   }
 
-  // ", TLS handshakes: N (M resumed), failed: F, busy: B"; "" in plaintext mode.
+  // The descriptor limit raised to its hard limit (as Go's runtime does for upstream), and the
+  // TLS connections it allows: three descriptors each (socket, both ends of the relay), less a
+  // reserve for grpc, the links and the logs.
+  static size_t maxConnections(const PrincipalConfig& p) {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    constexpr rlim_t kReserve = 256;
+    size_t fromLimit = rl.rlim_cur == RLIM_INFINITY ? 1000000
+                       : rl.rlim_cur > kReserve + 3 ? (rl.rlim_cur - kReserve) / 3
+                                                    : 1;
+    if (p.maxConnections > 0) {
+      auto wanted = static_cast<size_t>(p.maxConnections);
+      if (wanted > fromLimit) {
+        spdlog::warn("--max-connections {} is more than the descriptor limit allows; using {}",
+                     wanted, fromLimit);
+      }
+      return std::min(wanted, fromLimit);
+    }
+    return fromLimit;
+  }
+
+  // What the front door did and refused; "" in plaintext mode.
   std::string tlsSummary() const {
     if (!front_ || env_.config.principal.insecurePlaintext) return "";
     const auto& t = front_->stats();
+    auto a = front_->admissionCounts();
+    std::string refused;
+    for (int r = 1; r < 6; ++r) {
+      if (uint64_t n = t.refused[r].load()) {
+        refused += (refused.empty() ? "" : ", ") +
+                   std::string(aa::describe(static_cast<Refusal>(r))) + ": " + std::to_string(n);
+      }
+    }
     return ", TLS handshakes: " + std::to_string(t.handshakes.load()) + " (" +
            std::to_string(t.resumed.load()) +
            " resumed), failed: " + std::to_string(t.failed.load()) +
-           ", busy: " + std::to_string(t.busy.load());
+           " (no ClientHello: " + std::to_string(t.noHello.load()) +
+           "), connections: " + std::to_string(a.connections) + " (" +
+           std::to_string(a.unauthenticated) + " unauthenticated), closed unauthenticated " +
+           "after --unauthenticated-timeout: " + std::to_string(t.unauthenticatedTimeouts.load()) +
+           ", refused at accept: " + (refused.empty() ? std::string("none") : refused);
   }
 
   std::pair<bool, std::string> serving() override {
