@@ -24,6 +24,9 @@ LOAD_THREADS=${LOAD_THREADS:-2}
 # RAMP_MS, at most MAX_CONNECTING attempts at once (0: no limit). Reported with the results.
 RAMP_MS=${RAMP_MS:-100}
 MAX_CONNECTING=${MAX_CONNECTING:-0}
+# Every load agent comes from 127.0.0.1, as agents behind one NAT address would: PER_SOURCE sets
+# --max-unauthenticated-per-source (default here 0, off; the principal's default is 256).
+PER_SOURCE=${PER_SOURCE:-0}
 # PLAINTEXT=1: --insecure-plaintext principal and plaintext agents (the mesh-sidecar setup).
 PLAINTEXT=${PLAINTEXT:-0}
 if [ "$PLAINTEXT" = 1 ]; then SECURITY=(--insecure-plaintext); else SECURITY=(--insecure-tls-generate); fi
@@ -36,6 +39,7 @@ EXTRA=()
 [ -n "${EVENTS:-}" ] && EXTRA=(--synthetic-events "$EVENTS:load-")
 start_principal "$BENCH_TMP/principal.log" --auth "userpass:$BENCH_TMP/users" \
   "${SECURITY[@]}" --insecure-jwt-generate --listener-workers "$LISTENERS" \
+  --max-unauthenticated-per-source "$PER_SOURCE" \
   --metrics-port 0 --healthz-port 0 "${EXTRA[@]}"
 SOCK=$(ls "$BENCH_TMP"/p.*.sock)
 for _ in $(seq 100); do
@@ -84,6 +88,7 @@ until [ "$(field subscribed)" = "$AGENTS" ]; do
 done
 connect_s=$(echo "$(date +%s.%N) - $t0" | bc)
 echo "connect: agents=$AGENTS listeners=$LISTENERS ramp_ms=$RAMP_MS max_connecting=$MAX_CONNECTING" \
+  "per_source=$PER_SOURCE" \
   "seconds=$connect_s $(last)"
 
 if [ -n "${EVENTS:-}" ]; then
