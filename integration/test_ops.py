@@ -82,8 +82,10 @@ class OpsTest(h.IntegrationTestCase):
         fake.port, fake.tls, fake.users = port, False, users
         agent = self.start_agent(fake, extra=flags, wait=False)
         agent.wait_log(r"Serving /healthz on port")
-        h.wait_for(lambda: get(healthz, "/healthz")[0] == 503, h.EVENT_TIMEOUT,
-                   "agent /healthz 503 while the principal is unreachable")
+        # 503 from the start ("worker transport is STARTING"), then for the reason that matters.
+        h.wait_for(lambda: (lambda r: r[0] == 503 and "not connected to the principal" in r[1])(
+                       get(healthz, "/healthz")), h.EVENT_TIMEOUT,
+                   "agent /healthz 503 'not connected to the principal' while it is unreachable")
         status, body = get(healthz, "/healthz")
         self.assertEqual(status, 503)
         self.assertIn("not connected to the principal", body)

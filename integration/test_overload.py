@@ -9,7 +9,10 @@ an attacker on 127.0.0.2, legitimate agents on 127.0.0.1.
   gets in; with a second attacking address the global cap (--max-connections) refuses the rest
   at accept instead of letting descriptors run out.
 
-In both, an agent connected before the attack keeps its stream, no worker restarts, the status
+* Wrong passwords, many of them: each is refused, and the log carries at most a few lines per
+  10 s plus a count of those left out.
+
+In all, an agent connected before the attack keeps its stream, no worker restarts, the status
 line counts each refusal by cause, and the principal's log stays bounded (rate-limited lines).
 """
 
@@ -180,6 +183,27 @@ class OverloadTest(h.IntegrationTestCase):
         self.assertEqual(principal.count(r"Too many open files"), 0)
         self.assertEqual(late.count(r"Event stream to \S+ opened"), 1, "the late agent lost its stream")
         self.assertUnharmed(principal, lines_before, seconds)
+
+    def test_authentication_failures_are_logged_with_a_cap(self):
+        principal = self.start()
+        t0 = time.monotonic()
+        results = [h.authenticate(principal.port, "agent-b", f"wrong-{i}") for i in range(60)]
+        self.assertTrue(all(r.code == h.grpc.StatusCode.UNAUTHENTICATED for r in results),
+                        [r for r in results if r.code != h.grpc.StatusCode.UNAUTHENTICATED][:3])
+        seconds = time.monotonic() - t0
+        logged = principal.count(r"authentication failed from ")
+        self.assertGreaterEqual(logged, 1)
+        # 20 lines per 10 s window (the limiter's burst), 60 failures: some were left out.
+        self.assertLessEqual(logged, 20 * (int(seconds // 10) + 2), f"{logged} lines in {seconds:.1f}s")
+        self.assertLess(logged, 60)
+        # The next line after the window says how many were left out.
+        if seconds < 10:
+            time.sleep(10.5 - seconds)  # the limiter's window is time itself; nothing to await
+        h.authenticate(principal.port, "agent-b", "wrong-again")
+        principal.wait_log(r"\d+ more failed authentications not logged", timeout=5)
+        self.assertEqual(self.early.count(r"Event stream to \S+ opened"), 1)
+        for w in principal.wait_all_ready()["workers"]:
+            self.assertEqual((w["generation"], w["restarts"]), (1, 0), w)
 
 
 if __name__ == "__main__":

@@ -141,4 +141,17 @@ std::string redact(std::string_view value) {
   return out + "…(" + std::to_string(value.size()) + " bytes)";
 }
 
+bool Limiter::allow() {
+  auto now = std::chrono::steady_clock::now();
+  if (now - windowStart_ > window_) {
+    if (suppressed_ > 0) spdlog::warn("{} more {} not logged", suppressed_, what_);
+    windowStart_ = now;
+    count_ = 0;
+    suppressed_ = 0;
+  }
+  if (++count_ <= burst_) return true;
+  ++suppressed_;
+  return false;
+}
+
 }  // namespace aa::log

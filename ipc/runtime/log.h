@@ -2,6 +2,7 @@
 // generation in every line, so interleaved output from supervisor and workers stays attributable.
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -41,6 +42,24 @@ class KjLogBridge final : public kj::ExceptionCallback {
 // instrumented frames to a fake stack, so the bridge lives in a frame exempt from that (log.cc),
 // while `body` stays fully instrumented.
 int withKjLogBridge(kj::FunctionParam<int()> body);
+
+// At most `burst` lines per `window` for one kind of event (say, failed TLS handshakes); the
+// first allow() after a window with more says how many were left out ("N more <what> not
+// logged"). One thread, or the caller's lock.
+class Limiter {
+ public:
+  explicit Limiter(std::string what, unsigned burst = 5,
+                   std::chrono::seconds window = std::chrono::seconds(10))
+      : what_(std::move(what)), burst_(burst), window_(window) {}
+  bool allow();
+
+ private:
+  std::string what_;
+  unsigned burst_;
+  std::chrono::seconds window_;
+  std::chrono::steady_clock::time_point windowStart_{};
+  unsigned count_ = 0, suppressed_ = 0;
+};
 
 // A short, recognisable, non-secret rendering of a credential-like value for debug logs:
 // the first 6 characters then "…(<n> bytes)".

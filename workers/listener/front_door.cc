@@ -235,29 +235,6 @@ std::string sourceOf(const sockaddr_storage& ss) {
   return host;
 }
 
-// At most `burst` lines per `window`; then one line saying how many were left out.
-class LogLimiter {
- public:
-  bool allow() {
-    auto now = std::chrono::steady_clock::now();
-    if (now - windowStart_ > std::chrono::seconds(10)) {
-      if (suppressed_ > 0) {
-        spdlog::warn("{} more failed TLS handshakes not logged", suppressed_);
-      }
-      windowStart_ = now;
-      count_ = 0;
-      suppressed_ = 0;
-    }
-    if (++count_ <= 5) return true;
-    ++suppressed_;
-    return false;
-  }
-
- private:
-  std::chrono::steady_clock::time_point windowStart_{};
-  unsigned count_ = 0, suppressed_ = 0;
-};
-
 }  // namespace
 
 class FrontDoor::Loop {
@@ -310,7 +287,7 @@ class FrontDoor::Loop {
   kj::TaskSet* tasks_ = nullptr;
   ErrorHandler errorHandler_;
   kj::Own<kj::UnixEventPort::FdObserver> listenObserver_;
-  LogLimiter limiter_;
+  log::Limiter limiter_{"front-door refusals and failed TLS handshakes"};
   tls::Scratch scratch_;
 };
 

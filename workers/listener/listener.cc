@@ -391,8 +391,11 @@ class AuthCall final : public Call {
         }
         status_ = grpc::Status::OK;
         return;
-      case AuthOutcome::Kind::kDenied:
-        spdlog::warn("{} failed from {}: {}", what, peerAddress_, out.reason);
+      case AuthOutcome::Kind::kDenied: {
+        // KJ thread only. A flood of wrong credentials must not flood the log too.
+        static log::Limiter limiter(kRefresh ? "failed token refreshes" : "failed authentications",
+                                    20);  // 20 per 10 s: a burst of mistakes stays visible
+        if (limiter.allow()) spdlog::warn("{} failed from {}: {}", what, peerAddress_, out.reason);
         if constexpr (!kRefresh) {
           switch (out.code) {
             case ipc::DenialCode::INVALID_MODE:
@@ -411,11 +414,16 @@ class AuthCall final : public Call {
         }
         status_ = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authentication failed");
         return;
+      }
       case AuthOutcome::Kind::kUnavailable:
         break;
     }
-    spdlog::error("{} refused from {}: auth worker unavailable ({})", what, peerAddress_,
-                  out.reason);
+    static log::Limiter unavailable(kRefresh ? "token refreshes refused (auth worker unavailable)"
+                                             : "authentications refused (auth worker unavailable)");
+    if (unavailable.allow()) {
+      spdlog::error("{} refused from {}: auth worker unavailable ({})", what, peerAddress_,
+                    out.reason);
+    }
     status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE, "authentication service unavailable");
   }
 
