@@ -306,6 +306,10 @@ std::vector<Option> principalOptions(Config& c) {
       intOpt("max-unauthenticated-per-source", "ARGOCD_PRINCIPAL_MAX_UNAUTHENTICATED_PER_SOURCE",
              "of those, per source address (0: no per-source cap)", &p.maxUnauthenticatedPerSource,
              0, 1000000),
+      intOpt("max-tls-handshakes", "ARGOCD_PRINCIPAL_MAX_TLS_HANDSHAKES",
+             "TLS handshakes in progress per listener process; more connections are closed at "
+             "accept",
+             &p.maxHandshakes, 1, 1000000),
       durationOpt("tls-client-hello-timeout", "ARGOCD_PRINCIPAL_TLS_CLIENT_HELLO_TIMEOUT",
                   "close a TLS connection whose ClientHello has not arrived by then",
                   &p.clientHelloTimeout),

@@ -65,6 +65,7 @@ struct PrincipalConfig {
   int maxConnections = 0;  // 0: from the descriptor limit
   int maxUnauthenticated = 2048;
   int maxUnauthenticatedPerSource = 256;  // 0: no per-source cap
+  int maxHandshakes = 1024;
   std::chrono::nanoseconds clientHelloTimeout{std::chrono::seconds(2)};
   std::chrono::nanoseconds unauthenticatedTimeout{std::chrono::seconds(30)};
 };

@@ -359,6 +359,7 @@ class FlagTableTest : public ConfigTest {
          "2048", "100", "0"},
         {"max-unauthenticated-per-source", "ARGOCD_PRINCIPAL_MAX_UNAUTHENTICATED_PER_SOURCE", "256",
          "0", "x"},
+        {"max-tls-handshakes", "ARGOCD_PRINCIPAL_MAX_TLS_HANDSHAKES", "1024", "64", "0"},
         {"tls-client-hello-timeout", "ARGOCD_PRINCIPAL_TLS_CLIENT_HELLO_TIMEOUT", "2s", "500ms",
          "2"},
         {"unauthenticated-timeout", "ARGOCD_PRINCIPAL_UNAUTHENTICATED_TIMEOUT", "30s", "1m", "30"},

@@ -870,7 +870,6 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
     StreamCall* c = call.get();
     auto l = std::make_unique<Live>();
     l->call = call;
-    Live& live = *l;
     live_[c] = std::move(l);
     auto control = makeControl(c);
     auto opening = cache_.get().then([this, c, control](capnp::Capability::Client cap) mutable {
@@ -989,7 +988,7 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
     dirty_.clear();
   }
 
-  void flushOne(StreamCall* c, Live& l) {
+  void flushOne(StreamCall*, Live& l) {
     if (l.opening) return;  // sent once the lease exists
     auto* s = kj::_::readMaybe(l.session);
     if (s == nullptr) {
@@ -1138,7 +1137,7 @@ class ListenerRole final : public Role {
     front.admission.maxUnauthenticated = static_cast<size_t>(p.maxUnauthenticated);
     front.admission.earlyDropStart = front.admission.maxUnauthenticated / 2;
     front.admission.maxPerSource = static_cast<size_t>(p.maxUnauthenticatedPerSource);
-    front.admission.maxHandshakes = 1024;
+    front.admission.maxHandshakes = static_cast<size_t>(p.maxHandshakes);
     if (!p.insecurePlaintext) {
       front.tls = makeServerTlsContext(p, p.tlsCert.empty() ? dir + "/tls.crt" : p.tlsCert,
                                        p.tlsKey.empty() ? dir + "/tls.key" : p.tlsKey, &tickets_);
