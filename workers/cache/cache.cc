@@ -169,18 +169,18 @@ void SessionImpl::kick() { wake(); }
 bool SessionImpl::fill(NextContext& context, uint32_t max) {
   auto due = agent_.writer.takeDue(Clock::now(), std::min(max, kMaxBatch));
   if (due.empty()) return false;  // no results yet: a waiting call holds no answer message
-  std::vector<std::string> bytes(due.size());
-  eventstreamapi::Event msg;
+  std::vector<eventstreamapi::Event> msgs(due.size());
   size_t words = 8;
   for (size_t i = 0; i < due.size(); ++i) {
-    *msg.mutable_event() = std::move(due[i]);
-    msg.SerializeToString(&bytes[i]);
-    words += bytes[i].size() / 8 + 2;
+    *msgs[i].mutable_event() = std::move(due[i]);
+    words += msgs[i].ByteSizeLong() / 8 + 2;  // caches the size for the serialisation below
   }
-  // Sized to fit: without a hint every answer starts with an 8 KiB segment.
+  // Sized to fit (without a hint every answer starts with an 8 KiB segment); each event is
+  // serialised straight into its Data field.
   auto list = context.getResults(capnp::MessageSize{words, 0}).initEvents(due.size());
-  for (size_t i = 0; i < due.size(); ++i) {
-    list.set(i, kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes[i].data()), bytes[i].size()));
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    auto data = list.init(i, static_cast<unsigned>(msgs[i].GetCachedSize()));
+    msgs[i].SerializeWithCachedSizesToArray(data.begin());
   }
   return true;
 }

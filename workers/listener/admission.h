@@ -40,6 +40,7 @@ enum class Refusal {
   kSource,           // too many unauthenticated connections from this source
   kHandshakes,       // too many TLS handshakes in progress
 };
+constexpr int kRefusals = static_cast<int>(Refusal::kHandshakes) + 1;  // kNone included
 const char* describe(Refusal r);
 
 class Admission {

@@ -68,7 +68,7 @@ void PeerInfo::markAuthenticated() const {
 
 bool PeerInfo::markClosed() const { return state_.exchange(kClosed) == kAuthenticated; }
 
-// ---------------------------------------------------------------- TLS context
+// ---------------------------------------------------------------- ALPN
 
 namespace {
 
@@ -101,11 +101,6 @@ void TicketKeyring::set(std::vector<Key> keys) {
   std::lock_guard<std::mutex> lock(mu_);
   OPENSSL_cleanse(keys_.data(), keys_.size() * sizeof(Key));
   keys_ = std::move(keys);
-}
-
-size_t TicketKeyring::size() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return keys_.size();
 }
 
 int TicketKeyring::find(const unsigned char* name, Key& out) const {

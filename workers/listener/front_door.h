@@ -86,7 +86,6 @@ class TicketKeyring {
   // keys[0] encrypts new tickets; the others still decrypt (and ask for a fresh ticket). Empty:
   // no tickets are issued and none resumes until keys arrive.
   void set(std::vector<Key> keys);
-  size_t size() const;
 
   // Makes `ctx` seal and open its tickets with this ring's keys (OpenSSL's ticket-key callback).
   void attach(SSL_CTX* ctx);
@@ -117,7 +116,7 @@ struct FrontDoorStats {
   std::atomic<uint64_t> noHello{0};     // ... of which sent no ClientHello in time
   std::atomic<uint64_t> unauthenticatedTimeouts{0};  // closed: no authenticated stream in time
   // Connections closed at accept, by admission.h's Refusal (index), kNone unused.
-  std::atomic<uint64_t> refused[6] = {};
+  std::atomic<uint64_t> refused[kRefusals] = {};
 };
 
 class FrontDoor {

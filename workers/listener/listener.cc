@@ -1133,7 +1133,7 @@ class ListenerRole final : public Role {
     front.handshakeTimeout = kjDuration(p.tlsHandshakeTimeout);
     front.clientHelloTimeout = kjDuration(p.clientHelloTimeout);
     front.unauthenticatedTimeout = kjDuration(p.unauthenticatedTimeout);
-    front.admission.maxConnections = maxConnections(p);
+    front.admission.maxConnections = maxConnections(p, raiseDescriptorLimit());
     front.admission.maxUnauthenticated = static_cast<size_t>(p.maxUnauthenticated);
     front.admission.earlyDropStart = front.admission.maxUnauthenticated / 2;
     front.admission.maxPerSource = static_cast<size_t>(p.maxUnauthenticatedPerSource);
@@ -1279,7 +1279,7 @@ class ListenerRole final : public Role {
                      true,
                      {},
                      static_cast<double>(t.failed.load())});
-      for (int r = 1; r < 6; ++r) {
+      for (int r = 1; r < kRefusals; ++r) {
         out.push_back({"argocd_principal_connections_refused_total",
                        "TLS connections closed at accept by the front door's admission, by cause",
                        true,
@@ -1295,15 +1295,19 @@ class ListenerRole final : public Role {
     return out;
   }
 
-  // The descriptor limit raised to its hard limit (as Go's runtime does for upstream), and the
-  // TLS connections it allows: three descriptors each (socket, both ends of the relay), less a
-  // reserve for grpc, the links and the logs.
-  static size_t maxConnections(const PrincipalConfig& p) {
+  // The soft descriptor limit raised to the hard one, as Go's runtime does for upstream.
+  static rlimit raiseDescriptorLimit() {
     rlimit rl{};
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
       rl.rlim_cur = rl.rlim_max;
       setrlimit(RLIMIT_NOFILE, &rl);
     }
+    return rl;
+  }
+
+  // The TLS connections a descriptor limit allows: three descriptors each (socket, both ends of
+  // the relay), less a reserve for grpc, the links and the logs; --max-connections only lowers it.
+  static size_t maxConnections(const PrincipalConfig& p, const rlimit& rl) {
     constexpr rlim_t kReserve = 256;
     size_t fromLimit = rl.rlim_cur == RLIM_INFINITY ? 1000000
                        : rl.rlim_cur > kReserve + 3 ? (rl.rlim_cur - kReserve) / 3
@@ -1325,7 +1329,7 @@ class ListenerRole final : public Role {
     const auto& t = front_->stats();
     auto a = front_->admissionCounts();
     std::string refused;
-    for (int r = 1; r < 6; ++r) {
+    for (int r = 1; r < kRefusals; ++r) {
       if (uint64_t n = t.refused[r].load()) {
         refused += (refused.empty() ? "" : ", ") +
                    std::string(aa::describe(static_cast<Refusal>(r))) + ": " + std::to_string(n);
