@@ -8,7 +8,7 @@ PKGS=(build-essential cmake ninja-build pkg-config
       libhiredis-dev libssl-dev libgtest-dev libgmock-dev libre2-dev nlohmann-json3-dev
       libcrypt-dev prometheus-cpp-dev libcivetweb-dev
       # test-only: real peers and tools the integration tests start themselves
-      python3 python3-grpcio python3-protobuf python3-yaml redis-server nginx haproxy util-linux procps
+      python3 python3-grpcio python3-protobuf python3-yaml python3-websockets redis-server nginx haproxy util-linux procps
       openssl clang libclang-rt-14-dev tinyproxy python3-prometheus-client clang-format
       # llvm-symbolizer: function names and lines in sanitizer reports (build-asan/, build-tsan/)
       llvm)

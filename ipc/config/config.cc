@@ -267,6 +267,10 @@ std::vector<Option> principalOptions(Config& c) {
                   &p.tlsTicketRotation),
       boolOpt("insecure-plaintext", "ARGOCD_PRINCIPAL_INSECURE_PLAINTEXT",
               "serve without TLS (only behind a service-mesh sidecar)", &p.insecurePlaintext),
+      boolOpt("enable-websocket", "ARGOCD_PRINCIPAL_ENABLE_WEBSOCKET",
+              "also accept gRPC over WebSocket (grpc-ws, HTTP/1.1 upgrade) on the listen port, "
+              "beside native gRPC over HTTP/2",
+              &p.enableWebsocket),
       boolOpt("insecure-tls-generate", "ARGOCD_PRINCIPAL_TLS_SERVER_ALLOW_GENERATE",
               "generate a self-signed server certificate at start", &p.insecureTlsGenerate),
       stringOpt("tls-cert", "ARGOCD_PRINCIPAL_TLS_SERVER_CERT_PATH", "server certificate (PEM)",

@@ -68,6 +68,9 @@ struct PrincipalConfig {
   int maxHandshakes = 1024;
   std::chrono::nanoseconds clientHelloTimeout{std::chrono::seconds(2)};
   std::chrono::nanoseconds unauthenticatedTimeout{std::chrono::seconds(30)};
+  // gRPC over WebSocket (grpc-ws) on the same port as native gRPC
+  // (workers/listener/grpc_ws_server.h).
+  bool enableWebsocket = false;
 };
 
 // --synthetic-events=COUNT:RESOURCES:BYTES[:AGENT-PREFIX] (the test/benchmark source; the

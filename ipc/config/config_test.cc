@@ -309,6 +309,7 @@ class FlagTableTest : public ConfigTest {
         {"tls-session-ticket-rotation", "ARGOCD_PRINCIPAL_TLS_SESSION_TICKET_ROTATION", "1h0m0s",
          "30m", "1x"},
         {"insecure-plaintext", "ARGOCD_PRINCIPAL_INSECURE_PLAINTEXT", "false", "true", "maybe"},
+        {"enable-websocket", "ARGOCD_PRINCIPAL_ENABLE_WEBSOCKET", "false", "true", "maybe"},
         {"insecure-tls-generate",
          "ARGOCD_PRINCIPAL_TLS_SERVER_ALLOW_GENERATE",
          "false",

@@ -73,12 +73,15 @@ bool PeerInfo::markClosed() const { return state_.exchange(kClosed) == kAuthenti
 namespace {
 
 // grpc-go, grpc-java, grpc-js and grpc core all offer "h2". A client that offers ALPN without h2
-// is not a gRPC client: refuse in the handshake, as grpc-go does. No ALPN at all is accepted.
+// is not a gRPC client: refuse in the handshake, as grpc-go does - unless WebSocket is on (`arg`
+// non-null), when http/1.1 is the grpc-ws upgrade. h2 is preferred. No ALPN at all is accepted.
 int selectAlpn(SSL*, const unsigned char** out, unsigned char* outLen, const unsigned char* in,
-               unsigned int inLen, void*) {
-  static const unsigned char kH2[] = {2, 'h', '2'};
+               unsigned int inLen, void* arg) {
+  static const unsigned char kProtocols[] = {2,   'h', '2', 8,   'h', 't',
+                                             't', 'p', '/', '1', '.', '1'};
+  unsigned int ours = arg != nullptr ? sizeof kProtocols : 3;
   unsigned char* selected = nullptr;
-  if (SSL_select_next_proto(&selected, outLen, kH2, sizeof kH2, in, inLen) ==
+  if (SSL_select_next_proto(&selected, outLen, kProtocols, ours, in, inLen) ==
       OPENSSL_NPN_NEGOTIATED) {
     *out = selected;
     return SSL_TLSEXT_ERR_OK;
@@ -196,7 +199,8 @@ std::shared_ptr<SSL_CTX> makeServerTlsContext(const PrincipalConfig& p, const st
     SSL_CTX_set_num_tickets(c, 0);
   }
   SSL_CTX_set_options(c, SSL_OP_CIPHER_SERVER_PREFERENCE);
-  SSL_CTX_set_alpn_select_cb(c, selectAlpn, nullptr);
+  static int websocket = 1;
+  SSL_CTX_set_alpn_select_cb(c, selectAlpn, p.enableWebsocket ? &websocket : nullptr);
   return ctx;
 }
 
@@ -270,6 +274,10 @@ class FrontDoor::Loop {
   };
 
   kj::Promise<void> acceptLoop();
+  // Whether `fd`'s first bytes (peeked: nothing is consumed) are HTTP/2's connection preface;
+  // rejects when the peer closes, or sends nothing, within --tls-handshake-timeout.
+  kj::Promise<bool> isHttp2(int fd);
+  kj::Promise<bool> peekPreface(int fd, kj::UnixEventPort::FdObserver& observer);
 
   const Options& options_;
   int listenFd_;
@@ -350,11 +358,10 @@ class FrontDoor::Loop::Connection {
     int pair[2];
     KJ_SYSCALL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair));
     kj::AutoCloseFd ours(pair[0]);
-    registeredFd_ = pair[1];
-    loop_.options_.registry->add(pair[1], info_);
-    spdlog::debug("TLS connection from {}: {} {}{}", info_->address, info_->tlsVersion,
-                  info_->cipher, session.resumed ? " (session resumed)" : "");
-    loop_.options_.handOff(pair[1]);  // grpc owns pair[1] from here on
+    kj::AutoCloseFd theirs(pair[1]);
+    spdlog::debug("TLS connection from {}: {} {}{}{}", info_->address, info_->tlsVersion,
+                  info_->cipher, session.alpn.empty() ? "" : ", ALPN " + session.alpn,
+                  session.resumed ? " (session resumed)" : "");
     // A connection that opens no authenticated event stream in time is closed: before that it
     // holds three descriptors and grpc's memory on nobody's behalf.
     auto unauthenticated =
@@ -370,7 +377,35 @@ class FrontDoor::Loop::Connection {
               }
               return kj::READY_NOW;
             });
-    return stream_.relay(kj::mv(ours), loop_.scratch_).exclusiveJoin(kj::mv(unauthenticated));
+    auto relay = stream_.relay(kj::mv(ours), loop_.scratch_).exclusiveJoin(kj::mv(unauthenticated));
+    const auto& o = loop_.options_;
+    if (!o.handOffHttp1 || session.alpn == "h2") {
+      toGrpc(theirs.release());
+      return relay;
+    }
+    if (session.alpn == "http/1.1") {
+      o.handOffHttp1(theirs.release(), info_);
+      return relay;
+    }
+    // No ALPN (Go's WebSocket client offers none): the first bytes tell, while the relay runs.
+    int fd = theirs.get();
+    auto dispatch = loop_.isHttp2(fd).then(
+        [this, theirs = kj::mv(theirs)](bool h2) mutable -> kj::Promise<void> {
+          if (loop_.stopped_.load()) return kj::READY_NOW;
+          if (h2) {
+            toGrpc(theirs.release());
+          } else {
+            loop_.options_.handOffHttp1(theirs.release(), info_);
+          }
+          return kj::NEVER_DONE;
+        });
+    return relay.exclusiveJoin(kj::mv(dispatch));
+  }
+
+  void toGrpc(int fd) {
+    registeredFd_ = fd;
+    loop_.options_.registry->add(fd, info_);
+    loop_.options_.handOff(fd);  // grpc owns fd from here on
   }
 
   Loop& loop_;
@@ -404,9 +439,25 @@ kj::Promise<void> FrontDoor::Loop::acceptLoop() {
       close(fd);
       continue;
     }
-    if (!options_.tls) {
+    if (!options_.tls && !options_.handOffHttp1) {
       options_.registry->add(fd, std::move(info));
       options_.handOff(fd);  // plaintext: grpc reads the socket itself
+      continue;
+    }
+    if (!options_.tls) {
+      // Plaintext with WebSocket on: h2c prior knowledge or an HTTP/1.1 upgrade, by the first
+      // bytes. Either way the protocol's owner then reads the socket itself.
+      tasks_->add(isHttp2(fd).then(
+          [this, own = kj::AutoCloseFd(fd), info = std::move(info)](bool h2) mutable {
+            if (stopped_.load()) return;
+            int raw = own.release();
+            if (h2) {
+              options_.registry->add(raw, info);
+              options_.handOff(raw);
+            } else {
+              options_.handOffHttp1(raw, std::move(info));
+            }
+          }));
       continue;
     }
     if (options_.perSource) info->source = sourceOf(ss);
@@ -436,6 +487,33 @@ kj::Promise<void> FrontDoor::Loop::acceptLoop() {
     auto& ref = *conn;
     tasks_->add(ref.run().attach(kj::mv(conn)));
   }
+}
+
+kj::Promise<bool> FrontDoor::Loop::isHttp2(int fd) {
+  auto observer = kj::heap<kj::UnixEventPort::FdObserver>(
+      *eventPort_, fd, kj::UnixEventPort::FdObserver::OBSERVE_READ);
+  auto& ref = *observer;
+  return peekPreface(fd, ref)
+      .attach(kj::mv(observer))
+      .exclusiveJoin(timer_->afterDelay(options_.handshakeTimeout).then([]() -> kj::Promise<bool> {
+        return tls::failure("no request within --tls-handshake-timeout");
+      }));
+}
+
+kj::Promise<bool> FrontDoor::Loop::peekPreface(int fd, kj::UnixEventPort::FdObserver& observer) {
+  static constexpr char kPreface[] = "PRI ";  // no HTTP/1.1 request starts so (RFC 9113 §3.4)
+  char buf[sizeof kPreface - 1];
+  ssize_t n = recv(fd, buf, sizeof buf, MSG_PEEK);
+  if (n > 0) {
+    if (memcmp(buf, kPreface, static_cast<size_t>(n)) != 0) return false;
+    if (static_cast<size_t>(n) == sizeof buf) return true;
+  } else if (n == 0) {
+    return tls::failure("closed before its first request");
+  } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+    return tls::failure(std::string("reading the first request: ") + strerror(errno));
+  }
+  return observer.whenBecomesReadable().then(
+      [this, fd, &observer]() { return peekPreface(fd, observer); });
 }
 
 // ---------------------------------------------------------------- FrontDoor

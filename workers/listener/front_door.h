@@ -133,6 +133,10 @@ class FrontDoor {
     size_t loops = 1;       // accepting/handshaking/relaying threads
     // Takes ownership of a connected, non-blocking descriptor carrying plaintext HTTP/2.
     std::function<void(int fd)> handOff;
+    // With --enable-websocket: takes one carrying HTTP/1.1 (grpc-ws upgrades), none of it read
+    // yet. Connections go here when ALPN agreed on http/1.1, or without ALPN (and in plaintext)
+    // when their first bytes are not the HTTP/2 preface. Null: every connection is HTTP/2.
+    std::function<void(int fd, std::shared_ptr<const PeerInfo> peer)> handOffHttp1;
     PeerRegistry* registry = nullptr;
   };
 

@@ -40,12 +40,14 @@
 #include "version.grpc.pb.h"
 #include "workers/common/agent_name.h"
 #include "workers/common/cloudevents.h"
+#include "workers/common/grpc_ws.h"
 #include "workers/common/jwt.h"
 #include "workers/common/role.h"
 #include "workers/common/service_link.h"
 #include "workers/common/stream_pump.h"
 #include "workers/listener/auth_bridge.h"
 #include "workers/listener/front_door.h"
+#include "workers/listener/grpc_ws_server.h"
 
 namespace aa {
 namespace {
@@ -1105,6 +1107,7 @@ class ListenerRole final : public Role {
   ~ListenerRole() noexcept(false) override {
     if (hub_) hub_->beginClosing();
     if (front_) front_->stopAccepting();  // nothing more is handed to the server below
+    serverClosing_ = true;                // nor by the WebSocket bridge
     if (server_) server_->Shutdown(std::chrono::system_clock::now());
     if (shutdownThread_.joinable()) shutdownThread_.join();
     stopLoops();
@@ -1183,13 +1186,34 @@ class ListenerRole final : public Role {
     }
     grpc::Server* server = server_.get();
     front.handOff = [server](int fd) { grpc::AddInsecureChannelFromFd(server, fd); };
+    if (p.enableWebsocket) {
+      GrpcWsServer::Options ws;
+      // Bridged calls reach the server like any connection, until it shuts down.
+      ws.handOff = [server, closing = &serverClosing_](int fd) {
+        if (closing->load()) {
+          close(fd);
+          return;
+        }
+        grpc::AddInsecureChannelFromFd(server, fd);
+      };
+      ws.registry = &peers_;
+      if (!p.authHeader.empty()) ws.forwardHeaders.push_back(p.authHeader);
+      ws.maxMessage = std::min<size_t>(grpcws::kMaxMessage, c.common.grpcMaxMessageSize);
+      ws.upgradeTimeoutSeconds = static_cast<int>(std::max<int64_t>(
+          1, std::chrono::duration_cast<std::chrono::seconds>(p.tlsHandshakeTimeout).count()));
+      ws_ = std::make_unique<GrpcWsServer>(std::move(ws));
+      front.handOffHttp1 = [ws = ws_.get()](int fd, std::shared_ptr<const PeerInfo> peer) {
+        ws->adopt(fd, std::move(peer));
+      };
+    }
     // Usually a bind failure means the port is taken by a process that is not ours: temporary,
     // the supervisor retries with backoff.
     front_ = std::make_unique<FrontDoor>(std::move(front));
     front_->start();
     std::string address = front_->address();
-    spdlog::info("Listening on {} ({}), {} serving threads", address,
-                 p.insecurePlaintext ? "plaintext" : "TLS", threads_);
+    spdlog::info("Listening on {} ({}), {} serving threads{}", address,
+                 p.insecurePlaintext ? "plaintext" : "TLS", threads_,
+                 p.enableWebsocket ? "; gRPC over HTTP/2 and over WebSocket (grpc-ws)" : "");
     if (!p.insecurePlaintext) {
       auto range = [](int v, int dflt) { return tls::versionName(v == tls::kUnset ? dflt : v); };
       spdlog::info("TLS {} to {}, cipher suites: {}, client certificates: {}",
@@ -1223,6 +1247,7 @@ class ListenerRole final : public Role {
     // thread so that this KJ loop (supervisor link, watchdog) keeps answering.
     hub_->beginClosing();
     if (front_) front_->stopAccepting();  // open connections drain through grpc's GOAWAY
+    serverClosing_ = true;
     auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
     shutdownDone_ = kj::mv(paf.fulfiller);
     auto deadline = std::chrono::system_clock::now() + env_.config.common.shutdownTimeout / 2;
@@ -1240,7 +1265,7 @@ class ListenerRole final : public Role {
            ", serving threads: " + std::to_string(threads_) +
            ", cache link: " + (hub_->cacheConnected() ? "up" : "down") +
            ", refused (no agent state): " + std::to_string(counters_.refusedNoState.load()) +
-           tlsSummary();
+           tlsSummary() + webSocketSummary();
   }
 
   std::vector<MetricSample> samples() override {
@@ -1324,6 +1349,14 @@ class ListenerRole final : public Role {
   }
 
   // What the front door did and refused; "" in plaintext mode.
+  std::string webSocketSummary() const {
+    if (!ws_) return "";
+    const auto& w = ws_->stats();
+    return ", WebSocket RPCs: " + std::to_string(w.upgrades.load()) +
+           " (refused requests: " + std::to_string(w.refused.load()) +
+           ", closed for malformed messages: " + std::to_string(w.badInput.load()) + ")";
+  }
+
   std::string tlsSummary() const {
     if (!front_ || env_.config.principal.insecurePlaintext) return "";
     const auto& t = front_->stats();
@@ -1414,6 +1447,9 @@ class ListenerRole final : public Role {
   std::mutex loopsMu_;
   bool loopsStopped_ = false;
   std::unique_ptr<grpc::Server> server_;
+  std::atomic<bool> serverClosing_{false};
+  // --enable-websocket; destroyed after front_ (whose loops hand it connections), before server_.
+  std::unique_ptr<GrpcWsServer> ws_;
   std::unique_ptr<FrontDoor> front_;  // destroyed before server_: no hand-off to a dead server
   kj::Own<kj::CrossThreadPromiseFulfiller<void>> shutdownDone_;
   std::thread shutdownThread_;

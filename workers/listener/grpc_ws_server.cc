@@ -1,0 +1,728 @@
+// gRPC over WebSocket at the principal (grpc_ws_server.h).
+//
+// Threads: the libwebsockets thread owns every `lws*` and the HTTP/WebSocket side of a session;
+// the bridge thread runs the completion queue of the bridged grpc calls. They meet in Session,
+// under its mutex: the bridge queues frames for the WebSocket and asks the libwebsockets thread
+// to write them (lws_cancel_service, the one libwebsockets call that is thread-safe); the
+// libwebsockets thread queues messages for the call. Back-pressure both ways: the bridge reads
+// the next response only while less than kHighWater is waiting for the WebSocket, and the
+// WebSocket is not read while kMaxQueuedWrites messages wait for the call.
+#include "workers/listener/grpc_ws_server.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include <grpcpp/create_channel_posix.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <libwebsockets.h>
+
+#include "ipc/runtime/log.h"
+#include "workers/common/grpc_ws.h"
+
+namespace aa {
+
+namespace {
+
+constexpr size_t kHighWater = 1 << 20;   // bytes waiting for the WebSocket: stop reading the call
+constexpr size_t kMaxQueuedWrites = 16;  // messages waiting for the call: stop reading the socket
+
+// A header value gRPC accepts as ASCII metadata.
+bool printable(std::string_view v) {
+  for (unsigned char c : v) {
+    if (c < 0x20 || c > 0x7e) return false;
+  }
+  return true;
+}
+
+// `grpcws::Frame` bytes with LWS_PRE bytes of headroom, as lws_write wants them.
+std::string framed(uint8_t flags, std::string_view payload) {
+  std::string out(LWS_PRE, '\0');
+  out.reserve(LWS_PRE + grpcws::kPrefix + payload.size());
+  grpcws::appendFrame(out, flags, payload);
+  return out;
+}
+
+std::string metadataFrame(const grpcws::Headers& headers) {
+  return framed(grpcws::kMetadata, grpcws::headerBlock(headers));
+}
+
+void appendMetadata(grpcws::Headers& out,
+                    const std::multimap<grpc::string_ref, grpc::string_ref>& md) {
+  for (const auto& [k, v] : md) {
+    out.emplace_back(std::string(k.data(), k.size()), std::string(v.data(), v.size()));
+  }
+}
+
+}  // namespace
+
+class GrpcWsServer::Impl {
+ public:
+  class Session;
+
+  explicit Impl(Options options) : options_(std::move(options)) {
+    lwsThread_ = std::thread([this]() { runLws(); });
+    bridgeThread_ = std::thread([this]() { runBridge(); });
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this]() { return context_ != nullptr || lwsFailed_; });
+    if (lwsFailed_) {
+      lock.unlock();
+      stop();
+      throw std::runtime_error("libwebsockets: cannot create its context");
+    }
+  }
+
+  ~Impl() { stop(); }
+
+  // (lws_cancel_service only writes an eventfd: safe under mu_, which keeps the context alive.)
+  void adopt(int fd, std::shared_ptr<const PeerInfo> peer) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ || context_ == nullptr) {
+      close(fd);
+      return;
+    }
+    adoptions_.emplace_back(fd, std::move(peer));
+    lws_cancel_service(context_);
+  }
+
+  // Any thread: the libwebsockets thread should look at `s` (frames to write, reading to resume).
+  void wake(std::shared_ptr<Session> s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ || context_ == nullptr) return;
+    wakeups_.push_back(std::move(s));
+    lws_cancel_service(context_);
+  }
+
+  const Options& options() const { return options_; }
+  grpc::CompletionQueue& cq() { return cq_; }
+  Stats stats_;
+
+  void sessionEnded() {
+    std::lock_guard<std::mutex> lock(mu_);
+    --liveSessions_;
+    cv_.notify_all();
+  }
+
+ private:
+  friend class Session;
+  static int callback(lws* wsi, lws_callback_reasons reason, void* user, void* in, size_t len);
+  static const lws_protocols* protocols();
+  int on(lws* wsi, lws_callback_reasons reason, void* user, void* in, size_t len);
+  int refuseHttp(lws* wsi, Session* s, unsigned status, const std::string& why);
+  int refuseMessage(lws* wsi, Session& s, lws_close_status code, const std::string& why);
+  std::string confirmUpgrade(lws* wsi, Session& s, const char* upgrade, unsigned& status);
+  void drain();  // adoptions and wake-ups, on the libwebsockets thread
+
+  void runLws();
+  void runBridge();
+  void stop();
+
+  Options options_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  lws_context* context_ = nullptr;
+  lws_vhost* vhost_ = nullptr;
+  bool lwsFailed_ = false;
+  bool stopping_ = false;
+  size_t liveSessions_ = 0;
+  std::vector<std::pair<int, std::shared_ptr<const PeerInfo>>> adoptions_;
+  std::vector<std::shared_ptr<Session>> wakeups_;
+  // libwebsockets thread only: every adopted connection's session (each wsi's opaque pointer).
+  std::unordered_map<Session*, std::shared_ptr<Session>> sessions_;
+  log::Limiter refusedLog_{"refused WebSocket requests"};
+  log::Limiter malformedLog_{"WebSockets closed for malformed messages"};
+  grpc::CompletionQueue cq_;
+  std::thread lwsThread_, bridgeThread_;
+};
+
+// One adopted HTTP/1.1 connection and, once it upgraded, its WebSocket's RPC.
+class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session> {
+ public:
+  enum class Op { kStart, kHeaders, kRead, kWrite, kWritesDone, kFinish };
+  struct Tag {
+    std::shared_ptr<Session> session;
+    Op op;
+  };
+
+  Session(Impl& impl, std::shared_ptr<const PeerInfo> peer) : impl_(impl), peer_(std::move(peer)) {
+    std::lock_guard<std::mutex> lock(impl_.mu_);
+    ++impl_.liveSessions_;
+  }
+
+  ~Session() {
+    call_.reset();
+    context_.reset();
+    channel_.reset();
+    if (serverFd_ >= 0) impl_.options().registry->remove(serverFd_, peer_.get());
+    impl_.sessionEnded();
+  }
+
+  const PeerInfo& peer() const { return *peer_; }
+
+  // --- libwebsockets thread
+  lws* wsi = nullptr;  // null once libwebsockets destroyed it
+  std::string method;  // the RPC's path
+  grpcws::Headers requestMetadata;
+  std::optional<std::chrono::nanoseconds> timeout;
+  std::string partial;  // a message arriving in fragments
+  bool rxPaused = false;
+  bool halfClosedByClient = false;
+
+  // Opens the bridged call (the WebSocket is established). Returns "" or why it cannot.
+  std::string start() {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) != 0) {
+      return std::string("socketpair: ") + strerror(errno);
+    }
+    serverFd_ = pair[1];
+    impl_.options().registry->add(serverFd_, peer_);
+    impl_.options().handOff(serverFd_);  // the grpc server owns it from here on
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(-1);  // the server applies --grpc-max-message-size
+    args.SetMaxSendMessageSize(-1);
+    args.SetInt(GRPC_ARG_MAX_METADATA_SIZE, 64 * 1024);
+    channel_ = grpc::CreateCustomInsecureChannelFromFd("grpc-ws", pair[0], args);
+    context_ = std::make_unique<grpc::ClientContext>();
+    for (const auto& [k, v] : requestMetadata) context_->AddMetadata(k, v);
+    if (timeout) context_->set_deadline(std::chrono::system_clock::now() + *timeout);
+    grpc::GenericStub stub(channel_);
+    std::lock_guard<std::mutex> lock(mu_);
+    call_ = stub.PrepareCall(context_.get(), method, &impl_.cq());
+    call_->StartCall(tag(Op::kStart));
+    return "";
+  }
+
+  // A data frame's payload from the client.
+  void write(std::string_view payload) {
+    grpc::Slice slice(payload.data(), payload.size());
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finishing_) return;  // the call already ended: nothing will read it
+    writes_.emplace_back(&slice, 1);
+    pumpWrites();
+  }
+  void halfClose() {
+    std::lock_guard<std::mutex> lock(mu_);
+    halfClose_ = true;
+    pumpWrites();
+  }
+  bool tooManyWrites() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return writes_.size() >= kMaxQueuedWrites;
+  }
+  bool fewWrites() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return writes_.size() < kMaxQueuedWrites / 2;
+  }
+
+  // The next frame to write into the WebSocket, if any; `close` is set once the trailers went.
+  bool nextFrame(std::string& frame, bool& close) {
+    std::lock_guard<std::mutex> lock(mu_);
+    close = false;
+    if (out_.empty()) {
+      close = trailersQueued_;
+      return false;
+    }
+    frame = std::move(out_.front());
+    out_.pop_front();
+    outBytes_ -= frame.size();
+    if (readPaused_ && !finishing_ && outBytes_ < kHighWater / 2) {
+      readPaused_ = false;
+      call_->Read(&readBuf_, tag(Op::kRead));
+    }
+    return true;
+  }
+
+  // libwebsockets destroyed the connection: end the call (if any) and stop queueing frames.
+  void detach() {
+    wsi = nullptr;
+    std::lock_guard<std::mutex> lock(mu_);
+    gone_ = true;
+    out_.clear();
+    if (call_ && !finished_) context_->TryCancel();
+  }
+
+  // --- bridge thread
+  void proceed(Op op, bool ok) {
+    bool wake = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      switch (op) {
+        case Op::kStart:
+          started_ = true;
+          if (!ok) {
+            finish();
+            break;
+          }
+          call_->ReadInitialMetadata(tag(Op::kHeaders));
+          pumpWrites();
+          break;
+        case Op::kHeaders: {
+          if (!ok) {
+            finish();
+            break;
+          }
+          grpcws::Headers headers{{"content-type", "application/grpc"}};
+          appendMetadata(headers, context_->GetServerInitialMetadata());
+          wake = queue(metadataFrame(headers));
+          headersSent_ = true;
+          call_->Read(&readBuf_, tag(Op::kRead));
+          break;
+        }
+        case Op::kRead: {
+          if (!ok) {
+            finish();
+            break;
+          }
+          std::vector<grpc::Slice> slices;
+          std::string payload;
+          if (readBuf_.Dump(&slices).ok()) {
+            for (const auto& s : slices) {
+              payload.append(reinterpret_cast<const char*>(s.begin()), s.size());
+            }
+          }
+          readBuf_.Clear();
+          wake = queue(framed(0, payload));
+          if (outBytes_ < kHighWater) {
+            call_->Read(&readBuf_, tag(Op::kRead));
+          } else {
+            readPaused_ = true;  // nextFrame() reads on once the WebSocket took some
+          }
+          break;
+        }
+        case Op::kWrite:
+          writing_ = false;
+          if (!writes_.empty()) writes_.pop_front();
+          if (!ok) {
+            writes_.clear();  // the call is ending; its Read fails and finishes it
+            break;
+          }
+          pumpWrites();
+          wake = writes_.size() < kMaxQueuedWrites / 2;  // the socket may be read again
+          break;
+        case Op::kWritesDone:
+          break;
+        case Op::kFinish: {
+          finished_ = true;
+          grpcws::Headers trailers;
+          if (!headersSent_) trailers.emplace_back("content-type", "application/grpc");
+          trailers.emplace_back("grpc-status", std::to_string(status_.error_code()));
+          if (!status_.error_message().empty()) {
+            trailers.emplace_back("grpc-message", grpcws::percentEncode(status_.error_message()));
+          }
+          if (!status_.error_details().empty()) {
+            trailers.emplace_back("grpc-status-details-bin", status_.error_details());
+          }
+          appendMetadata(trailers, context_->GetServerTrailingMetadata());
+          queue(metadataFrame(trailers));
+          trailersQueued_ = true;
+          wake = true;
+          break;
+        }
+      }
+    }
+    if (wake && !gone()) impl_.wake(shared_from_this());
+  }
+
+  bool gone() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return gone_;
+  }
+
+ private:
+  Tag* tag(Op op) { return new Tag{shared_from_this(), op}; }
+
+  // Under mu_. Returns whether the libwebsockets thread must be woken (the queue was empty).
+  bool queue(std::string frame) {
+    if (gone_) return false;
+    bool wasEmpty = out_.empty();
+    outBytes_ += frame.size();
+    out_.push_back(std::move(frame));
+    return wasEmpty;
+  }
+
+  // Under mu_: one Write at a time, then the half-close.
+  void pumpWrites() {
+    if (!started_ || writing_ || finishing_) return;
+    if (!writes_.empty()) {
+      writing_ = true;
+      call_->Write(writes_.front(), tag(Op::kWrite));
+    } else if (halfClose_ && !halfClosed_) {
+      halfClosed_ = true;
+      call_->WritesDone(tag(Op::kWritesDone));
+    }
+  }
+
+  void finish() {
+    if (finishing_) return;
+    finishing_ = true;
+    call_->Finish(&status_, tag(Op::kFinish));
+  }
+
+  Impl& impl_;
+  std::shared_ptr<const PeerInfo> peer_;
+  int serverFd_ = -1;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<grpc::ClientContext> context_;
+  std::mutex mu_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call_;
+  grpc::ByteBuffer readBuf_;
+  grpc::Status status_;
+  std::deque<grpc::ByteBuffer> writes_;
+  std::deque<std::string> out_;
+  size_t outBytes_ = 0;
+  bool started_ = false, writing_ = false, halfClose_ = false, halfClosed_ = false;
+  bool headersSent_ = false, readPaused_ = false, finishing_ = false, finished_ = false;
+  bool trailersQueued_ = false, gone_ = false;
+};
+
+// ---------------------------------------------------------------- libwebsockets side
+
+const lws_protocols* GrpcWsServer::Impl::protocols() {
+  // The only protocol, so also what plain HTTP requests reach (and are refused by).
+  static const std::string name(grpcws::kSubprotocol);
+  static const lws_protocols list[] = {
+      {name.c_str(), &Impl::callback, 0, 64 * 1024, 0, nullptr, 0},
+      {nullptr, nullptr, 0, 0, 0, nullptr, 0},
+  };
+  return list;
+}
+
+int GrpcWsServer::Impl::callback(lws* wsi, lws_callback_reasons reason, void* user, void* in,
+                                 size_t len) {
+  lws_context* ctx = lws_get_context(wsi);
+  auto* impl = ctx ? static_cast<Impl*>(lws_context_user(ctx)) : nullptr;
+  if (impl == nullptr) return lws_callback_http_dummy(wsi, reason, user, in, len);
+  return impl->on(wsi, reason, user, in, len);
+}
+
+std::string GrpcWsServer::Impl::confirmUpgrade(lws* wsi, Session& s, const char* upgrade,
+                                               unsigned& status) {
+  status = HTTP_STATUS_BAD_REQUEST;
+  auto header = [wsi](lws_token_indexes t) {
+    int n = lws_hdr_total_length(wsi, t);
+    if (n <= 0) return std::string();
+    std::string v(static_cast<size_t>(n) + 1, '\0');
+    int got = lws_hdr_copy(wsi, v.data(), n + 1, t);
+    v.resize(got > 0 ? static_cast<size_t>(got) : 0);
+    return v;
+  };
+  auto custom = [wsi](const std::string& name) -> std::optional<std::string> {
+    std::string key = name + ":";
+    int n = lws_hdr_custom_length(wsi, key.c_str(), static_cast<int>(key.size()));
+    if (n < 0) return std::nullopt;
+    std::string v(static_cast<size_t>(n) + 1, '\0');
+    int got = lws_hdr_custom_copy(wsi, v.data(), n + 1, key.c_str(), static_cast<int>(key.size()));
+    v.resize(got > 0 ? static_cast<size_t>(got) : 0);
+    return v;
+  };
+  if (strcasecmp(upgrade, "websocket") != 0) {
+    return std::string("upgrade to \"") + upgrade + "\" (only WebSocket upgrades are served here)";
+  }
+  std::string subprotocol = header(WSI_TOKEN_PROTOCOL);
+  if (subprotocol != grpcws::kSubprotocol) {
+    return subprotocol.empty() ? "no Sec-WebSocket-Protocol (must be grpc-ws)"
+                               : "Sec-WebSocket-Protocol \"" + subprotocol + "\" (must be grpc-ws)";
+  }
+  std::string contentType = header(WSI_TOKEN_HTTP_CONTENT_TYPE);
+  std::string_view ct(contentType);
+  if (ct != "application/grpc" && ct.substr(0, 17) != "application/grpc+" &&
+      ct.substr(0, 17) != "application/grpc;") {
+    status = HTTP_STATUS_UNSUPPORTED_MEDIA_TYPE;
+    return contentType.empty() ? "no Content-Type (must be application/grpc)"
+                               : "Content-Type \"" + contentType + "\" (must be application/grpc)";
+  }
+  s.method = header(WSI_TOKEN_GET_URI);
+  if (s.method.empty() || s.method[0] != '/') return "no request path (the gRPC method)";
+  std::string auth = header(WSI_TOKEN_HTTP_AUTHORIZATION);
+  if (!auth.empty()) {
+    if (!printable(auth)) return "Authorization is not printable ASCII";
+    s.requestMetadata.emplace_back("authorization", std::move(auth));
+  }
+  if (auto t = custom("grpc-timeout")) {
+    s.timeout = grpcws::parseTimeout(*t);
+    if (!s.timeout) return "grpc-timeout \"" + *t + "\" is malformed";
+  }
+  for (const auto& name : options_.forwardHeaders) {
+    auto v = custom(name);
+    if (!v) continue;
+    if (!printable(*v)) return name + " is not printable ASCII";
+    s.requestMetadata.emplace_back(name, std::move(*v));
+  }
+  return "";
+}
+
+int GrpcWsServer::Impl::refuseHttp(lws* wsi, Session* s, unsigned status, const std::string& why) {
+  ++stats_.refused;
+  if (refusedLog_.allow()) {
+    spdlog::warn("WebSocket request from {} refused ({}): {}",
+                 s == nullptr ? std::string("?") : s->peer().address, status, why);
+  }
+  // Written whole, by hand: at the upgrade check libwebsockets has not read the request's HTTP
+  // version yet and lws_return_http_status would answer HTTP/1.0, which clients refuse.
+  std::string body = why + "\n";
+  std::string response(LWS_PRE, '\0');
+  response +=
+      "HTTP/1.1 " + std::to_string(status) +
+      (status == HTTP_STATUS_UNSUPPORTED_MEDIA_TYPE ? " Unsupported Media Type" : " Bad Request") +
+      "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+  size_t n = response.size() - LWS_PRE;
+  lws_write(wsi, reinterpret_cast<unsigned char*>(response.data()) + LWS_PRE, n,
+            LWS_WRITE_HTTP_FINAL);
+  return 1;
+}
+
+int GrpcWsServer::Impl::refuseMessage(lws* wsi, Session& s, lws_close_status code,
+                                      const std::string& why) {
+  ++stats_.badInput;
+  if (malformedLog_.allow()) {
+    spdlog::warn("WebSocket {} from {} closed ({}): {}", s.method, s.peer().address,
+                 static_cast<int>(code), why);
+  }
+  std::string reason = why.substr(0, 120);  // a close frame holds at most 123 bytes of reason
+  lws_close_reason(wsi, code, reinterpret_cast<unsigned char*>(reason.data()), reason.size());
+  return -1;
+}
+
+int GrpcWsServer::Impl::on(lws* wsi, lws_callback_reasons reason, void* user, void* in,
+                           size_t len) {
+  if (reason == LWS_CALLBACK_EVENT_WAIT_CANCELLED) {
+    drain();
+    return 0;
+  }
+  auto* s = static_cast<Session*>(lws_get_opaque_user_data(wsi));
+  switch (reason) {
+    case LWS_CALLBACK_HTTP:
+      // A plain request (or an upgrade without Connection: Upgrade / Upgrade: websocket).
+      refuseHttp(wsi, s, HTTP_STATUS_BAD_REQUEST,
+                 "this port serves gRPC over HTTP/2 and grpc-ws WebSocket upgrades only");
+      return -1;
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: {
+      if (s == nullptr) return -1;
+      unsigned status = 0;
+      std::string why = confirmUpgrade(wsi, *s, static_cast<const char*>(in), status);
+      if (!why.empty()) return refuseHttp(wsi, s, status, why);
+      return 0;
+    }
+    case LWS_CALLBACK_ESTABLISHED: {
+      if (s == nullptr) return -1;
+      ++stats_.upgrades;
+      spdlog::debug("WebSocket {} from {}", s->method, s->peer().address);
+      std::string why = s->start();
+      if (!why.empty()) {
+        spdlog::warn("WebSocket {} from {}: cannot start the call: {}", s->method,
+                     s->peer().address, why);
+        return -1;
+      }
+      return 0;
+    }
+    case LWS_CALLBACK_RECEIVE: {
+      if (s == nullptr) return -1;
+      if (!lws_frame_is_binary(wsi)) {
+        return refuseMessage(wsi, *s, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
+                             "text message (grpc-ws carries binary messages only)");
+      }
+      if (s->partial.size() + len > options_.maxMessage) {
+        return refuseMessage(wsi, *s, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
+                             "message over " + std::to_string(options_.maxMessage) + " bytes");
+      }
+      s->partial.append(static_cast<const char*>(in), len);
+      if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0) return 0;
+      std::string message = std::move(s->partial);
+      s->partial.clear();
+      grpcws::Frame frame;
+      if (auto bad = grpcws::parse(message, frame); !bad.empty()) {
+        return refuseMessage(wsi, *s, LWS_CLOSE_STATUS_PROTOCOL_ERR, bad);
+      }
+      if (s->halfClosedByClient) {
+        return refuseMessage(wsi, *s, LWS_CLOSE_STATUS_PROTOCOL_ERR,
+                             "message after the end-of-stream marker");
+      }
+      if (frame.endOfStream()) {
+        s->halfClosedByClient = true;
+        s->halfClose();
+        return 0;
+      }
+      if (frame.metadata()) {
+        return refuseMessage(wsi, *s, LWS_CLOSE_STATUS_PROTOCOL_ERR,
+                             "metadata frame from the client (its headers travel in the upgrade "
+                             "request)");
+      }
+      if (frame.compressed()) {
+        return refuseMessage(wsi, *s, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
+                             "compressed message (gRPC compression over WebSocket is not "
+                             "supported yet)");
+      }
+      s->write(frame.payload);
+      if (s->tooManyWrites() && !s->rxPaused) {
+        s->rxPaused = true;
+        lws_rx_flow_control(wsi, 0);
+      }
+      return 0;
+    }
+    case LWS_CALLBACK_SERVER_WRITEABLE: {
+      if (s == nullptr) return -1;
+      std::string frame;
+      bool close = false;
+      if (s->nextFrame(frame, close)) {
+        size_t n = frame.size() - LWS_PRE;
+        if (lws_write(wsi, reinterpret_cast<unsigned char*>(frame.data()) + LWS_PRE, n,
+                      LWS_WRITE_BINARY) < static_cast<int>(n)) {
+          return -1;
+        }
+        lws_callback_on_writable(wsi);  // the next frame, or the close after the trailers
+        return 0;
+      }
+      if (close) {
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_NORMAL, nullptr, 0);
+        return -1;
+      }
+      return 0;
+    }
+    case LWS_CALLBACK_WSI_DESTROY:
+      if (s != nullptr) {
+        lws_set_opaque_user_data(wsi, nullptr);
+        s->detach();
+        sessions_.erase(s);  // may destroy it
+      }
+      return 0;
+    default:
+      return lws_callback_http_dummy(wsi, reason, user, in, len);
+  }
+}
+
+void GrpcWsServer::Impl::drain() {
+  std::vector<std::pair<int, std::shared_ptr<const PeerInfo>>> adoptions;
+  std::vector<std::shared_ptr<Session>> wakeups;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    adoptions.swap(adoptions_);
+    wakeups.swap(wakeups_);
+  }
+  for (auto& [fd, peer] : adoptions) {
+    auto s = std::make_shared<Session>(*this, std::move(peer));
+    Session* raw = s.get();
+    sessions_[raw] = s;  // before adoption: libwebsockets calls back during it
+    lws_adopt_desc_t desc{};
+    desc.vh = vhost_;
+    desc.type = static_cast<lws_adoption_type>(LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP);
+    desc.fd.sockfd = fd;
+    desc.opaque = raw;
+    lws* wsi = lws_adopt_descriptor_vhost_via_info(&desc);  // closes fd on failure
+    if (wsi == nullptr) {
+      spdlog::warn("WebSocket connection from {}: libwebsockets could not adopt it",
+                   raw->peer().address);
+      sessions_.erase(raw);
+      continue;
+    }
+    raw->wsi = wsi;
+  }
+  for (auto& s : wakeups) {
+    if (s->wsi == nullptr) continue;
+    lws_callback_on_writable(s->wsi);
+    if (s->rxPaused && s->fewWrites()) {
+      s->rxPaused = false;
+      lws_rx_flow_control(s->wsi, 1);
+    }
+  }
+}
+
+void GrpcWsServer::Impl::runLws() {
+  lws_set_log_level(LLL_ERR | LLL_WARN, [](int level, const char* line) {
+    std::string_view l(line);
+    while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.remove_suffix(1);
+    if (level == LLL_ERR) {
+      spdlog::warn("libwebsockets: {}", l);
+    } else {
+      spdlog::debug("libwebsockets: {}", l);
+    }
+  });
+  lws_context_creation_info info;
+  memset(&info, 0, sizeof info);
+  info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+  info.protocols = protocols();
+  info.gid = static_cast<gid_t>(-1);
+  info.uid = static_cast<uid_t>(-1);
+  info.user = this;
+  info.timeout_secs = static_cast<unsigned>(options_.upgradeTimeoutSeconds);
+  info.max_http_header_data2 = static_cast<unsigned>(options_.maxHeaderBytes);
+  info.max_http_header_pool2 = 1024;
+  info.vhost_name = "grpc-ws";
+  lws_context* ctx = lws_create_context(&info);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    context_ = ctx;
+    vhost_ = ctx ? lws_get_vhost_by_name(ctx, "grpc-ws") : nullptr;
+    lwsFailed_ = ctx == nullptr || vhost_ == nullptr;
+    cv_.notify_all();
+  }
+  if (lwsFailed_) return;
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) break;
+    }
+    lws_service(ctx, 0);
+  }
+  std::vector<std::shared_ptr<Session>> wakeups;  // released outside mu_ (~Session takes it)
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    context_ = nullptr;  // no more signals (adopt() and wake() check under mu_)
+    for (auto& [fd, peer] : adoptions_) close(fd);
+    adoptions_.clear();
+    wakeups.swap(wakeups_);
+  }
+  wakeups.clear();
+  // Every session is detached (its call cancelled) as libwebsockets destroys its connections.
+  lws_context_destroy(ctx);
+  sessions_.clear();
+}
+
+void GrpcWsServer::Impl::runBridge() {
+  void* tag;
+  bool ok;
+  while (cq_.Next(&tag, &ok)) {
+    std::unique_ptr<Session::Tag> t(static_cast<Session::Tag*>(tag));
+    t->session->proceed(t->op, ok);
+  }
+}
+
+void GrpcWsServer::Impl::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ && !lwsThread_.joinable()) return;
+    stopping_ = true;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (context_ != nullptr) lws_cancel_service(context_);
+  }
+  if (lwsThread_.joinable()) lwsThread_.join();
+  {
+    // Cancelled calls end promptly; bounded anyway, so that a stuck call cannot hang shutdown.
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(5), [this]() { return liveSessions_ == 0; });
+  }
+  cq_.Shutdown();
+  if (bridgeThread_.joinable()) bridgeThread_.join();
+}
+
+// ---------------------------------------------------------------- GrpcWsServer
+
+GrpcWsServer::GrpcWsServer(Options options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+GrpcWsServer::~GrpcWsServer() = default;
+
+void GrpcWsServer::adopt(int fd, std::shared_ptr<const PeerInfo> peer) {
+  impl_->adopt(fd, std::move(peer));
+}
+
+const GrpcWsServer::Stats& GrpcWsServer::stats() const { return impl_->stats_; }
+
+}  // namespace aa
