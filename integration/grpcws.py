@@ -1,6 +1,6 @@
 """An independent grpc-ws client (stackrox go-grpc-http1's WebSocket framing, as upstream
-argocd-agent speaks it with --enable-websocket), written by hand from the spec
-(../shared/spec/argocd-agent-wire.md §3) on Python's `websockets` (Debian python3-websockets, run
+argocd-agent speaks it with --enable-websocket), written by hand from upstream's
+wire description (go-grpc-http1's client and server) on Python's `websockets` (Debian python3-websockets, run
 with /usr/bin/python3). One WebSocket per RPC: the gRPC request headers go in the upgrade request,
 every binary message is one frame (flag byte, 4-byte big-endian length, payload), 0x80 frames are
 metadata, the client's end of stream is 80 00 00 00 00."""

@@ -6,6 +6,7 @@ its documented HTTP status or close code and a log line naming it, while an open
 on the same listener keeps working."""
 
 import asyncio
+import re
 import socket
 import time
 
@@ -13,6 +14,8 @@ import websockets
 
 import grpcws as gw
 import harness as h
+import mesh
+import proxies as px
 import version_pb2
 
 USERS = {"agent-ws": "secret-ws"}
@@ -178,3 +181,184 @@ class WebSocketPrincipalTest(h.IntegrationTestCase):
         self.run_async(self.version_ok(base))
         self.assertAlive(principal)
         self.assertEqual(principal.worker("listener-1")["restarts"], 0)
+
+
+# -- through an HTTP/1.1-only reverse proxy -------------------------------------------------------
+
+class Via:
+    """What start_agent needs of a principal, pointing at the proxy instead."""
+
+    def __init__(self, port, users, tls):
+        self.port, self.users, self.tls = port, users, tls
+
+
+class Http11Proxy(px.Nginx):
+    """nginx as an HTTP/1.1-only reverse proxy (no http2 anywhere): TLS from the agent, WebSocket
+    upgrades passed on (Upgrade/Connection headers), TLS towards the principal without ALPN, as a
+    corporate proxy or an HTTP/1.1 load balancer does. proxy_read_timeout is its idle timeout."""
+
+    def __init__(self, case, backend_port, cert, read_timeout="3600s"):
+        super().__init__(case, backend_port, name="nginx-http11")
+        self.cert, self.read_timeout = cert, read_timeout
+
+    def write_config(self):
+        conf = px.nginx_prologue(self.dir) + f"""
+    server {{
+        listen 127.0.0.1:{self.port} ssl;
+        ssl_certificate {self.cert.cert};
+        ssl_certificate_key {self.cert.key};
+        location / {{
+            proxy_pass https://127.0.0.1:{self.backend_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_ssl_verify off;
+            proxy_ssl_protocols TLSv1.3;
+            proxy_read_timeout {self.read_timeout};
+            proxy_send_timeout {self.read_timeout};
+        }}
+    }}
+}}
+"""
+        return self.write_conf(conf)
+
+
+class WebSocketThroughHttp11ProxyTest(h.IntegrationTestCase):
+    TOTAL, RESOURCES = 300, 6
+
+    def setUp(self):
+        super().setUp()
+        self.pki = mesh.Pki(self.path("pki"))
+        self.event_log = self.path("agent-events.log")
+
+    def start_proxied(self, read_timeout="3600s", principal_extra=()):
+        self.principal = self.start_principal(
+            users=USERS, extra=["--enable-websocket",
+                                f"--synthetic-events={self.TOTAL}:{self.RESOURCES}:512",
+                                *principal_extra])
+        self.proxy = Http11Proxy(self, self.principal.port, self.pki.server("nginx"),
+                                 read_timeout).start()
+        self.via = Via(self.proxy.port, USERS, tls=True)
+        self.opened = rf"Event stream to 127\.0\.0\.1:{self.proxy.port} opened"
+
+    def test_websocket_agent_gets_through_native_agent_does_not(self):
+        self.start_proxied()
+        native = self.start_agent(self.via, name="native", wait=False)
+        # nginx (no http2 here) refuses ALPN h2 in the handshake; the agent says what would help.
+        native.wait_log(r"Connection to 127\.0\.0\.1:\d+ failed: .*no application protocol \(ALPN "
+                        r"h2 not agreed: .*through an HTTP/1\.1-only proxy: --enable-websocket on "
+                        r"both sides\)")
+        self.assertEqual(native.count(self.opened), 0)
+        agent = self.start_agent(self.via, extra=["--enable-websocket", "--event-log",
+                                                  self.event_log])
+        self.assertEqual(agent.count(r"Authentication successful"), 1)
+        self.assertEqual(agent.count(r"Transport: gRPC over WebSocket \(grpc-ws\)"), 1)
+        h.wait_for(lambda: len(h.applied_lines(self.event_log)) >= self.TOTAL, 60,
+                   f"{self.TOTAL} events applied by the agent through the proxy")
+        h.assert_converged(self, self.event_log, self.TOTAL, self.RESOURCES, "through nginx")
+        self.principal.wait_log(rf"synthetic source: {self.TOTAL} events acknowledged by agent "
+                                r"agent-ws")
+        # The principal saw the agent's WebSockets as nginx's connections over HTTP/1.1.
+        access = h.read_text(self.proxy.access_log())
+        for method in ["/authapi.Authentication/Authenticate", "/versionapi.Version/Version"]:
+            self.assertRegex(access, rf'"GET {re.escape(method)} HTTP/1\.1" 101')
+        self.assertEqual(native.count(self.opened), 0)
+
+    def test_heartbeats_keep_the_websocket_stream_through_a_short_read_timeout(self):
+        timeout_s = 3
+        self.start_proxied(read_timeout=f"{timeout_s}s")
+        # Without heartbeats the proxy's idle timeout closes the stream (the timeout is real).
+        idle = self.start_agent(self.via, name="idle", extra=["--enable-websocket"])
+        idle.wait_log(r"Stream closed after (\d+)ms", timeout=timeout_s * 4)
+        idle.popen.terminate()
+        idle.popen.wait(timeout=20)
+        agent = self.start_agent(self.via, extra=["--enable-websocket", "--heartbeat-interval",
+                                                  "1500ms", "--log-level", "debug"])
+        # Ten read timeouts and more, with zero reconnects: every heartbeat ACKed.
+        agent.wait_log(r"heartbeat ACK after", count=10 * timeout_s * 2 // 3 + 2,
+                       timeout=10 * timeout_s + 15)
+        self.assertEqual(agent.count(r"Stream closed after"), 0, h.tail(agent.log))
+        self.assertEqual(agent.count(self.opened), 1)
+
+
+# -- native and WebSocket agents side by side; header authentication through a mesh stand-in ------
+
+class WsMtlsSidecar(mesh.MtlsSidecar):
+    """The mTLS sidecar stand-in (mesh.MtlsSidecar) for WebSockets: HTTP/1.1 towards the principal,
+    upgrades passed on, the identity header *set* from the verified client certificate's CN."""
+
+    def write_config(self):
+        conf = px.nginx_prologue(self.dir) + f"""
+    map $ssl_client_s_dn $sa {{
+        default "";
+        "~^CN=([a-z0-9](?:[-a-z0-9]{{0,61}}[a-z0-9])?)$" $1;
+    }}
+    server {{
+        listen 127.0.0.1:{self.port} ssl;
+        ssl_certificate {self.server_cert.cert};
+        ssl_certificate_key {self.server_cert.key};
+        ssl_client_certificate {self.client_ca};
+        ssl_verify_client on;
+        ssl_verify_depth 2;
+        location / {{
+            proxy_pass http://127.0.0.1:{self.backend_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header {self.header} "{self.template}";
+            proxy_read_timeout 3600s;
+        }}
+    }}
+}}
+"""
+        return self.write_conf(conf)
+
+
+class MixedTransportsTest(h.IntegrationTestCase):
+
+    def test_tls_native_and_websocket_agents_on_one_port(self):
+        users = {"agent-h2": "secret-h2", "agent-ws": "secret-ws"}
+        principal = self.start_principal(users=users, extra=["--enable-websocket"])
+        native = self.start_agent(principal, name="native", user="agent-h2",
+                                  password=users["agent-h2"])
+        ws = self.start_agent(principal, name="ws", user="agent-ws", password=users["agent-ws"],
+                              extra=["--enable-websocket", "--heartbeat-interval", "1s",
+                                     "--log-level", "debug"])
+        for name in users:
+            mesh.wait_subscribed(principal, name)
+        ws.wait_log(r"heartbeat ACK after", count=2)
+        self.assertEqual(native.count(r"Transport: gRPC over HTTP/2"), 1)
+        self.assertEqual(ws.count(r"Transport: gRPC over WebSocket"), 1)
+        agents = {a["name"]: a for a in principal.ctl("agents", "--json", json_out=True)}
+        self.assertEqual({n: agents[n]["state"] for n in users},
+                         {"agent-h2": "connected", "agent-ws": "connected"}, agents)
+
+    def test_header_auth_through_a_mesh_stand_in_over_websocket_beside_native(self):
+        pki = mesh.Pki(self.path("pki"))
+        principal = mesh.start_principal_auth(
+            self, "header:x-forwarded-client-cert:" + mesh.ISTIO_REGEX,
+            extra=["--enable-websocket", "--log-level", "debug"])
+        server = pki.server("sidecar")
+        ws_sidecar = WsMtlsSidecar(self, principal.port, server, pki.cert, *mesh.ISTIO_XFCC,
+                                   name="ws-sidecar").start()
+        h2_sidecar = mesh.MtlsSidecar(self, principal.port, server, pki.cert, *mesh.ISTIO_XFCC,
+                                      name="h2-sidecar").start()
+
+        def through(sidecar, cn, extra=()):
+            cert = pki.client(cn)
+            return mesh.start_agent_creds(
+                self, sidecar.port, "header:", name=cn, extra=list(extra),
+                transport=["--root-ca-path", pki.cert, "--tls-client-cert", cert.cert,
+                           "--tls-client-key", cert.key])
+
+        ws = through(ws_sidecar, "agent-mesh-ws", ["--enable-websocket"])
+        native = through(h2_sidecar, "agent-mesh-h2")
+        mesh.wait_subscribed(principal, "agent-mesh-ws")
+        mesh.wait_subscribed(principal, "agent-mesh-h2")
+        self.assertEqual(sorted(set(mesh.subscribed_names(principal))),
+                         ["agent-mesh-h2", "agent-mesh-ws"])
+        for agent in (ws, native):
+            self.assertEqual(agent.count(r"Authentication successful"), 1)
+        # The WebSocket agent's identity came from the header nginx set on the upgrade request.
+        self.assertRegex(h.read_text(ws_sidecar.access_log()),
+                         r'"GET /authapi\.Authentication/Authenticate HTTP/1\.1" 101')

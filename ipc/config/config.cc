@@ -351,6 +351,10 @@ std::vector<Option> agentOptions(Config& c) {
                 &a.namespace_),
       boolOpt("insecure-plaintext", "ARGOCD_AGENT_INSECURE_PLAINTEXT",
               "connect without TLS (only through a service-mesh sidecar)", &a.insecurePlaintext),
+      boolOpt("enable-websocket", "ARGOCD_AGENT_ENABLE_WEBSOCKET",
+              "carry every RPC over a WebSocket of its own (grpc-ws, HTTP/1.1), for proxies "
+              "that do not pass HTTP/2; the principal needs --enable-websocket too",
+              &a.enableWebsocket),
       boolOpt("insecure-tls", "ARGOCD_AGENT_TLS_INSECURE",
               "do not verify the principal's certificate", &a.insecureTls),
       stringOpt("root-ca-path", "ARGOCD_AGENT_TLS_ROOT_CA_PATH",

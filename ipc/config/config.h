@@ -101,6 +101,7 @@ struct AgentConfig {
   std::string agentMode = "autonomous";
   std::string namespace_ = "argocd";
   bool insecurePlaintext = false;
+  bool enableWebsocket = false;  // every RPC over its own WebSocket (grpc-ws)
   bool insecureTls = false;
   std::string rootCaPath;
   std::string tlsClientCert;

@@ -375,6 +375,7 @@ class FlagTableTest : public ConfigTest {
         {"agent-mode", "ARGOCD_AGENT_MODE", "autonomous", "managed", "frob"},
         {"namespace", "ARGOCD_AGENT_NAMESPACE", "argocd", "apps", ""},
         {"insecure-plaintext", "ARGOCD_AGENT_INSECURE_PLAINTEXT", "false", "true", "maybe"},
+        {"enable-websocket", "ARGOCD_AGENT_ENABLE_WEBSOCKET", "false", "true", "maybe"},
         {"insecure-tls",
          "ARGOCD_AGENT_TLS_INSECURE",
          "false",

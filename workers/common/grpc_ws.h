@@ -1,5 +1,5 @@
 // The grpc-ws framing of stackrox go-grpc-http1, which upstream argocd-agent uses for
-// --enable-websocket (docs: ../shared/spec/argocd-agent-wire.md §3): one WebSocket per RPC, the
+// --enable-websocket (its client and server packages): one WebSocket per RPC, the
 // gRPC request headers in the upgrade request, and every binary WebSocket message carrying exactly
 // one gRPC-style frame - a flag byte (0x01 compressed, 0x80 metadata), a 4-byte big-endian length
 // and the payload. Metadata frames hold an HTTP/1-style header block ("Key: Value\r\n" lines); the

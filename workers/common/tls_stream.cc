@@ -82,7 +82,9 @@ std::string explainHandshakeFailure(const std::string& reason) {
       {"no shared cipher", "no cipher suite in common with the peer: see --tls-ciphersuites"},
       {"alert handshake failure",
        "the peer refused the handshake: often no cipher suite in common (--tls-ciphersuites)"},
-      {"no application protocol", "ALPN h2 not agreed: the peer is not a gRPC endpoint?"},
+      {"no application protocol",
+       "ALPN h2 not agreed: the peer is not a gRPC endpoint? (through an HTTP/1.1-only proxy: "
+       "--enable-websocket on both sides)"},
       {"peer did not return a certificate",
        "client certificates are required (--require-client-certs or --auth=mtls)"},
       {"alert certificate required",

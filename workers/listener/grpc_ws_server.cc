@@ -26,6 +26,7 @@
 
 #include "ipc/runtime/log.h"
 #include "workers/common/grpc_ws.h"
+#include "workers/common/queue_gate.h"
 
 namespace aa {
 
@@ -102,6 +103,8 @@ class GrpcWsServer::Impl {
 
   const Options& options() const { return options_; }
   grpc::CompletionQueue& cq() { return cq_; }
+  // Every operation on cq_ starts through it (none once it is shut down).
+  QueueGate& gate() { return gate_; }
   Stats stats_;
 
   void sessionEnded() {
@@ -139,6 +142,7 @@ class GrpcWsServer::Impl {
   log::Limiter refusedLog_{"refused WebSocket requests"};
   log::Limiter malformedLog_{"WebSockets closed for malformed messages"};
   grpc::CompletionQueue cq_;
+  QueueGate gate_;
   std::thread lwsThread_, bridgeThread_;
 };
 
@@ -195,7 +199,7 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
     grpc::GenericStub stub(channel_);
     std::lock_guard<std::mutex> lock(mu_);
     call_ = stub.PrepareCall(context_.get(), method, &impl_.cq());
-    call_->StartCall(tag(Op::kStart));
+    impl_.gate().run([&] { call_->StartCall(tag(Op::kStart)); });
     return "";
   }
 
@@ -234,7 +238,7 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
     outBytes_ -= frame.size();
     if (readPaused_ && !finishing_ && outBytes_ < kHighWater / 2) {
       readPaused_ = false;
-      call_->Read(&readBuf_, tag(Op::kRead));
+      impl_.gate().run([&] { call_->Read(&readBuf_, tag(Op::kRead)); });
     }
     return true;
   }
@@ -260,7 +264,7 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
             finish();
             break;
           }
-          call_->ReadInitialMetadata(tag(Op::kHeaders));
+          impl_.gate().run([&] { call_->ReadInitialMetadata(tag(Op::kHeaders)); });
           pumpWrites();
           break;
         case Op::kHeaders: {
@@ -272,7 +276,7 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
           appendMetadata(headers, context_->GetServerInitialMetadata());
           wake = queue(metadataFrame(headers));
           headersSent_ = true;
-          call_->Read(&readBuf_, tag(Op::kRead));
+          impl_.gate().run([&] { call_->Read(&readBuf_, tag(Op::kRead)); });
           break;
         }
         case Op::kRead: {
@@ -290,7 +294,7 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
           readBuf_.Clear();
           wake = queue(framed(0, payload));
           if (outBytes_ < kHighWater) {
-            call_->Read(&readBuf_, tag(Op::kRead));
+            impl_.gate().run([&] { call_->Read(&readBuf_, tag(Op::kRead)); });
           } else {
             readPaused_ = true;  // nextFrame() reads on once the WebSocket took some
           }
@@ -352,17 +356,17 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
     if (!started_ || writing_ || finishing_) return;
     if (!writes_.empty()) {
       writing_ = true;
-      call_->Write(writes_.front(), tag(Op::kWrite));
+      impl_.gate().run([&] { call_->Write(writes_.front(), tag(Op::kWrite)); });
     } else if (halfClose_ && !halfClosed_) {
       halfClosed_ = true;
-      call_->WritesDone(tag(Op::kWritesDone));
+      impl_.gate().run([&] { call_->WritesDone(tag(Op::kWritesDone)); });
     }
   }
 
   void finish() {
     if (finishing_) return;
     finishing_ = true;
-    call_->Finish(&status_, tag(Op::kFinish));
+    impl_.gate().run([&] { call_->Finish(&status_, tag(Op::kFinish)); });
   }
 
   Impl& impl_;
@@ -710,6 +714,7 @@ void GrpcWsServer::Impl::stop() {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait_for(lock, std::chrono::seconds(5), [this]() { return liveSessions_ == 0; });
   }
+  gate_.close();
   cq_.Shutdown();
   if (bridgeThread_.joinable()) bridgeThread_.join();
 }

@@ -42,6 +42,7 @@
 #include "workers/common/cloudevents.h"
 #include "workers/common/grpc_ws.h"
 #include "workers/common/jwt.h"
+#include "workers/common/queue_gate.h"
 #include "workers/common/role.h"
 #include "workers/common/service_link.h"
 #include "workers/common/stream_pump.h"
@@ -153,28 +154,7 @@ class Mailbox {
   std::vector<std::function<void()>> jobs_;
 };
 
-// Every grpc operation on a completion queue starts through this gate: none may start once the
-// queues are shut down (grpc aborts), and at drain the serving threads still handle their last
-// tags (a failed read finishes its call, and so on) while the queues are being shut down. After
-// close(), an operation is not started and its call is simply left (the process is exiting).
-class QueueGate {
- public:
-  template <class F>
-  bool run(F&& f) {
-    std::shared_lock<std::shared_mutex> lock(mu_);
-    if (shut_) return false;
-    f();
-    return true;
-  }
-  void close() {
-    std::unique_lock<std::shared_mutex> lock(mu_);
-    shut_ = true;
-  }
-
- private:
-  std::shared_mutex mu_;
-  bool shut_ = false;
-};
+// The serving threads' queues (queue_gate.h).
 QueueGate gQueues;
 
 // Every completion-queue tag: a call and which of its operations completed.

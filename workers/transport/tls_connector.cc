@@ -173,17 +173,18 @@ class TlsConnector::Loop {
   // From a transport thread: the handshake runs on the loop, this thread waits for its result.
   Result connect(const kj::Executor& executor, kj::AutoCloseFd fd, tls::SslPtr ssl,
                  std::string peer, std::chrono::milliseconds timeout,
-                 const std::function<bool()>& cancelled) {
+                 const std::function<bool()>& cancelled, Alpn alpn, int relayTo) {
     // The result comes back through a std::mutex rather than executeSync's return value: KJ's
     // cross-thread wake-up is a futex inside libkj, which ThreadSanitizer cannot see, so without
     // this lock it reports the hand-over of the descriptor and of `peer` as races.
     std::mutex handoff;
     std::optional<Result> result;
     executor.executeSync([&]() {
-      return handshake(kj::mv(fd), std::move(ssl), peer, timeout, cancelled).then([&](Result r) {
-        std::lock_guard<std::mutex> lock(handoff);
-        result = std::move(r);
-      });
+      return handshake(kj::mv(fd), std::move(ssl), peer, timeout, cancelled, alpn, relayTo)
+          .then([&](Result r) {
+            std::lock_guard<std::mutex> lock(handoff);
+            result = std::move(r);
+          });
     });
     std::lock_guard<std::mutex> lock(handoff);
     return std::move(*result);
@@ -193,7 +194,7 @@ class TlsConnector::Loop {
   // On the loop's thread.
   kj::Promise<Result> handshake(kj::AutoCloseFd fd, tls::SslPtr ssl, const std::string& peer,
                                 std::chrono::milliseconds timeout,
-                                const std::function<bool()>& cancelled) {
+                                const std::function<bool()>& cancelled, Alpn alpn, int relayTo) {
     auto stream = kj::heap<tls::TlsStream>(io_->unixEventPort, kj::mv(fd), std::move(ssl), peer);
     auto& ref = *stream;
     auto expired =
@@ -206,17 +207,30 @@ class TlsConnector::Loop {
         .exclusiveJoin(kj::mv(expired))
         .exclusiveJoin(watchCancel(cancelled))
         .then(
-            [this, stream = kj::mv(stream)]() mutable -> Result {
+            [this, stream = kj::mv(stream), alpn,
+             relay = kj::AutoCloseFd(relayTo)]() mutable -> Result {
               auto session = stream->sessionInfo();
-              if (session.alpn != "h2") {
-                return Result{-1, "the principal did not agree to ALPN h2 (not a gRPC server?)", "",
+              if (alpn == Alpn::kH2 && session.alpn != "h2") {
+                return Result{
+                    -1,
+                    "the principal did not agree to ALPN h2 (not a gRPC server? through an "
+                    "HTTP/1.1-only proxy: --enable-websocket on both sides)",
+                    "", ""};
+              }
+              if (alpn == Alpn::kHttp1 && !session.alpn.empty() && session.alpn != "http/1.1") {
+                return Result{-1, "the principal chose ALPN " + session.alpn + ", not http/1.1", "",
                               ""};
+              }
+              auto& s = *stream;
+              if (relay.get() >= 0) {
+                int fd = relay.get();
+                tasks_->add(s.relay(kj::mv(relay), scratch_).attach(kj::mv(stream)));
+                return Result{fd, "", session.version, session.cipher, session.resumed};
               }
               int pair[2];
               if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) != 0) {
                 return Result{-1, std::string("socketpair: ") + strerror(errno), "", ""};
               }
-              auto& s = *stream;
               tasks_->add(s.relay(kj::AutoCloseFd(pair[0]), scratch_).attach(kj::mv(stream)));
               return Result{pair[1], "", session.version, session.cipher, session.resumed};
             },
@@ -316,23 +330,30 @@ int TlsConnector::onNewSession(SSL* ssl, SSL_SESSION* session) {
 
 TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
                                            std::chrono::milliseconds timeout,
-                                           const std::function<bool()>& cancelled) {
+                                           const std::function<bool()>& cancelled, Alpn alpn,
+                                           int relayTo) {
+  // Not relayed: closed here (the caller gave it to us).
+  kj::AutoCloseFd relayOwned(relayTo);
+  auto fail = [](std::string why) { return Result{-1, std::move(why), "", ""}; };
   auto deadline = Clock::now() + timeout;
   std::string error;
   const proxy::Proxy* proxy = proxy_ && !proxy::bypass(*proxy_, host, port) ? &*proxy_ : nullptr;
   int fd = proxy ? tcpConnect(proxy->host, proxy->port, deadline, cancelled, error)
                  : tcpConnect(host, port, deadline, cancelled, error);
-  if (fd < 0) return Result{-1, error, "", ""};
+  if (fd < 0) return fail(error);
   kj::AutoCloseFd tcp(fd);
   if (proxy) {
     spdlog::debug("connecting to {}:{} through HTTPS proxy {}", host, port, proxy->shown);
-    if (!connectTunnel(fd, *proxy, host, port, deadline, cancelled, error)) {
-      return Result{-1, error, "", ""};
-    }
+    if (!connectTunnel(fd, *proxy, host, port, deadline, cancelled, error)) return fail(error);
   }
   tls::SslPtr ssl(SSL_new(ctx_.get()));
-  if (!ssl) return Result{-1, "cannot create a TLS session: " + tls::opensslErrors(), "", ""};
+  if (!ssl) return fail("cannot create a TLS session: " + tls::opensslErrors());
   SSL_set_connect_state(ssl.get());
+  if (alpn == Alpn::kHttp1) {
+    // A WebSocket: HTTP/1.1 only (the principal would take h2 for native gRPC).
+    static const unsigned char kHttp11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    SSL_set_alpn_protos(ssl.get(), kHttp11, sizeof kHttp11);
+  }
   // SNI and the name the certificate must carry: --server-address, as upstream (an IP address
   // is checked against the certificate's IP SANs and not sent as SNI).
   bool ip = isIpLiteral(host);
@@ -340,7 +361,7 @@ TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
   if (!config_.insecureTls) {
     int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl.get()), host.c_str())
                 : SSL_set1_host(ssl.get(), host.c_str());
-    if (ok != 1) return Result{-1, "cannot check the certificate for " + host, "", ""};
+    if (ok != 1) return fail("cannot check the certificate for " + host);
   }
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
   std::string peer = host + ":" + std::to_string(port);
@@ -353,7 +374,8 @@ TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
   }
   try {
     return loop_->connect(thread_->executor(), kj::mv(tcp), std::move(ssl), peer,
-                          std::max(left, std::chrono::milliseconds(1)), cancelled);
+                          std::max(left, std::chrono::milliseconds(1)), cancelled, alpn,
+                          relayOwned.release());
   } catch (const kj::Exception& e) {
     return Result{-1, e.getDescription().cStr(), "", ""};
   }

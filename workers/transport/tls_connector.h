@@ -36,11 +36,17 @@ class TlsConnector {
     std::string version, cipher;
     bool resumed = false;  // the last session's ticket was accepted: no full handshake
   };
+  // What ALPN offers and accepts: h2 for native gRPC (the principal must agree), http/1.1 for
+  // a WebSocket (the principal may also not answer ALPN).
+  enum class Alpn { kH2, kHttp1 };
+
   // Blocking (call from a transport thread, never from a KJ loop thread): TCP connect to
   // `host`:`port` (every address it resolves to, in order) and the handshake, both within
-  // `timeout`. Gives up within ~100 ms once `cancelled()` returns true (shutdown).
+  // `timeout`. Gives up within ~100 ms once `cancelled()` returns true (shutdown). With
+  // `relayTo` (a connected descriptor, owned from here on, also on failure), the plaintext is
+  // relayed to it and Result.fd is it; else to a new socketpair whose other end is Result.fd.
   Result connect(const std::string& host, int port, std::chrono::milliseconds timeout,
-                 const std::function<bool()>& cancelled);
+                 const std::function<bool()>& cancelled, Alpn alpn = Alpn::kH2, int relayTo = -1);
 
  private:
   class Loop;

@@ -19,12 +19,14 @@
 #include "ipc/runtime/log.h"
 #include "version.grpc.pb.h"
 #include "workers/common/cloudevents.h"
+#include "workers/common/grpc_ws.h"
 #include "workers/common/heartbeat_monitor.h"
 #include "workers/common/jwt.h"
 #include "workers/common/role.h"
 #include "workers/common/stream_pump.h"
 #include "workers/common/synthetic.h"
 #include "workers/transport/agent_credentials.h"
+#include "workers/transport/grpc_ws_client.h"
 #include "workers/transport/tls_connector.h"
 
 namespace aa {
@@ -102,6 +104,45 @@ class TransportRole final : public Role {
     // gets the plaintext side. Plaintext (behind a mesh sidecar) is grpc's own channel.
     if (!config_.insecurePlaintext) connector_ = std::make_unique<TlsConnector>(config_);
     target_ = config_.serverAddress + ":" + std::to_string(config_.serverPort);
+    if (config_.enableWebsocket) {
+      GrpcWsClient::Options ws;
+      ws.host = config_.serverAddress;
+      ws.port = config_.serverPort;
+      if (connector_) {
+        ws.socketPath = env_.args.runtimeDir + "/websocket.sock";
+        ws.connect = [this](int fd) {
+          auto r = connector_->connect(
+              config_.serverAddress, config_.serverPort, kRpcDeadline,
+              [this]() { return stopping(); }, TlsConnector::Alpn::kHttp1, fd);
+          if (r.fd < 0) {
+            spdlog::warn("Connection to {} failed: {}", target_, r.error);
+            return r.error;
+          }
+          spdlog::debug("TLS connection to {}: {} {}{}", target_, r.version, r.cipher,
+                        r.resumed ? " (session resumed)" : "");
+          return std::string();
+        };
+      }
+      ws.maxMessage = std::min<size_t>(grpcws::kMaxMessage, env_.config.common.grpcMaxMessageSize);
+      ws.timeoutSeconds = static_cast<int>(
+          std::chrono::duration_cast<std::chrono::seconds>(kRpcDeadline).count() + 5);
+      try {
+        ws_ = std::make_unique<GrpcWsClient>(std::move(ws));
+      } catch (const std::runtime_error& e) {
+        throw ConfigError(std::string("--enable-websocket: ") + e.what());
+      }
+      spdlog::info(
+          "Transport: gRPC over WebSocket (grpc-ws) to {}, one WebSocket per RPC; only the "
+          "heartbeats (--heartbeat-interval) keep an idle stream alive through proxies",
+          target_);
+      if (config_.keepAlivePingInterval.count() > 0) {
+        spdlog::warn(
+            "--keep-alive-ping-interval has no effect with --enable-websocket: HTTP/2 pings do "
+            "not cross a WebSocket; use --heartbeat-interval");
+      }
+    } else {
+      spdlog::info("Transport: gRPC over HTTP/2 to {}", target_);
+    }
     // The principal's enforcement is unknown here, but grpc's default (also upstream's with
     // --keepalive-min-interval=0) drops a client that pings more often than every 5 minutes while
     // no data flows. Heartbeat ACKs are data, so heartbeats make frequent pings safe.
@@ -321,7 +362,7 @@ class TransportRole final : public Role {
     args.SetMaxReceiveMessageSize(static_cast<int>(env_.config.common.grpcMaxMessageSize));
     args.SetMaxSendMessageSize(static_cast<int>(env_.config.common.grpcMaxMessageSize));
     args.SetString(GRPC_ARG_PRIMARY_USER_AGENT_STRING, "argocd-agent/v0.0.1");
-    if (config_.keepAlivePingInterval.count() > 0) {
+    if (config_.keepAlivePingInterval.count() > 0 && !ws_) {
       // Ping at exactly the configured interval while a call is open, even without data (grpc's
       // own floor of 5 min between data-less pings would otherwise silence them); 20 s timeout as
       // grpc-go. Unlike grpc-go, intervals below 10 s are not raised.
@@ -335,7 +376,9 @@ class TransportRole final : public Role {
       args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
     }
     std::shared_ptr<grpc::Channel> channel;
-    if (connector_) {
+    if (ws_) {
+      channel = ws_->channel(args);  // every call below opens its own WebSocket
+    } else if (connector_) {
       auto conn = connector_->connect(config_.serverAddress, config_.serverPort, kRpcDeadline,
                                       [this]() { return stopping(); });
       if (conn.fd < 0) {
@@ -504,6 +547,7 @@ class TransportRole final : public Role {
   const AgentConfig& config_;
   userpass::AgentCredentials creds_;
   std::unique_ptr<TlsConnector> connector_;  // null with --insecure-plaintext
+  std::unique_ptr<GrpcWsClient> ws_;         // --enable-websocket; uses connector_
   std::string target_;
   std::thread thread_;
   std::atomic<bool> connected_{false};
