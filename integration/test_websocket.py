@@ -95,6 +95,15 @@ class WebSocketPrincipalTest(h.IntegrationTestCase):
         principal, base = self.start(plaintext=False, extra=["--log-level", "debug"])
         self.run_async(self.version_ok(base, gw.client_tls(["http/1.1"])))
         self.assertTrue(principal.wait_log(r"TLS connection from .*ALPN http/1\.1"))
+        # Upstream's agent opens a side-channel TLS connection with ALPN h2 and closes it right
+        # after the handshake: normal, not a failure, and the port keeps serving.
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", principal.port), timeout=10) as raw:
+                with gw.client_tls(["h2"]).wrap_socket(raw) as tls:
+                    self.assertEqual(tls.selected_alpn_protocol(), "h2")
+        self.run_async(self.version_ok(base, gw.client_tls()))
+        self.assertEqual(principal.count(r"warn.*(TLS handshake with|failed)"), 0,
+                         h.tail(principal.log))
 
     def test_unknown_method_and_unauthenticated_subscribe_end_with_their_status(self):
         principal, base = self.start(plaintext=True)

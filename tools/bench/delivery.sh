@@ -5,6 +5,7 @@
 #
 #   tools/bench/delivery.sh                  # sizes 1024 16384, windows 16 256 1000, 3 reps
 #   SIZES="1024" WINDOWS="16" REPS=1 tools/bench/delivery.sh
+#   TRANSPORTS="native websocket" ECHO=0 tools/bench/delivery.sh   # WebSocket beside native
 # Env: OUR_COUNT_<bytes>, ECHO_COUNT_<bytes> events per run (defaults sized for 5-20 s runs on a
 # 2-core VM), TIMEOUT_S per run (default 60), RESULTS (raw TSV, default /tmp/aa-bench-results/delivery.<time>.tsv).
 set -euo pipefail
@@ -13,6 +14,9 @@ source "$(dirname "$0")/lib.sh"
 SIZES=${SIZES:-"1024 16384"}
 WINDOWS=${WINDOWS:-"16 256 1000"}
 REPS=${REPS:-3}
+# native: gRPC over HTTP/2 ("ours"); websocket: --enable-websocket on both sides ("ours-ws").
+TRANSPORTS=${TRANSPORTS:-native}
+ECHO=${ECHO:-1}  # 0: skip the bare grpc++ baseline
 TIMEOUT_S=${TIMEOUT_S:-60}
 OUR_COUNT_1024=${OUR_COUNT_1024:-100000}
 OUR_COUNT_16384=${OUR_COUNT_16384:-40000}
@@ -34,18 +38,23 @@ echo -e "system\tbytes\twindow\trep\tload1\tcount\tms\trate\tp50_us\tp99_us\tser
 
 # Our system: principal with the synthetic source, one agent. Prints one TSV line.
 run_ours() {
-  local bytes=$1 window=$2 rep=$3 count=$4 load plog alog line
+  local bytes=$1 window=$2 rep=$3 count=$4 transport=${5:-native} load plog alog line
+  local system=ours ws=()
+  if [[ $transport == websocket ]]; then
+    system=ours-ws
+    ws=(--enable-websocket)
+  fi
   load=$(load1)
-  plog=$BENCH_TMP/principal.$bytes.$window.$rep.log
-  alog=$BENCH_TMP/agent.$bytes.$window.$rep.log
+  plog=$BENCH_TMP/principal.$transport.$bytes.$window.$rep.log
+  alog=$BENCH_TMP/agent.$transport.$bytes.$window.$rep.log
   start_principal "$plog" --auth "userpass:$BENCH_TMP/users" --insecure-tls-generate \
     --insecure-jwt-generate --synthetic-events "$count:$window:$bytes" \
-    --send-queue-size $((window > 1000 ? window : 1000))
+    --send-queue-size $((window > 1000 ? window : 1000)) "${ws[@]}"
   local lcpu0
   lcpu0=$(cpu_ms "$LISTENER_PID")
   "$BIN/argocd-agent" agent --server-address 127.0.0.1 --server-port "$PORT" \
     --creds "userpass:$BENCH_TMP/creds" --insecure-tls --control-socket "$BENCH_TMP/a.$RANDOM.sock" \
-    >"$alog" 2>&1 &
+    "${ws[@]}" >"$alog" 2>&1 &
   local apid=$!
   BENCH_PIDS+=("$apid")
   local ok=1
@@ -59,7 +68,7 @@ run_ours() {
   stop_pid "$apid"
   stop_pid "$PRINCIPAL_PID"
   if [[ $ok != 1 ]]; then
-    echo -e "ours\t$bytes\t$window\t$rep\t$load\t$count\tFAILED"
+    echo -e "$system\t$bytes\t$window\t$rep\t$load\t$count\tFAILED"
     return
   fi
   line=$(grep -m1 "synthetic source:" "$plog")
@@ -70,7 +79,7 @@ run_ours() {
   p50=$(sed -E 's/.*p50 ([0-9]+)us.*/\1/' <<<"$line")
   p99=$(sed -E 's/.*p99 ([0-9]+)us.*/\1/' <<<"$line")
   resent=$(sed -E 's/.*re-sent ([0-9]+).*/\1/' <<<"$line")
-  echo -e "ours\t$bytes\t$window\t$rep\t$load\t$count\t$ms\t$rate\t$p50\t$p99\t$((lcpu1 - lcpu0))\t$tcpu\t$resent"
+  echo -e "$system\t$bytes\t$window\t$rep\t$load\t$count\t$ms\t$rate\t$p50\t$p99\t$((lcpu1 - lcpu0))\t$tcpu\t$resent"
 }
 
 run_echo() {
@@ -93,8 +102,12 @@ for rep in $(seq 1 "$REPS"); do
     for window in $WINDOWS; do
       oc=OUR_COUNT_$bytes
       ec=ECHO_COUNT_$bytes
-      run_ours "$bytes" "$window" "$rep" "${!oc:-50000}" | tee -a "$RESULTS"
-      run_echo "$bytes" "$window" "$rep" "${!ec:-100000}" | tee -a "$RESULTS"
+      for transport in $TRANSPORTS; do
+        run_ours "$bytes" "$window" "$rep" "${!oc:-50000}" "$transport" | tee -a "$RESULTS"
+      done
+      if [[ $ECHO == 1 ]]; then
+        run_echo "$bytes" "$window" "$rep" "${!ec:-100000}" | tee -a "$RESULTS"
+      fi
     done
   done
 done

@@ -40,34 +40,40 @@ def delivery(path):
     groups = defaultdict(list)
     for r in rows(path):
         groups[(int(r["bytes"]), int(r["window"]), r["system"])].append(r)
-    print("| bytes | window | system | events/s median (min–max) | p50 µs | p99 µs | CPU µs/event (server+client) | load1 | runs |")
+    names = {"ours": "argocd-agent (principal→agent), HTTP/2",
+             "ours-ws": "argocd-agent (principal→agent), WebSocket",
+             "echo": "bare grpc++ async echo"}
+    order = {"ours": 0, "ours-ws": 1, "echo": 2}
+    print("| bytes | window | system | events/s median (min–max) | p50 µs | p99 µs | CPU µs/event server / client | load1 | runs |")
     print("|---|---|---|---|---|---|---|---|---|")
-    ratios = []
-    for (b, w, s) in sorted(groups, key=lambda k: (k[0], k[1], k[2] != "ours")):
+    for (b, w, s) in sorted(groups, key=lambda k: (k[0], k[1], order.get(k[2], 9))):
         rs = groups[(b, w, s)]
         ok = [r for r in rs if r["ms"] != "FAILED"]
-        cpu = [(num(r["server_cpu_ms"]) + num(r["client_cpu_ms"])) * 1000.0 / num(r["count"])
-               for r in ok if num(r["server_cpu_ms"]) is not None and num(r["client_cpu_ms"]) is not None]
-        name = "argocd-agent (principal→agent)" if s == "ours" else "bare grpc++ async echo"
-        print("| {} | {} | {} | {} | {} | {} | {} | {} | {}{} |".format(
-            b, w, name, spread([num(r["rate"]) for r in ok]), spread([num(r["p50_us"]) for r in ok]),
-            spread([num(r["p99_us"]) for r in ok]), spread(cpu, "{:.1f}"),
+        side = lambda key: [num(r[key]) * 1000.0 / num(r["count"]) for r in ok
+                            if num(r[key]) is not None]
+        print("| {} | {} | {} | {} | {} | {} | {} / {} | {} | {}{} |".format(
+            b, w, names.get(s, s), spread([num(r["rate"]) for r in ok]),
+            spread([num(r["p50_us"]) for r in ok]), spread([num(r["p99_us"]) for r in ok]),
+            spread(side("server_cpu_ms"), "{:.1f}"), spread(side("client_cpu_ms"), "{:.1f}"),
             "/".join(r["load1"] for r in rs), len(ok), "" if len(ok) == len(rs) else " ({} failed)".format(len(rs) - len(ok))))
-    print()
-    print("| bytes | window | ours/bare rate (median of per-rep ratios, min–max) | ours/bare CPU per event |")
-    print("|---|---|---|---|")
     keys = sorted({(b, w) for (b, w, s) in groups})
-    for (b, w) in keys:
-        ours = {r["rep"]: r for r in groups.get((b, w, "ours"), []) if r["ms"] != "FAILED"}
-        echo = {r["rep"]: r for r in groups.get((b, w, "echo"), []) if r["ms"] != "FAILED"}
-        rr, cr = [], []
-        for rep in ours:
-            if rep in echo:
-                rr.append(100.0 * num(ours[rep]["rate"]) / num(echo[rep]["rate"]))
-                co = (num(ours[rep]["server_cpu_ms"]) + num(ours[rep]["client_cpu_ms"])) / num(ours[rep]["count"])
-                ce = (num(echo[rep]["server_cpu_ms"]) + num(echo[rep]["client_cpu_ms"])) / num(echo[rep]["count"])
-                cr.append(co / ce)
-        print("| {} | {} | {} | {} |".format(b, w, spread(rr, "{:.0f} %"), spread(cr, "{:.1f}×")))
+    for (a, base, title) in [("ours", "echo", "ours/bare"), ("ours-ws", "ours", "WebSocket/HTTP/2")]:
+        if not any(s == a for (_, _, s) in groups) or not any(s == base for (_, _, s) in groups):
+            continue
+        print()
+        print("| bytes | window | {} rate (median of per-rep ratios, min–max) | {} CPU per event |".format(title, title))
+        print("|---|---|---|---|")
+        for (b, w) in keys:
+            x = {r["rep"]: r for r in groups.get((b, w, a), []) if r["ms"] != "FAILED"}
+            y = {r["rep"]: r for r in groups.get((b, w, base), []) if r["ms"] != "FAILED"}
+            rr, cr = [], []
+            for rep in x:
+                if rep in y:
+                    rr.append(100.0 * num(x[rep]["rate"]) / num(y[rep]["rate"]))
+                    cx = (num(x[rep]["server_cpu_ms"]) + num(x[rep]["client_cpu_ms"])) / num(x[rep]["count"])
+                    cy = (num(y[rep]["server_cpu_ms"]) + num(y[rep]["client_cpu_ms"])) / num(y[rep]["count"])
+                    cr.append(cx / cy)
+            print("| {} | {} | {} | {} |".format(b, w, spread(rr, "{:.0f} %"), spread(cr, "{:.2f}×")))
 
 
 def auth(path):

@@ -152,6 +152,7 @@ class GrpcWsClient::Impl {
   std::unique_ptr<grpc::Server> server_;
   QueueGate gate_;
   std::mutex mu_;
+  std::mutex tagMu_;  // see Session::tag
   std::condition_variable cv_;
   lws_context* context_ = nullptr;
   bool lwsFailed_ = false, stopping_ = false;
@@ -322,7 +323,12 @@ class GrpcWsClient::Impl::Session : public std::enable_shared_from_this<Session>
   }
 
  private:
-  Tag* tag(Op op) { return new Tag{shared_from_this(), op}; }
+  // Under tagMu_: a tag is made on one thread and taken from the queue on another, and the
+  // hand-over inside libgrpc is invisible to ThreadSanitizer; the lock makes it visible.
+  Tag* tag(Op op) {
+    std::lock_guard<std::mutex> lock(impl_.tagMu_);
+    return new Tag{shared_from_this(), op};
+  }
 
   // Under mu_.
   bool queue(std::string frame) {
@@ -596,8 +602,15 @@ void GrpcWsClient::Impl::runBridge() {
   void* tag;
   bool ok;
   while (cq_->Next(&tag, &ok)) {
-    std::unique_ptr<Session::Tag> t(static_cast<Session::Tag*>(tag));
-    t->session->proceed(t->op, ok);
+    std::shared_ptr<Session> session;
+    Session::Op op;
+    {
+      std::lock_guard<std::mutex> lock(tagMu_);
+      std::unique_ptr<Session::Tag> t(static_cast<Session::Tag*>(tag));
+      session = std::move(t->session);
+      op = t->op;
+    }
+    session->proceed(op, ok);
   }
 }
 
