@@ -16,6 +16,7 @@ import grpcws as gw
 import harness as h
 import mesh
 import proxies as px
+import test_ops
 import version_pb2
 
 USERS = {"agent-ws": "secret-ws"}
@@ -122,8 +123,10 @@ class WebSocketPrincipalTest(h.IntegrationTestCase):
     # -- bad input --------------------------------------------------------------------------------
 
     def test_malformed_input_is_refused_and_the_listener_keeps_serving(self):
+        metrics_port = test_ops.free_port()
         principal, base = self.start(plaintext=True, extra=["--grpc-max-message-size", "1048576",
-                                                            "--tls-handshake-timeout", "2s"])
+                                                            "--tls-handshake-timeout", "2s",
+                                                            "--metrics-port", str(metrics_port)])
         port = principal.port
 
         async def refused_upgrade(status, **kw):
@@ -190,6 +193,13 @@ class WebSocketPrincipalTest(h.IntegrationTestCase):
         self.run_async(self.version_ok(base))
         self.assertAlive(principal)
         self.assertEqual(principal.worker("listener-1")["restarts"], 0)
+        # Counted: 4 refused upgrades + the plain request + the h2c upgrade; 5 malformed messages.
+        detail = principal.worker("listener-1")["detail"]
+        self.assertRegex(detail, r"refused requests: 6, closed for malformed messages: 5\)")
+        samples, _ = test_ops.scrape(metrics_port)
+        self.assertEqual(test_ops.value(samples, "argocd_principal_websocket_refused_total"), 6)
+        self.assertEqual(test_ops.value(samples, "argocd_principal_websocket_malformed_total"), 5)
+        self.assertGreaterEqual(test_ops.value(samples, "argocd_principal_websocket_rpcs_total"), 8)
 
 
 # -- through an HTTP/1.1-only reverse proxy -------------------------------------------------------

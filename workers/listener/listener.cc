@@ -1266,6 +1266,25 @@ class ListenerRole final : public Role {
          {},
          static_cast<double>(counters_.eventsSent.load())},
     };
+    if (ws_) {
+      const auto& w = ws_->stats();
+      out.push_back({"argocd_principal_websocket_rpcs_total",
+                     "RPCs served over WebSocket (grpc-ws), one WebSocket each",
+                     true,
+                     {},
+                     static_cast<double>(w.upgrades.load())});
+      out.push_back({"argocd_principal_websocket_refused_total",
+                     "HTTP/1.1 requests refused (not a grpc-ws upgrade, wrong subprotocol or "
+                     "Content-Type)",
+                     true,
+                     {},
+                     static_cast<double>(w.refused.load())});
+      out.push_back({"argocd_principal_websocket_malformed_total",
+                     "WebSockets closed for a malformed message",
+                     true,
+                     {},
+                     static_cast<double>(w.badInput.load())});
+    }
     if (front_ && !env_.config.principal.insecurePlaintext) {
       const auto& t = front_->stats();
       const char* help = "TLS handshakes completed by the front door, by whether a session resumed";
