@@ -80,6 +80,7 @@ UPSTREAM_KEYS = {
     "agent.keep-alive.interval": "ARGOCD_AGENT_KEEP_ALIVE_PING_INTERVAL",
     "agent.heartbeat.interval": "ARGOCD_AGENT_HEARTBEAT_INTERVAL",
     "agent.websocket.enable": "ARGOCD_AGENT_ENABLE_WEBSOCKET",
+    "agent.compression.enable": "ARGOCD_AGENT_ENABLE_COMPRESSION",
     "agent.log.level": "ARGOCD_AGENT_LOG_LEVEL",
     "agent.log.format": "ARGOCD_AGENT_LOG_FORMAT",
     "agent.metrics.port": "ARGOCD_AGENT_METRICS_PORT",

@@ -355,6 +355,10 @@ std::vector<Option> agentOptions(Config& c) {
               "carry every RPC over a WebSocket of its own (grpc-ws, HTTP/1.1), for proxies "
               "that do not pass HTTP/2; the principal needs --enable-websocket too",
               &a.enableWebsocket),
+      boolOpt("enable-compression", "ARGOCD_AGENT_ENABLE_COMPRESSION",
+              "gzip the messages of its RPCs (not ACKs, heartbeats or messages under 512 bytes); "
+              "the principal answers in kind",
+              &a.enableCompression),
       boolOpt("insecure-tls", "ARGOCD_AGENT_TLS_INSECURE",
               "do not verify the principal's certificate", &a.insecureTls),
       stringOpt("root-ca-path", "ARGOCD_AGENT_TLS_ROOT_CA_PATH",

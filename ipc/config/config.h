@@ -101,7 +101,8 @@ struct AgentConfig {
   std::string agentMode = "autonomous";
   std::string namespace_ = "argocd";
   bool insecurePlaintext = false;
-  bool enableWebsocket = false;  // every RPC over its own WebSocket (grpc-ws)
+  bool enableWebsocket = false;    // every RPC over its own WebSocket (grpc-ws)
+  bool enableCompression = false;  // gzip on its RPCs (the principal answers in kind)
   bool insecureTls = false;
   std::string rootCaPath;
   std::string tlsClientCert;

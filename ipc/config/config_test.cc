@@ -376,6 +376,7 @@ class FlagTableTest : public ConfigTest {
         {"namespace", "ARGOCD_AGENT_NAMESPACE", "argocd", "apps", ""},
         {"insecure-plaintext", "ARGOCD_AGENT_INSECURE_PLAINTEXT", "false", "true", "maybe"},
         {"enable-websocket", "ARGOCD_AGENT_ENABLE_WEBSOCKET", "false", "true", "maybe"},
+        {"enable-compression", "ARGOCD_AGENT_ENABLE_COMPRESSION", "false", "true", "maybe"},
         {"insecure-tls",
          "ARGOCD_AGENT_TLS_INSECURE",
          "false",

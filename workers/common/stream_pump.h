@@ -72,6 +72,10 @@ using EventObserver = std::function<void(const Event& event)>;
 // Runs until the stream ends (Read fails) or a Write fails. `Stream` is a grpc++ sync
 // ReaderWriter (client or server side). `peer` names the other side in logs. `sent`, if given,
 // counts every event written (ACKs and heartbeats included), for metrics.
+// Messages smaller than this are never compressed (ACKs and heartbeats are ~100 bytes; gzip
+// makes them larger, and grpc would deflate each one only to send it as it is).
+inline constexpr size_t kCompressMinBytes = 512;
+
 template <class Stream>
 PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                      std::mutex& ledgerMu, std::string_view source, const std::string& peer,
@@ -102,6 +106,9 @@ PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& 
         // Let grpc coalesce a burst into few frames and syscalls; the last one flushes.
         grpc::WriteOptions options;
         if (i + 1 < due.size()) options.set_buffer_hint();
+        // With compression on (the agent's --enable-compression), ACKs, heartbeats and small
+        // events still go as they are: deflating them costs more than it saves.
+        if (msg.ByteSizeLong() < kCompressMinBytes) options.set_no_compression();
         if (!stream.Write(msg, options)) {
           done = true;
           return;

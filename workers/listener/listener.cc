@@ -50,6 +50,11 @@
 #include "workers/listener/front_door.h"
 #include "workers/listener/grpc_ws_server.h"
 
+// grpc core 1.51 (exported with C++ linkage; src/core/lib/surface/call.h, not in the public
+// headers): the compression algorithm of the messages the peer sends on `call`. grpc++ exposes
+// no other way to answer a compressing client in kind, as grpc-go's server does.
+grpc_compression_algorithm grpc_call_test_only_get_compression_algorithm(grpc_call* call);
+
 namespace aa {
 namespace {
 
@@ -71,6 +76,14 @@ std::shared_ptr<const PeerInfo> peerOf(const PeerRegistry& peers, const grpc::Se
     p->address = ctx.peer();
     return std::shared_ptr<const PeerInfo>(std::move(p));
   }();
+}
+
+// Whether the client gzips its messages on this call (upstream's agent with
+// --enable-compression): then the answer is gzipped too, as grpc-go's server does. grpc++ keeps
+// grpc-encoding out of client_metadata(); grpc core knows.
+bool peerCompresses(grpc::ServerContextBase& ctx) {
+  return ctx.c_call() != nullptr &&
+         grpc_call_test_only_get_compression_algorithm(ctx.c_call()) == GRPC_COMPRESS_GZIP;
 }
 
 grpc::Status invalidAuth() {
@@ -287,6 +300,7 @@ class AuthCall final : public Call {
         // The lock orders the KJ thread's writes before these reads in a way ThreadSanitizer
         // sees (the alarm's own hand-over happens inside uninstrumented grpc).
         std::lock_guard<std::mutex> lock(outcomeMu_);
+        if (peerCompresses(ctx_)) ctx_.set_compression_algorithm(GRPC_COMPRESS_GZIP);
         gQueues.run([&] { responder_.Finish(resp_, status_, &tag_); });
         return;
       }
@@ -642,6 +656,9 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     if (in.opened && !opened_ && !finishing_) {
       opened_ = true;
       writing_ = true;
+      // A compressing agent is answered in kind, as grpc-go's server does (upstream's agent
+      // --enable-compression); small messages still go uncompressed (pump()).
+      if (peerCompresses(ctx_)) ctx_.set_compression_algorithm(GRPC_COMPRESS_GZIP);
       gQueues.run([&] { stream_.SendInitialMetadata(&tags_[kWrite]); });
     }
     batchPending_ += in.events.size();
@@ -664,6 +681,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     if (q->empty()) return;
     grpc::WriteOptions options;
     if (control_.size() + events_.size() > 1) options.set_buffer_hint();
+    if (q->front().Length() < delivery::kCompressMinBytes) options.set_no_compression();
     writeBuf_ = std::move(q->front());
     bool isEvent = q == &events_;
     q->pop_front();

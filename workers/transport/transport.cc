@@ -236,6 +236,12 @@ class TransportRole final : public Role {
   }
 
   // Registers the context the thread is blocked on so that stopAndJoin can cancel it.
+  // --enable-compression: gzip on every RPC, as upstream's grpc.UseCompressor("gzip"); small
+  // messages stay uncompressed (delivery::kCompressMinBytes).
+  void compress(grpc::ClientContext& ctx) const {
+    if (config_.enableCompression) ctx.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+  }
+
   void setActive(grpc::ClientContext* ctx) {
     std::lock_guard<std::mutex> lock(mu_);
     active_ = ctx;
@@ -282,6 +288,7 @@ class TransportRole final : public Role {
         if (cv_.wait_for(lock, wait, [&] { return stop_ || streamDone.load(); })) return;
       }
       grpc::ClientContext ctx;
+      compress(ctx);
       ctx.set_deadline(std::chrono::system_clock::now() + kRpcDeadline);
       authapi::RefreshTokenRequest req;
       req.set_refreshtoken(refresh);
@@ -297,6 +304,7 @@ class TransportRole final : public Role {
       spdlog::warn("token refresh failed ({}: {}); authenticating again", codeName(st.error_code()),
                    st.error_message());
       grpc::ClientContext actx;
+      compress(actx);
       actx.set_deadline(std::chrono::system_clock::now() + kRpcDeadline);
       authapi::AuthResponse aresp;
       st = authapi::Authentication::NewStub(channel)->Authenticate(&actx, authRequest(), &aresp);
@@ -415,6 +423,7 @@ class TransportRole final : public Role {
       authapi::AuthRequest areq = authRequest();
       authapi::AuthResponse aresp;
       grpc::ClientContext ctx;
+      compress(ctx);
       ctx.set_deadline(std::chrono::system_clock::now() + kRpcDeadline);
       setActive(&ctx);
       auto st = authapi::Authentication::NewStub(channel)->Authenticate(&ctx, areq, &aresp);
@@ -439,6 +448,7 @@ class TransportRole final : public Role {
     versionapi::VersionResponse vresp;
     {
       grpc::ClientContext ctx;
+      compress(ctx);
       ctx.set_deadline(std::chrono::system_clock::now() + kRpcDeadline);
       ctx.AddMetadata("authorization", token);
       setActive(&ctx);
@@ -457,6 +467,7 @@ class TransportRole final : public Role {
     spdlog::info("Connected to {}", vresp.version());
 
     grpc::ClientContext ctx;
+    compress(ctx);
     ctx.AddMetadata("authorization", token);
     setActive(&ctx);
     auto stream = eventstreamapi::EventStream::NewStub(channel)->Subscribe(&ctx);
