@@ -6,6 +6,7 @@ every binary message is one frame (flag byte, 4-byte big-endian length, payload)
 metadata, the client's end of stream is 80 00 00 00 00."""
 
 import asyncio
+import gzip
 import ssl
 import struct
 import uuid
@@ -53,6 +54,7 @@ class Call:
         self.headers = None
         self.trailers = None
         self.messages = []
+        self.compressed = 0  # data frames that came gzipped (flag 0x01)
 
     @classmethod
     async def open(cls, base, method, metadata=(), tls=None, content_type="application/grpc",
@@ -64,8 +66,11 @@ class Call:
             compression=None, ssl=tls, max_size=max_size, open_timeout=TIMEOUT), TIMEOUT)
         return cls(ws)
 
-    async def send(self, message_bytes):
-        await self.ws.send(frame(message_bytes))
+    async def send(self, message_bytes, compressed=False):
+        if compressed:
+            await self.ws.send(frame(gzip.compress(message_bytes), 0x01))
+        else:
+            await self.ws.send(frame(message_bytes))
 
     async def close_send(self):
         await self.ws.send(END_OF_STREAM)
@@ -89,6 +94,11 @@ class Call:
                 return ("trailers", h)
             self.headers = h
             return ("headers", h)
+        if flags & 0x01:
+            assert self.headers and self.headers.get("Grpc-Encoding") == "gzip", \
+                f"compressed data frame without Grpc-Encoding: gzip in {self.headers}"
+            payload = gzip.decompress(payload)
+            self.compressed += 1
         self.messages.append(payload)
         return ("data", payload)
 

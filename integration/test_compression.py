@@ -20,8 +20,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 class GrpcCounter:
     """Reads one direction of an h2c connection: bytes, and per gRPC message (flag, length)."""
 
-    def __init__(self, client_side):
-        self.buf = b"" if not client_side else None
+    def __init__(self, client_side, parse=True):
+        self.parse = parse
         self.skip_preface = client_side
         self.pending = b""
         self.bytes = 0
@@ -30,6 +30,8 @@ class GrpcCounter:
 
     def feed(self, data):
         self.bytes += len(data)
+        if not self.parse:  # not HTTP/2 (WebSocket): bytes only
+            return
         self.pending += data
         if self.skip_preface:
             if len(self.pending) < len(PREFACE):
@@ -63,10 +65,10 @@ class CountingRelay:
     """A TCP relay on loopback in front of `backend_port` that feeds each direction to a
     GrpcCounter: `up` (client to server) and `down`."""
 
-    def __init__(self, case, backend_port):
+    def __init__(self, case, backend_port, parse=True):
         self.backend_port = backend_port
-        self.up = GrpcCounter(client_side=True)
-        self.down = GrpcCounter(client_side=False)
+        self.up = GrpcCounter(client_side=True, parse=parse)
+        self.down = GrpcCounter(client_side=False, parse=parse)
         self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -132,15 +134,16 @@ def application(i, size):
 class CompressionTest(h.IntegrationTestCase):
     TOTAL, RESOURCES, BYTES = 120, 4, 8192
 
-    def principal_to_agent(self, compression):
+    def principal_to_agent(self, compression, websocket=False):
         """Runs the synthetic stream to our agent through a counting relay; returns the relay."""
-        tag = "on" if compression else "off"
+        tag = ("ws-" if websocket else "") + ("on" if compression else "off")
+        ws = ["--enable-websocket"] if websocket else []
         principal = self.start_principal(
             name=f"principal-{tag}", users=USERS, plaintext=True,
-            extra=[f"--synthetic-events={self.TOTAL}:{self.RESOURCES}:{self.BYTES}:agent-z"])
-        relay = CountingRelay(self, principal.port)
+            extra=[f"--synthetic-events={self.TOTAL}:{self.RESOURCES}:{self.BYTES}:agent-z", *ws])
+        relay = CountingRelay(self, principal.port, parse=not websocket)
         log = self.path(f"events-{tag}.log")
-        extra = ["--event-log", log, "--heartbeat-interval", "1s"]
+        extra = ["--event-log", log, "--heartbeat-interval", "1s", *ws]
         if compression:
             extra.append("--enable-compression")
         agent = self.start_agent(Via(relay.port, USERS), name=f"agent-{tag}", user="agent-z",
@@ -203,3 +206,8 @@ class CompressionTest(h.IntegrationTestCase):
         self.assertEqual([m for m in down_msgs_on if m[0] != 0], [])
         applied = h.applied_lines(log)
         self.assertEqual(sorted(line.split(" ")[1] for line in applied), sorted(sent))
+
+    def test_agent_compression_over_websocket(self):
+        _, down_off, _, _ = self.principal_to_agent(False, websocket=True).totals()
+        _, down_on, _, _ = self.principal_to_agent(True, websocket=True).totals()
+        self.assertLess(down_on, down_off / 2, (down_on, down_off))

@@ -6,6 +6,8 @@ its documented HTTP status or close code and a log line naming it, while an open
 on the same listener keeps working."""
 
 import asyncio
+import gzip
+import json
 import re
 import socket
 import time
@@ -119,6 +121,45 @@ class WebSocketPrincipalTest(h.IntegrationTestCase):
             self.assertEqual(code, 1000)
 
         self.run_async(run())
+
+    def test_gzip_messages_both_ways_with_grpc_encoding(self):
+        """Upstream's agent with --enable-compression over WebSocket: Grpc-Encoding: gzip in the
+        upgrade, compressed data frames (flag 0x01); the principal applies them and answers in
+        kind (its events compressed, its small ACKs not)."""
+        log = self.path("principal-events.log")
+        principal, base = self.start(plaintext=True, extra=["--event-log", log,
+                                                            "--synthetic-events=3:1:4096:agent-ws"])
+
+        async def run():
+            _, token = await gw.authenticate(base, "agent-ws", USERS["agent-ws"])
+            call = await gw.Call.open(base, "/eventstreamapi.EventStream/Subscribe",
+                                      [("Authorization", token), ("Grpc-Encoding", "gzip"),
+                                       ("Grpc-Accept-Encoding", "gzip")])
+            big = json.dumps({"kind": "Application", "status": {"history": "ok;" * 3000}})
+            ev = px.make_event("spec-update", "gz-app", "gz-app_1", data=big.encode())
+            await call.send(ev.SerializeToString(), compressed=True)
+            await gw.expect_ack(call, "gz-app_1")
+            self.assertEqual(call.headers.get("Grpc-Encoding"), "gzip", call.headers)
+            # The synthetic event (4 KiB; one resource, so one at a time) came gzipped; the ACK
+            # (small) did not.
+            while call.compressed < 1:
+                f = await call.next()
+                self.assertEqual(f[0], "data", f)
+            await call.close()
+            # Without Grpc-Encoding a compressed frame is refused; so is one that is not gzip.
+            for headers, payload, code in [([], gzip.compress(b"x" * 100), 1002),
+                                           ([("Grpc-Encoding", "gzip")], b"not gzip", 1007)]:
+                c = await gw.Call.open(base, "/versionapi.Version/Version", headers)
+                await c.ws.send(gw.frame(payload, 0x01))
+                f = await c.next()
+                while f[0] != "closed":
+                    f = await c.next()
+                self.assertEqual(f[1], code, headers)
+
+        self.run_async(run())
+        self.assertIn("gz-app gz-app_1 spec-update", h.applied_lines(log))
+        principal.wait_log(r"compressed message without grpc-encoding: gzip")
+        principal.wait_log(r"compressed message: not gzip")
 
     # -- bad input --------------------------------------------------------------------------------
 

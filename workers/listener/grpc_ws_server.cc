@@ -26,7 +26,9 @@
 
 #include "ipc/runtime/log.h"
 #include "workers/common/grpc_ws.h"
+#include "workers/common/gzip.h"
 #include "workers/common/queue_gate.h"
+#include "workers/common/stream_pump.h"
 
 namespace aa {
 
@@ -179,6 +181,7 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
   std::string partial;  // a message arriving in fragments
   bool rxPaused = false;
   bool halfClosedByClient = false;
+  bool gzip = false;  // the upgrade said grpc-encoding: gzip (upstream's --enable-compression)
 
   // Opens the bridged call (the WebSocket is established). Returns "" or why it cannot.
   std::string start() {
@@ -199,6 +202,7 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
     if (timeout) context_->set_deadline(std::chrono::system_clock::now() + *timeout);
     grpc::GenericStub stub(channel_);
     std::lock_guard<std::mutex> lock(mu_);
+    gzip_ = gzip;
     call_ = stub.PrepareCall(context_.get(), method, &impl_.cq());
     impl_.gate().run([&] { call_->StartCall(tag(Op::kStart)); });
     return "";
@@ -274,6 +278,7 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
             break;
           }
           grpcws::Headers headers{{"content-type", "application/grpc"}};
+          if (gzip_) headers.emplace_back("grpc-encoding", "gzip");
           appendMetadata(headers, context_->GetServerInitialMetadata());
           wake = queue(metadataFrame(headers));
           headersSent_ = true;
@@ -293,7 +298,13 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
             }
           }
           readBuf_.Clear();
-          wake = queue(framed(0, payload));
+          // A compressing client is answered in kind (as grpc-go's server does), except for
+          // what would not shrink.
+          if (gzip_ && payload.size() >= delivery::kCompressMinBytes) {
+            wake = queue(framed(grpcws::kCompressed, gzip::compress(payload)));
+          } else {
+            wake = queue(framed(0, payload));
+          }
           if (outBytes_ < kHighWater) {
             impl_.gate().run([&] { call_->Read(&readBuf_, tag(Op::kRead)); });
           } else {
@@ -390,6 +401,7 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
   bool started_ = false, writing_ = false, halfClose_ = false, halfClosed_ = false;
   bool headersSent_ = false, readPaused_ = false, finishing_ = false, finished_ = false;
   bool trailersQueued_ = false, gone_ = false;
+  bool gzip_ = false;  // `gzip`, for the bridge thread
 };
 
 // ---------------------------------------------------------------- libwebsockets side
@@ -454,6 +466,10 @@ std::string GrpcWsServer::Impl::confirmUpgrade(lws* wsi, Session& s, const char*
   if (!auth.empty()) {
     if (!printable(auth)) return "Authorization is not printable ASCII";
     s.requestMetadata.emplace_back("authorization", std::move(auth));
+  }
+  if (auto e = custom("grpc-encoding"); e && *e != "identity") {
+    if (*e != "gzip") return "grpc-encoding \"" + *e + "\" (gzip or identity)";
+    s.gzip = true;
   }
   if (auto t = custom("grpc-timeout")) {
     s.timeout = grpcws::parseTimeout(*t);
@@ -566,11 +582,20 @@ int GrpcWsServer::Impl::on(lws* wsi, lws_callback_reasons reason, void* user, vo
                              "request)");
       }
       if (frame.compressed()) {
-        return refuseMessage(wsi, *s, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
-                             "compressed message (gRPC compression over WebSocket is not "
-                             "supported yet)");
+        if (!s->gzip) {
+          return refuseMessage(wsi, *s, LWS_CLOSE_STATUS_PROTOCOL_ERR,
+                               "compressed message without grpc-encoding: gzip");
+        }
+        std::string error;
+        auto plain = gzip::decompress(frame.payload, options_.maxMessage, error);
+        if (!plain) {
+          return refuseMessage(wsi, *s, LWS_CLOSE_STATUS_INVALID_PAYLOAD,
+                               "compressed message: " + error);
+        }
+        s->write(*plain);
+      } else {
+        s->write(frame.payload);
       }
-      s->write(frame.payload);
       if (s->tooManyWrites() && !s->rxPaused) {
         s->rxPaused = true;
         lws_rx_flow_control(wsi, 0);

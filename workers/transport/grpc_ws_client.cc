@@ -30,7 +30,9 @@
 
 #include "ipc/runtime/log.h"
 #include "workers/common/grpc_ws.h"
+#include "workers/common/gzip.h"
 #include "workers/common/queue_gate.h"
+#include "workers/common/stream_pump.h"
 
 namespace aa {
 
@@ -236,8 +238,16 @@ class GrpcWsClient::Impl::Session : public std::enable_shared_from_this<Session>
       headersSeen_ = true;
       return "";
     }
-    if (f.compressed()) return "compressed message (not supported over WebSocket yet)";
-    grpc::Slice slice(f.payload.data(), f.payload.size());
+    std::string plain;
+    std::string_view payload = f.payload;
+    if (f.compressed()) {
+      std::string error;
+      auto out = gzip::decompress(f.payload, impl_.options().maxMessage, error);
+      if (!out) return "compressed message: " + error;
+      plain = std::move(*out);
+      payload = plain;
+    }
+    grpc::Slice slice(payload.data(), payload.size());
     writes_.emplace_back(&slice, 1);
     pump();
     return "";
@@ -291,7 +301,11 @@ class GrpcWsClient::Impl::Session : public std::enable_shared_from_this<Session>
             }
           }
           readBuf_.Clear();
-          wake = queue(framed(0, payload));
+          if (impl_.options().gzip && payload.size() >= delivery::kCompressMinBytes) {
+            wake = queue(framed(grpcws::kCompressed, gzip::compress(payload)));
+          } else {
+            wake = queue(framed(0, payload));
+          }
           if (outBytes_ < kHighWater) {
             impl_.gate().run([&] { stream_.Read(&readBuf_, tag(Op::kRead)); });
           } else {
@@ -394,6 +408,8 @@ int GrpcWsClient::Impl::on(lws* wsi, lws_callback_reasons reason, void* user, vo
                                            static_cast<int>(value.size()), p, end) == 0;
       };
       bool ok = add("content-type", "application/grpc") && add("te", "trailers");
+      if (options_.gzip)
+        ok = ok && add("grpc-encoding", "gzip") && add("grpc-accept-encoding", "gzip");
       for (const auto& [k, v] : s->upgradeHeaders) ok = ok && add(k, v);
       return ok ? 0 : -1;
     }

@@ -33,6 +33,9 @@ class GrpcWsClient {
     std::string socketPath;  // TLS: where the bridge listens (in the 0700 runtime directory)
     size_t maxMessage = 64u << 20;
     int timeoutSeconds = 30;  // connect + upgrade
+    // --enable-compression: gzip messages of kCompressMinBytes or more, say so in the upgrade
+    // (grpc-encoding), and accept gzipped answers.
+    bool gzip = false;
   };
 
   explicit GrpcWsClient(Options options);  // starts its threads; throws std::runtime_error

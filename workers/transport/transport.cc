@@ -123,6 +123,7 @@ class TransportRole final : public Role {
           return std::string();
         };
       }
+      ws.gzip = config_.enableCompression;
       ws.maxMessage = std::min<size_t>(grpcws::kMaxMessage, env_.config.common.grpcMaxMessageSize);
       ws.timeoutSeconds = static_cast<int>(
           std::chrono::duration_cast<std::chrono::seconds>(kRpcDeadline).count() + 5);
@@ -238,8 +239,10 @@ class TransportRole final : public Role {
   // Registers the context the thread is blocked on so that stopAndJoin can cancel it.
   // --enable-compression: gzip on every RPC, as upstream's grpc.UseCompressor("gzip"); small
   // messages stay uncompressed (delivery::kCompressMinBytes).
+  // Over WebSocket the bridge compresses the frames instead (grpc's compression would stop at
+  // the in-process bridge).
   void compress(grpc::ClientContext& ctx) const {
-    if (config_.enableCompression) ctx.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+    if (config_.enableCompression && !ws_) ctx.set_compression_algorithm(GRPC_COMPRESS_GZIP);
   }
 
   void setActive(grpc::ClientContext* ctx) {
