@@ -14,7 +14,9 @@ source "$(dirname "$0")/lib.sh"
 SIZES=${SIZES:-"1024 16384"}
 WINDOWS=${WINDOWS:-"16 256 1000"}
 REPS=${REPS:-3}
-# native: gRPC over HTTP/2 ("ours"); websocket: --enable-websocket on both sides ("ours-ws").
+# native: gRPC over HTTP/2 ("ours"); websocket: --enable-websocket on both sides ("ours-ws");
+# gzip: native with the agent's --enable-compression ("ours-gz"). lo_bytes: bytes sent on the
+# loopback interface during the run (the agent<->principal TCP traffic; IPC is on Unix sockets).
 TRANSPORTS=${TRANSPORTS:-native}
 ECHO=${ECHO:-1}  # 0: skip the bare grpc++ baseline
 TIMEOUT_S=${TIMEOUT_S:-60}
@@ -33,16 +35,21 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout "$BENCH_TMP/tls.key" -out "$BE
   -days 2 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
 
 machine_info
-echo -e "system\tbytes\twindow\trep\tload1\tcount\tms\trate\tp50_us\tp99_us\tserver_cpu_ms\tclient_cpu_ms\tresent" \
+echo -e "system\tbytes\twindow\trep\tload1\tcount\tms\trate\tp50_us\tp99_us\tserver_cpu_ms\tclient_cpu_ms\tresent\tlo_bytes" \
   >"$RESULTS"
 
 # Our system: principal with the synthetic source, one agent. Prints one TSV line.
 run_ours() {
   local bytes=$1 window=$2 rep=$3 count=$4 transport=${5:-native} load plog alog line
   local system=ours ws=()
+  local agent_extra=()
   if [[ $transport == websocket ]]; then
     system=ours-ws
     ws=(--enable-websocket)
+    agent_extra=(--enable-websocket)
+  elif [[ $transport == gzip ]]; then
+    system=ours-gz
+    agent_extra=(--enable-compression)
   fi
   load=$(load1)
   plog=$BENCH_TMP/principal.$transport.$bytes.$window.$rep.log
@@ -50,11 +57,12 @@ run_ours() {
   start_principal "$plog" --auth "userpass:$BENCH_TMP/users" --insecure-tls-generate \
     --insecure-jwt-generate --synthetic-events "$count:$window:$bytes" \
     --send-queue-size $((window > 1000 ? window : 1000)) "${ws[@]}"
-  local lcpu0
+  local lcpu0 lo0
   lcpu0=$(cpu_ms "$LISTENER_PID")
+  lo0=$(cat /sys/class/net/lo/statistics/tx_bytes)
   "$BIN/argocd-agent" agent --server-address 127.0.0.1 --server-port "$PORT" \
     --creds "userpass:$BENCH_TMP/creds" --insecure-tls --control-socket "$BENCH_TMP/a.$RANDOM.sock" \
-    "${ws[@]}" >"$alog" 2>&1 &
+    "${agent_extra[@]}" >"$alog" 2>&1 &
   local apid=$!
   BENCH_PIDS+=("$apid")
   local ok=1
@@ -62,8 +70,9 @@ run_ours() {
   local tpid
   tpid=$(grep -o 'started worker transport (pid [0-9]*' "$alog" | head -n1 | grep -o '[0-9]*$')
   wait_for_line "$plog" "synthetic source:" "$TIMEOUT_S" || ok=0
-  local lcpu1 tcpu
+  local lcpu1 tcpu lo1
   lcpu1=$(cpu_ms "$LISTENER_PID")
+  lo1=$(cat /sys/class/net/lo/statistics/tx_bytes)
   tcpu=$(cpu_ms "$tpid")
   stop_pid "$apid"
   stop_pid "$PRINCIPAL_PID"
@@ -79,7 +88,7 @@ run_ours() {
   p50=$(sed -E 's/.*p50 ([0-9]+)us.*/\1/' <<<"$line")
   p99=$(sed -E 's/.*p99 ([0-9]+)us.*/\1/' <<<"$line")
   resent=$(sed -E 's/.*re-sent ([0-9]+).*/\1/' <<<"$line")
-  echo -e "$system\t$bytes\t$window\t$rep\t$load\t$count\t$ms\t$rate\t$p50\t$p99\t$((lcpu1 - lcpu0))\t$tcpu\t$resent"
+  echo -e "$system\t$bytes\t$window\t$rep\t$load\t$count\t$ms\t$rate\t$p50\t$p99\t$((lcpu1 - lcpu0))\t$tcpu\t$resent\t$((lo1 - lo0))"
 }
 
 run_echo() {

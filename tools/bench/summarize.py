@@ -42,8 +42,9 @@ def delivery(path):
         groups[(int(r["bytes"]), int(r["window"]), r["system"])].append(r)
     names = {"ours": "argocd-agent (principal→agent), HTTP/2",
              "ours-ws": "argocd-agent (principal→agent), WebSocket",
+             "ours-gz": "argocd-agent (principal→agent), HTTP/2 + gzip",
              "echo": "bare grpc++ async echo"}
-    order = {"ours": 0, "ours-ws": 1, "echo": 2}
+    order = {"ours": 0, "ours-ws": 1, "ours-gz": 2, "echo": 3}
     print("| bytes | window | system | events/s median (min–max) | p50 µs | p99 µs | CPU µs/event server / client | load1 | runs |")
     print("|---|---|---|---|---|---|---|---|---|")
     for (b, w, s) in sorted(groups, key=lambda k: (k[0], k[1], order.get(k[2], 9))):
@@ -57,7 +58,8 @@ def delivery(path):
             spread(side("server_cpu_ms"), "{:.1f}"), spread(side("client_cpu_ms"), "{:.1f}"),
             "/".join(r["load1"] for r in rs), len(ok), "" if len(ok) == len(rs) else " ({} failed)".format(len(rs) - len(ok))))
     keys = sorted({(b, w) for (b, w, s) in groups})
-    for (a, base, title) in [("ours", "echo", "ours/bare"), ("ours-ws", "ours", "WebSocket/HTTP/2")]:
+    for (a, base, title) in [("ours", "echo", "ours/bare"), ("ours-ws", "ours", "WebSocket/HTTP/2"),
+                             ("ours-gz", "ours", "gzip/plain")]:
         if not any(s == a for (_, _, s) in groups) or not any(s == base for (_, _, s) in groups):
             continue
         print()
@@ -74,6 +76,22 @@ def delivery(path):
                     cy = (num(y[rep]["server_cpu_ms"]) + num(y[rep]["client_cpu_ms"])) / num(y[rep]["count"])
                     cr.append(cx / cy)
             print("| {} | {} | {} | {} |".format(b, w, spread(rr, "{:.0f} %"), spread(cr, "{:.2f}×")))
+
+
+def wire_bytes(path):
+    """Loopback bytes per event (lo_bytes / count), per system: what compression saves."""
+    groups = defaultdict(list)
+    for r in rows(path):
+        if r.get("lo_bytes") and r["ms"] != "FAILED":
+            groups[(int(r["bytes"]), int(r["window"]), r["system"])].append(
+                num(r["lo_bytes"]) / num(r["count"]))
+    if not groups:
+        return
+    print()
+    print("| bytes | window | system | loopback bytes per event, median (min–max) |")
+    print("|---|---|---|---|")
+    for k in sorted(groups):
+        print("| {} | {} | {} | {} |".format(k[0], k[1], k[2], spread(groups[k], "{:.0f}")))
 
 
 def auth(path):
@@ -157,4 +175,4 @@ def raw(path):
 
 
 if __name__ == "__main__":
-    {"delivery": delivery, "auth": auth, "heartbeat": heartbeat, "raw": raw}[sys.argv[1]](sys.argv[2])
+    {"delivery": lambda p: (delivery(p), wire_bytes(p)), "auth": auth, "heartbeat": heartbeat, "raw": raw}[sys.argv[1]](sys.argv[2])
