@@ -25,7 +25,8 @@ struct Deflater {
 struct Inflater {
   z_stream z{};
   Inflater() {
-    if (inflateInit2(&z, kGzipWindow) != Z_OK) throw std::runtime_error("zlib: inflateInit2 failed");
+    if (inflateInit2(&z, kGzipWindow) != Z_OK)
+      throw std::runtime_error("zlib: inflateInit2 failed");
   }
   ~Inflater() { inflateEnd(&z); }
 };
