@@ -60,6 +60,8 @@ UPSTREAM_KEYS = {
     "principal.jwt.allow-generate": "ARGOCD_PRINCIPAL_JWT_ALLOW_GENERATE",
     "principal.keep-alive.min-interval": "ARGOCD_PRINCIPAL_KEEP_ALIVE_MIN_INTERVAL",
     "principal.websocket.enable": "ARGOCD_PRINCIPAL_ENABLE_WEBSOCKET",
+    "principal.redis.server.address": "ARGOCD_PRINCIPAL_REDIS_SERVER_ADDRESS",
+    "principal.redis.compression.type": "ARGOCD_PRINCIPAL_REDIS_COMPRESSION_TYPE",
     "principal.log.level": "ARGOCD_PRINCIPAL_LOG_LEVEL",
     "principal.log.format": "ARGOCD_PRINCIPAL_LOG_FORMAT",
     "principal.metrics.port": "ARGOCD_PRINCIPAL_METRICS_PORT",
@@ -459,6 +461,11 @@ class DeployTest(unittest.TestCase):
                     name = e["name"]
                     self.assertNotIn(name, seen, f"{name} set twice")
                     seen.add(name)
+                    secret = (e.get("valueFrom") or {}).get("secretKeyRef")
+                    if secret is not None:  # a credential from a Secret (REDIS_PASSWORD)
+                        self.assertIn(name, readable, f"{name} is not read by the binary")
+                        self.assertIs(secret.get("optional"), True, f"{name}: not optional")
+                        continue
                     ref = (e.get("valueFrom") or {}).get("configMapKeyRef")
                     if ref is None:
                         self.assertIn("value", e, f"{name}: neither a value nor a configMapKeyRef")

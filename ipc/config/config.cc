@@ -267,6 +267,52 @@ std::vector<Option> principalOptions(Config& c) {
                   &p.tlsTicketRotation),
       boolOpt("insecure-plaintext", "ARGOCD_PRINCIPAL_INSECURE_PLAINTEXT",
               "serve without TLS (only behind a service-mesh sidecar)", &p.insecurePlaintext),
+      Option{
+          "redis-server-address", 0, "ARGOCD_PRINCIPAL_REDIS_SERVER_ADDRESS",
+          "Argo CD's Redis (host:port) for the agents' cluster info; empty: no Redis (upstream's "
+          "default is argocd-redis:6379)",
+          "", false,
+          [&p](const std::string& v) -> std::optional<BadValue> {
+            if (v.empty()) {
+              p.redisAddress.clear();
+              return std::nullopt;
+            }
+            auto colon = v.rfind(':');
+            int port = 0;
+            const char* end = v.data() + v.size();
+            const char* digits = colon == std::string::npos ? end : v.data() + colon + 1;
+            auto [ptr, ec] = std::from_chars(digits, end, port);
+            if (colon == std::string::npos || colon == 0 || digits == end || ec != std::errc() ||
+                ptr != end || port < 1 || port > 65535) {
+              return BadValue{"must be host:port, e.g. argocd-redis:6379"};
+            }
+            p.redisAddress = v;
+            p.redisHost = v.substr(0, colon);
+            if (p.redisHost.size() > 2 && p.redisHost.front() == '[' && p.redisHost.back() == ']') {
+              p.redisHost = p.redisHost.substr(1, p.redisHost.size() - 2);
+            }
+            p.redisPort = port;
+            return std::nullopt;
+          }},
+      Option{"redis-password", 0, "REDIS_PASSWORD", "password for Argo CD's Redis (AUTH)", "",
+             false,
+             [&p](const std::string& v) -> std::optional<BadValue> {
+               p.redisPassword = v;
+               return std::nullopt;
+             }},
+      Option{"redis-compression-type", 0, "ARGOCD_PRINCIPAL_REDIS_COMPRESSION_TYPE",
+             "compression of the values written to Redis, as Argo CD's server reads them: gzip "
+             "or none",
+             "gzip", false,
+             [&p](const std::string& v) -> std::optional<BadValue> {
+               if (v != "gzip" && v != "none") return BadValue{"must be gzip or none"};
+               p.redisGzip = v == "gzip";
+               return std::nullopt;
+             }},
+      stringOpt("resource-proxy-address", "ARGOCD_PRINCIPAL_RESOURCE_PROXY_ADDRESS",
+                "host:port naming each agent's cluster in Argo CD's cluster info "
+                "(https://<address>?agentName=<agent>); the resource proxy itself is not served",
+                &p.resourceProxyAddress),
       boolOpt("enable-websocket", "ARGOCD_PRINCIPAL_ENABLE_WEBSOCKET",
               "also accept gRPC over WebSocket (grpc-ws, HTTP/1.1 upgrade) on the listen port, "
               "beside native gRPC over HTTP/2",
@@ -394,10 +440,11 @@ std::vector<Option> agentOptions(Config& c) {
 }
 
 // The area a flag belongs to in --help, in the order areas are printed.
-constexpr const char* kAreas[] = {
-    "Connection", "TLS",     "Authentication",     "Keepalive and liveness",
-    "Delivery",   "Logging", "Health and metrics", "Operations",
-    "Testing"};
+constexpr const char* kAreas[] = {"Connection",     "TLS",
+                                  "Authentication", "Keepalive and liveness",
+                                  "Delivery",       "Redis and Argo CD",
+                                  "Logging",        "Health and metrics",
+                                  "Operations",     "Testing"};
 
 const char* areaOf(const std::string& name) {
   auto starts = [&](const char* p) { return name.rfind(p, 0) == 0; };
@@ -419,6 +466,8 @@ const char* areaOf(const std::string& name) {
     return "Keepalive and liveness";
   }
   if (name == "grpc-max-message-size" || name == "send-queue-size") return "Delivery";
+  if (starts("redis-") || name == "resource-proxy-address") return "Redis and Argo CD";
+  if (name == "enable-websocket" || name == "enable-compression") return "Connection";
   if (starts("listener-")) return "Connection";
   if (starts("log-") || name == "event-log") return "Logging";
   if (name == "metrics-port" || name == "healthz-port") return "Health and metrics";

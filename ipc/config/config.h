@@ -71,6 +71,15 @@ struct PrincipalConfig {
   // gRPC over WebSocket (grpc-ws) on the same port as native gRPC
   // (workers/listener/grpc_ws_server.h).
   bool enableWebsocket = false;
+  // Argo CD's Redis, where the cache worker writes each agent's cluster info. "" (the default
+  // here, unlike upstream's argocd-redis:6379): no Redis, state in memory only.
+  std::string redisAddress;
+  std::string redisHost;  // parsed from redisAddress
+  int redisPort = 0;
+  std::string redisPassword;
+  bool redisGzip = true;  // --redis-compression-type gzip (default) | none
+  // Names the agent's cluster in Argo CD (https://<address>?agentName=<agent>), as upstream.
+  std::string resourceProxyAddress = "argocd-agent-resource-proxy:9090";
 };
 
 // --synthetic-events=COUNT:RESOURCES:BYTES[:AGENT-PREFIX] (the test/benchmark source; the

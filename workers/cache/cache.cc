@@ -3,7 +3,9 @@
 // (ARCHITECTURE.md decision 17): per agent, the EventWriter of events not yet sent or not yet
 // acknowledged, the receive ledger that suppresses re-applied duplicates, the sink of applied
 // events (--event-log) and the synthetic source's position (--synthetic-events). In memory: a
-// crash of this worker loses that state (the Redis backend is a later issue, see README.md).
+// crash of this worker loses that state (keeping it in Redis is a later step, see README.md).
+// With --redis-server-address it writes Argo CD's cluster info per agent (redis_link.h,
+// cluster_info.h) at connect, at disconnect and every 3 minutes.
 // Agent side: a supervised skeleton (its Redis cache is a later issue too).
 //
 // Single-threaded: everything runs on the worker's KJ loop; one kj timer per waiting session.
@@ -14,7 +16,10 @@
 #include "eventstream.pb.h"
 #include "ipc/agentstate.capnp.h"
 #include "ipc/runtime/log.h"
+#include "workers/cache/cluster_info.h"
+#include "workers/cache/redis_link.h"
 #include "workers/common/cloudevents.h"
+#include "workers/common/gzip.h"
 #include "workers/common/role.h"
 #include "workers/common/service_link.h"
 #include "workers/common/synthetic.h"
@@ -86,11 +91,34 @@ class StoreImpl;
 
 class Store {
  public:
-  Store(const Config& config, kj::Timer& timer)
+  Store(const Config& config, kj::Timer& timer, kj::UnixEventPort& port)
       : config_(config), timer_(timer), sink_(config.common.eventLog) {
     if (!config.principal.syntheticEvents.empty()) {
       synthetic_ = delivery::parseSyntheticSpec(config.principal.syntheticEvents);
     }
+    const auto& p = config.principal;
+    if (!p.redisAddress.empty()) {
+      redis_ = std::make_unique<RedisLink>(
+          port, timer, RedisLink::Options{p.redisHost, p.redisPort, p.redisPassword},
+          [this]() { writeAllClusterInfo(); });
+      rewrite_ = rewriteLoop().eagerlyEvaluate(nullptr);
+    }
+  }
+
+  // Argo CD's cluster info for `a` (connected: it has a stream), when Redis is configured.
+  void writeClusterInfo(const AgentState& a) {
+    if (!redis_ || !redis_->ready()) return;
+    const auto& p = config_.principal;
+    std::string value =
+        clusterinfo::value(a.name, a.session != nullptr, std::chrono::system_clock::now());
+    if (p.redisGzip) value = gzip::compress(value);
+    redis_->setex(
+        clusterinfo::key(clusterinfo::serverUrl(p.resourceProxyAddress, a.name), p.redisGzip),
+        value, static_cast<int>(clusterinfo::kTtl.count()));
+  }
+  // After every (re)connect: Redis may have lost everything.
+  void writeAllClusterInfo() {
+    for (auto& [n, a] : agents_) writeClusterInfo(*a);
   }
 
   kj::Timer& timer() { return timer_; }
@@ -144,8 +172,11 @@ class Store {
       if (a->session != nullptr) leased++;
     }
     return "agents: " + std::to_string(agents_.size()) + ", streams: " + std::to_string(leased) +
-           ", unacknowledged: " + std::to_string(tracked) + " (in memory)";
+           ", unacknowledged: " + std::to_string(tracked) +
+           " (in memory), Redis: " + (redis_ ? redis_->state() : "none configured");
   }
+
+  const RedisLink* redis() const { return redis_.get(); }
 
   const std::map<std::string, std::unique_ptr<AgentState>>& agents() const { return agents_; }
 
@@ -155,12 +186,25 @@ class Store {
   delivery::MemorySink sink_;
   std::optional<delivery::SyntheticSpec> synthetic_;
   std::map<std::string, std::unique_ptr<AgentState>> agents_;
+  std::unique_ptr<RedisLink> redis_;  // --redis-server-address
+  kj::Promise<void> rewrite_ = nullptr;
+
+  // Connected agents' entries again every 3 minutes, before Argo CD's 10-minute expiry.
+  kj::Promise<void> rewriteLoop() {
+    return timer_.afterDelay(clusterinfo::kRewrite.count() * kj::SECONDS).then([this]() {
+      for (auto& [n, a] : agents_) {
+        if (a->session != nullptr) writeClusterInfo(*a);
+      }
+      return rewriteLoop();
+    });
+  }
 };
 
 SessionImpl::~SessionImpl() noexcept(false) {
   if (agent_.session == this) {
     agent_.session = nullptr;
     agent_.listener.clear();
+    store_.writeClusterInfo(agent_);  // disconnected (no newer stream took over)
   }
 }
 
@@ -186,6 +230,10 @@ bool SessionImpl::fill(NextContext& context, uint32_t max) {
 }
 
 kj::Promise<void> SessionImpl::next(NextContext context) {
+  // A listener that ends the stream drops this call: the wait ends at once and, with no call
+  // left, the session goes (and Argo CD's cluster info says disconnected) without waiting for
+  // the idle answer.
+  context.allowCancellation();
   if (superseded_) return KJ_EXCEPTION(DISCONNECTED, "a newer stream of this agent took over");
   uint32_t max = std::max<uint32_t>(1, context.getParams().getMax());
   if (fill(context, max)) return kj::READY_NOW;
@@ -282,6 +330,7 @@ class StoreImpl final : public ipc::AgentStore::Server {
     controls_[name] = p.getControl();
     a.writer.onReconnect(Clock::now());  // what was in flight is due again at once
     store_.produce(a);
+    store_.writeClusterInfo(a);  // connected
     context.getResults().setSession(kj::mv(session));
     return kj::READY_NOW;
   }
@@ -314,7 +363,16 @@ class CacheRole final : public Role, public AgentDirectory {
 
   kj::Promise<void> start() override {
     if (env_.args.side == Side::kPrincipal) {
-      store_ = std::make_shared<Store>(env_.config, env_.timer);
+      store_ = std::make_shared<Store>(env_.config, env_.timer, env_.io.unixEventPort);
+      const auto& p = env_.config.principal;
+      if (p.redisAddress.empty()) {
+        spdlog::info(
+            "agent state in memory; no Redis configured (--redis-server-address): "
+            "Argo CD's cluster info is not written");
+      } else {
+        spdlog::info("agent state in memory; Argo CD's cluster info in Redis at {} ({})",
+                     p.redisAddress, p.redisGzip ? "gzip" : "no compression");
+      }
       serving_ = serveServiceSocket(env_.io, kj::heap<StoreImpl>(store_))
                      .eagerlyEvaluate([](kj::Exception&& e) {
                        spdlog::error("agent store: {}", e.getDescription().cStr());
@@ -335,6 +393,23 @@ class CacheRole final : public Role, public AgentDirectory {
     std::vector<MetricSample> out;
     if (!store_) return out;
     // Here, not in the heartbeat worker: this count must survive listener and heartbeat restarts.
+    if (const RedisLink* r = store_->redis()) {
+      out.push_back({"aa_cache_redis_up",
+                     "1 while the cache worker's Redis connection is ready",
+                     false,
+                     {},
+                     r->ready() ? 1.0 : 0.0});
+      out.push_back({"aa_cache_redis_writes_total",
+                     "Writes sent to Redis",
+                     true,
+                     {},
+                     static_cast<double>(r->writes())});
+      out.push_back({"aa_cache_redis_dropped_writes_total",
+                     "Writes not sent (Redis down) or refused by Redis",
+                     true,
+                     {},
+                     static_cast<double>(r->failedWrites())});
+    }
     for (const auto& v : store_->views()) {
       out.push_back({"argocd_principal_agent_connections_total",
                      "Event streams opened by the agent",

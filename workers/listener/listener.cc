@@ -750,6 +750,9 @@ class StreamControlImpl;
 struct Live {
   std::shared_ptr<StreamCall> call;
   kj::Maybe<ipc::AgentSession::Client> session;
+  // The cache's next() long poll: dropped with the stream, which cancels it in the cache, so the
+  // agent's session there ends at once (not after the idle answer).
+  kj::Promise<void> leaseCall = nullptr;
   kj::Maybe<ipc::LiveStream::Client> live;
   std::vector<std::pair<std::string, std::string>> acks;  // to report to the cache
   std::vector<std::tuple<std::string, std::string, std::string, delivery::Event>> received;
@@ -946,37 +949,44 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
       StreamCall* c = l.call.get();
       auto req = s->nextRequest();
       req.setMax(kBatch);
-      tasks_.add(req.send().then(
-          [this, c](auto resp) {
-            Live* l = find(c);
-            if (l == nullptr) return;
-            l->leasing = false;
-            auto list = resp.getEvents();
-            spdlog::trace("agent {}: leased {} events", c->agent(), list.size());
-            if (list.size() == 0) {
-              lease(*l);  // idle answer: ask again
-              return;
-            }
-            std::vector<std::string> events;
-            events.reserve(list.size());
-            for (auto d : list)
-              events.emplace_back(reinterpret_cast<const char*>(d.begin()), d.size());
-            l->wantMore = false;
-            l->call->deliver([&events](Inbox& in) {
-              for (auto& e : events) in.events.push_back(std::move(e));
-            });
-          },
-          [this, c](kj::Exception&& e) {
-            Live* l = find(c);
-            if (l == nullptr) return;
-            l->leasing = false;
-            // Superseded by a newer stream, or the cache link broke: nothing is lost (what this
-            // stream did not get ACKed is re-sent on the next), so close the stream.
-            spdlog::info("agent {}: stream closed by {}: {}", c->agent(), name_,
-                         e.getDescription().cStr());
-            l->session = nullptr;
-            l->call->deliver([](Inbox& in) { in.cancel = true; });
-          }));
+      l.leaseCall =
+          req.send()
+              .then(
+                  [this, c](auto resp) {
+                    Live* l = find(c);
+                    if (l == nullptr) return;
+                    l->leasing = false;
+                    auto list = resp.getEvents();
+                    spdlog::trace("agent {}: leased {} events", c->agent(), list.size());
+                    if (list.size() == 0) {
+                      // Idle answer: ask again - from a new turn, since asking replaces leaseCall,
+                      // the promise running this.
+                      tasks_.add(kj::evalLater([this, c]() {
+                        if (Live* l = find(c)) lease(*l);
+                      }));
+                      return;
+                    }
+                    std::vector<std::string> events;
+                    events.reserve(list.size());
+                    for (auto d : list)
+                      events.emplace_back(reinterpret_cast<const char*>(d.begin()), d.size());
+                    l->wantMore = false;
+                    l->call->deliver([&events](Inbox& in) {
+                      for (auto& e : events) in.events.push_back(std::move(e));
+                    });
+                  },
+                  [this, c](kj::Exception&& e) {
+                    Live* l = find(c);
+                    if (l == nullptr) return;
+                    l->leasing = false;
+                    // Superseded by a newer stream, or the cache link broke: nothing is lost (what
+                    // this stream did not get ACKed is re-sent on the next), so close the stream.
+                    spdlog::info("agent {}: stream closed by {}: {}", c->agent(), name_,
+                                 e.getDescription().cStr());
+                    l->session = nullptr;
+                    l->call->deliver([](Inbox& in) { in.cancel = true; });
+                  })
+              .eagerlyEvaluate([](kj::Exception&&) {});
     }
   }
 

@@ -1,0 +1,190 @@
+"""Argo CD's cluster info in a real redis-server (started here, stopped by pid): the principal's
+cache worker writes each agent's connection state as upstream does (key, gzip, JSON, TTL), flips
+it when the agent leaves, survives Redis going away and coming back without disconnecting any
+agent, and says clearly what is wrong with a password or an address."""
+
+import gzip
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+
+import harness as h
+import proxies as px
+
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+USERS = {"agent-r": "secret-r"}
+SERVER = "https://argocd-agent-resource-proxy:9090?agentName=agent-r"
+KEY_GZ = f"cluster|info|{SERVER}|1.8.3.gz"
+KEY_PLAIN = f"cluster|info|{SERVER}|1.8.3"
+
+
+class Redis:
+    """redis-server on 127.0.0.1:<port>, no persistence; restart() keeps the port."""
+
+    def __init__(self, case, password=None):
+        self.case, self.password = case, password
+        self.port = px.free_port()
+        self.dir = case.path(f"redis-{self.port}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.popen = None
+        case.addCleanup(self.kill)
+
+    def start(self):
+        argv = [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", self.dir]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        self.popen, _ = self.case.spawn(argv, f"redis-{self.port}.log", grace=3.0)
+        h.wait_for(lambda: px.port_accepts(self.port), 10, f"redis-server on {self.port}")
+        return self
+
+    def kill(self):
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(timeout=5)
+
+    def command(self, *args):
+        """One command over RESP (a minimal client: bulk strings, integers, errors, nil)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            f = s.makefile("rb")
+            if self.password:
+                s.sendall(self._encode(["AUTH", self.password]))
+                self._reply(f)
+            s.sendall(self._encode(list(args)))
+            return self._reply(f)
+
+    @staticmethod
+    def _encode(args):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a.encode() if isinstance(a, str) else a
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        return out
+
+    def _reply(self, f):
+        line = f.readline()
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise AssertionError(f"redis error: {rest.decode()}")
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = f.read(n + 2)[:-2]
+            return data
+        if kind == b"*":
+            return [self._reply(f) for _ in range(int(rest))]
+        raise AssertionError(f"unexpected RESP reply {line!r}")
+
+
+class RedisClusterInfoTest(h.IntegrationTestCase):
+
+    def principal_with(self, redis, extra=(), env=None):
+        flags = ["--redis-server-address", f"127.0.0.1:{redis.port}", *extra]
+        saved = dict(os.environ)
+        os.environ.update(env or {})
+        try:
+            return self.start_principal(users=USERS, plaintext=True, extra=flags)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def cluster_info(self, redis, key=KEY_GZ, compressed=True):
+        raw = redis.command("GET", key)
+        if raw is None:
+            return None
+        return json.loads(gzip.decompress(raw) if compressed else raw)
+
+    def wait_state(self, redis, status, key=KEY_GZ, compressed=True, timeout=15):
+        def check():
+            info = self.cluster_info(redis, key, compressed)
+            return info if info and info["connectionState"]["status"] == status else None
+        return h.wait_for(check, timeout, f"cluster info {status} in Redis")
+
+    def test_gzip_entry_as_argo_cd_reads_it_and_it_flips_when_the_agent_leaves(self):
+        redis = Redis(self).start()
+        principal = self.principal_with(redis)
+        principal.wait_log(r"Argo CD's cluster info in Redis at 127\.0\.0\.1:\d+ \(gzip\)")
+        agent = self.start_agent(principal)
+        info = self.wait_state(redis, "Successful")
+        self.assertEqual(info["connectionState"]["message"],
+                         "Agent: 'agent-r' is connected with principal")
+        self.assertRegex(info["connectionState"]["attemptedAt"],
+                         r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        ttl = redis.command("TTL", KEY_GZ)
+        self.assertTrue(0 < ttl <= 600, ttl)
+        self.assertIsNone(redis.command("GET", KEY_PLAIN))
+        self.assertIn("Redis: connected to 127.0.0.1", principal.worker("cache")["detail"])
+        agent.popen.terminate()
+        agent.popen.wait(timeout=20)
+        info = self.wait_state(redis, "Failed")
+        self.assertEqual(info["connectionState"]["message"],
+                         "Agent: 'agent-r' is disconnected with principal")
+        self.assertTrue(0 < redis.command("TTL", KEY_GZ) <= 600)
+
+    def test_compression_none_writes_plain_json_without_the_suffix(self):
+        redis = Redis(self).start()
+        principal = self.principal_with(redis, ["--redis-compression-type", "none"])
+        self.start_agent(principal)
+        info = self.wait_state(redis, "Successful", KEY_PLAIN, compressed=False)
+        self.assertEqual(info["applicationsCount"], 0)
+        self.assertTrue(redis.command("GET", KEY_PLAIN).endswith(b"}\n"))
+        self.assertIsNone(redis.command("GET", KEY_GZ))
+
+    def test_redis_killed_and_restarted_no_agent_disconnects_and_the_entry_comes_back(self):
+        redis = Redis(self).start()
+        principal = self.principal_with(redis)
+        agent = self.start_agent(principal, extra=["--heartbeat-interval", "1s"])
+        self.wait_state(redis, "Successful")
+        redis.kill()
+        principal.wait_log(r"Redis at 127\.0\.0\.1:\d+: connection lost: .*keeps serving")
+        h.wait_for(lambda: "Redis: degraded" in principal.worker("cache")["detail"], 10,
+                   "the cache worker reports itself degraded")
+        self.assertEqual(principal.count(r"Redis at .*: connection lost"), 1)
+        redis.start()  # same port, empty (no persistence)
+        start = time.monotonic()
+        self.wait_state(redis, "Successful", timeout=20)
+        self.assertLess(time.monotonic() - start, 20)
+        principal.wait_log(r"Redis at 127\.0\.0\.1:\d+: connected again")
+        # The agent never noticed.
+        self.assertEqual(agent.count(r"Event stream to .* opened"), 1)
+        self.assertEqual(agent.count(r"Stream closed after"), 0)
+        self.assertEqual(principal.worker("cache")["restarts"], 0)
+
+    def test_password_right_wrong_and_missing(self):
+        redis = Redis(self, password="r3dis-pw").start()
+        good = self.principal_with(redis, env={"REDIS_PASSWORD": "r3dis-pw"})
+        self.start_agent(good)
+        self.wait_state(redis, "Successful")
+        self.assertNotIn("r3dis-pw", good.text())
+        wrong = self.start_principal(name="wrong", users=USERS, plaintext=True,
+                                     extra=["--redis-server-address", f"127.0.0.1:{redis.port}",
+                                            "--redis-password", "nope"])
+        wrong.wait_log(r"Redis at 127\.0\.0\.1:\d+: the password was refused \(--redis-password "
+                       r"/ REDIS_PASSWORD\): WRONGPASS")
+        missing = self.start_principal(name="missing", users=USERS, plaintext=True,
+                                       extra=["--redis-server-address",
+                                              f"127.0.0.1:{redis.port}"])
+        missing.wait_log(r"Redis at 127\.0\.0\.1:\d+: it requires a password \(--redis-password "
+                         r"/ REDIS_PASSWORD\): NOAUTH")
+        for p in (wrong, missing):
+            self.assertIn("Redis: degraded", p.worker("cache")["detail"])
+            self.assertEqual(p.count(r"Redis at 127\.0\.0\.1:\d+: "), 1, "once, not per retry")
+
+    def test_unreachable_address_is_one_clear_message_and_the_principal_serves(self):
+        port = px.free_port()
+        principal = self.start_principal(users=USERS, plaintext=True,
+                                         extra=["--redis-server-address", f"127.0.0.1:{port}"])
+        principal.wait_log(rf"Redis at 127\.0\.0\.1:{port}: Connection refused; the cache worker "
+                           r"keeps serving without it and retries")
+        self.start_agent(principal)  # the listener serves regardless
+        self.assertEqual(principal.count(r"Redis at 127\.0\.0\.1:\d+: "), 1)
+        self.assertRegex(principal.worker("cache")["detail"], r"Redis: degraded: .*Connection "
+                                                              r"refused \(retrying\)")

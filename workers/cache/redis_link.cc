@@ -1,0 +1,237 @@
+// hiredis on the KJ event loop (redis_link.h).
+//
+// KJ's descriptor observer is edge-triggered, hiredis expects level-triggered hooks: after each
+// read hiredis is handed the socket again while bytes are left (FIONREAD); a write is tried at
+// once and waits for the writable edge only after a partial write (the socket was full), and
+// while connecting. A loop already running is never replaced from inside itself (the *Active_
+// flags): hiredis calls addRead/addWrite from within our own handlers.
+#include "workers/cache/redis_link.h"
+
+#include <sys/ioctl.h>
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "ipc/runtime/log.h"
+
+namespace aa {
+
+namespace {
+constexpr kj::Duration kMaxBackoff = 30 * kj::SECONDS;
+
+std::string replyText(const redisReply* r) {
+  if (r == nullptr) return "no reply (connection closed)";
+  if (r->str != nullptr) return std::string(r->str, r->len);
+  return "reply type " + std::to_string(r->type);
+}
+}  // namespace
+
+RedisLink::RedisLink(kj::UnixEventPort& port, kj::Timer& timer, Options options,
+                     std::function<void()> onReady)
+    : port_(port), timer_(timer), options_(std::move(options)), onReady_(std::move(onReady)) {
+  connect();
+}
+
+RedisLink::~RedisLink() {
+  stopping_ = true;
+  if (ac_ != nullptr) {
+    redisAsyncContext* ac = ac_;
+    ac_ = nullptr;
+    redisAsyncFree(ac);  // runs cleanup (drops the observer) before closing the descriptor
+  }
+}
+
+std::string RedisLink::state() const {
+  std::string where = options_.host + ":" + std::to_string(options_.port);
+  return ready_ ? "connected to " + where : "degraded: " + where + ": " + why_ + " (retrying)";
+}
+
+void RedisLink::connect() {
+  if (stopping_) return;
+  redisAsyncContext* ac = redisAsyncConnect(options_.host.c_str(), options_.port);
+  if (ac == nullptr) {
+    lost("out of memory");
+    return;
+  }
+  if (ac->err) {
+    std::string why = ac->errstr;
+    redisAsyncFree(ac);
+    lost(why);
+    return;
+  }
+  ac_ = ac;
+  ac->data = this;
+  ac->ev.data = this;
+  ac->ev.addRead = &RedisLink::addRead;
+  ac->ev.delRead = &RedisLink::delRead;
+  ac->ev.addWrite = &RedisLink::addWrite;
+  ac->ev.delWrite = &RedisLink::delWrite;
+  ac->ev.cleanup = &RedisLink::cleanup;
+  observer_ = kj::heap<kj::UnixEventPort::FdObserver>(
+      port_, ac->c.fd,
+      kj::UnixEventPort::FdObserver::OBSERVE_READ | kj::UnixEventPort::FdObserver::OBSERVE_WRITE);
+  redisAsyncSetDisconnectCallback(ac, &RedisLink::onDisconnect);
+  redisAsyncSetConnectCallback(ac, &RedisLink::onConnect);  // asks for the first write event
+}
+
+void RedisLink::onConnect(const redisAsyncContext* ac, int status) {
+  auto* self = static_cast<RedisLink*>(ac->data);
+  if (self->stopping_) return;
+  if (status != REDIS_OK) {
+    // hiredis frees the context after this callback (cleanup runs).
+    self->ac_ = nullptr;
+    self->lost(ac->errstr);
+    return;
+  }
+  self->connected_ = true;
+  auto* mut = const_cast<redisAsyncContext*>(ac);
+  if (!self->options_.password.empty()) {
+    // PING once AUTH succeeded (a PING pipelined behind a refused AUTH would say NOAUTH).
+    redisAsyncCommand(mut, &RedisLink::onAuth, self, "AUTH %b", self->options_.password.data(),
+                      self->options_.password.size());
+  } else {
+    redisAsyncCommand(mut, &RedisLink::onPing, self, "PING");
+  }
+}
+
+void RedisLink::onAuth(redisAsyncContext* ac, void* reply, void* privdata) {
+  auto* self = static_cast<RedisLink*>(privdata);
+  auto* r = static_cast<redisReply*>(reply);
+  if (self->stopping_ || r == nullptr) return;
+  if (r->type == REDIS_REPLY_ERROR) {
+    self->fail("the password was refused (--redis-password / REDIS_PASSWORD): " + replyText(r));
+    return;
+  }
+  redisAsyncCommand(ac, &RedisLink::onPing, self, "PING");
+}
+
+void RedisLink::onPing(redisAsyncContext*, void* reply, void* privdata) {
+  auto* self = static_cast<RedisLink*>(privdata);
+  auto* r = static_cast<redisReply*>(reply);
+  if (self->stopping_ || r == nullptr || self->ac_ == nullptr) return;
+  if (r->type == REDIS_REPLY_ERROR) {
+    std::string text = replyText(r);
+    self->fail(text.rfind("NOAUTH", 0) == 0
+                   ? "it requires a password (--redis-password / REDIS_PASSWORD): " + text
+                   : text);
+    return;
+  }
+  self->ready_ = true;
+  self->backoff_ = 1 * kj::SECONDS;
+  self->why_.clear();
+  spdlog::info("Redis at {}:{}: connected{}", self->options_.host, self->options_.port,
+               self->reported_ ? " again" : "");
+  self->reported_ = false;
+  if (self->onReady_) self->onReady_();
+}
+
+void RedisLink::onSet(redisAsyncContext*, void* reply, void* privdata) {
+  auto* self = static_cast<RedisLink*>(privdata);
+  auto* r = static_cast<redisReply*>(reply);
+  if (self->stopping_) return;
+  if (r == nullptr || r->type == REDIS_REPLY_ERROR) {
+    ++self->failedWrites_;
+    if (r != nullptr) spdlog::warn("Redis SET refused: {}", replyText(r));
+  }
+}
+
+void RedisLink::onDisconnect(const redisAsyncContext* ac, int status) {
+  auto* self = static_cast<RedisLink*>(ac->data);
+  if (self->stopping_) return;
+  self->ac_ = nullptr;  // hiredis frees it after this callback
+  std::string why = status == REDIS_OK ? (self->why_.empty() ? "closed" : self->why_)
+                                       : std::string(ac->errstr[0] ? ac->errstr : "closed");
+  self->lost(why);
+}
+
+void RedisLink::fail(const std::string& why) {
+  why_ = why;
+  ready_ = false;
+  if (ac_ != nullptr) redisAsyncDisconnect(ac_);  // onDisconnect follows: lost(), retry
+}
+
+void RedisLink::lost(const std::string& why) {
+  bool wasReady = ready_;
+  connected_ = ready_ = false;
+  if (why_.empty() || wasReady || !reported_) why_ = why;
+  if (!reported_) {
+    spdlog::warn("Redis at {}:{}: {}{}; the cache worker keeps serving without it and retries",
+                 options_.host, options_.port, wasReady ? "connection lost: " : "", why_);
+    reported_ = true;
+  }
+  retryLater();
+}
+
+void RedisLink::retryLater() {
+  if (stopping_) return;
+  auto delay = backoff_;
+  backoff_ = backoff_ * 2 > kMaxBackoff ? kMaxBackoff : backoff_ * 2;
+  retries_.add(timer_.afterDelay(delay).then([this]() { connect(); }));
+}
+
+bool RedisLink::setex(const std::string& key, const std::string& value, int ttlSeconds) {
+  if (!ready_ || ac_ == nullptr) {
+    ++failedWrites_;
+    return false;
+  }
+  ++writes_;
+  redisAsyncCommand(ac_, &RedisLink::onSet, this, "SET %b %b EX %d", key.data(), key.size(),
+                    value.data(), value.size(), ttlSeconds);
+  return true;
+}
+
+// ---------------------------------------------------------------- event hooks
+
+void RedisLink::addRead(void* p) {
+  auto* self = static_cast<RedisLink*>(p);
+  self->wantRead_ = true;
+  if (!self->readActive_ && self->observer_) self->reading_ = self->readLoop();
+}
+void RedisLink::delRead(void* p) { static_cast<RedisLink*>(p)->wantRead_ = false; }
+void RedisLink::addWrite(void* p) {
+  auto* self = static_cast<RedisLink*>(p);
+  self->wantWrite_ = true;
+  if (!self->writeActive_ && self->observer_) {
+    self->writing_ = self->writeLoop(/*edgeFirst=*/!self->connected_);
+  }
+}
+void RedisLink::delWrite(void* p) { static_cast<RedisLink*>(p)->wantWrite_ = false; }
+void RedisLink::cleanup(void* p) {
+  auto* self = static_cast<RedisLink*>(p);
+  // Before hiredis closes the descriptor: out of the epoll set. Pending waits reject.
+  self->observer_ = nullptr;
+  self->wantRead_ = self->wantWrite_ = false;
+}
+
+kj::Promise<void> RedisLink::readLoop() {
+  readActive_ = true;
+  return observer_->whenBecomesReadable()
+      .then([this]() -> kj::Promise<void> {
+        while (ac_ != nullptr && wantRead_) {
+          redisAsyncHandleRead(ac_);
+          int pending = 0;
+          if (ac_ == nullptr || ioctl(ac_->c.fd, FIONREAD, &pending) != 0 || pending <= 0) break;
+        }
+        if (ac_ == nullptr || !wantRead_ || !observer_) {
+          readActive_ = false;
+          return kj::READY_NOW;
+        }
+        return readLoop();
+      })
+      .catch_([this](kj::Exception&&) { readActive_ = false; });
+}
+
+kj::Promise<void> RedisLink::writeLoop(bool edgeFirst) {
+  writeActive_ = true;
+  kj::Promise<void> step = edgeFirst ? observer_->whenBecomesWritable() : kj::evalLater([]() {});
+  return step
+      .then([this]() -> kj::Promise<void> {
+        if (ac_ != nullptr && wantWrite_) redisAsyncHandleWrite(ac_);
+        if (ac_ != nullptr && wantWrite_ && observer_) return writeLoop(true);  // socket full
+        writeActive_ = false;
+        return kj::READY_NOW;
+      })
+      .catch_([this](kj::Exception&&) { writeActive_ = false; });
+}
+
+}  // namespace aa

@@ -1,0 +1,80 @@
+// A connection to Redis for the cache worker: hiredis' async API on the worker's KJ event loop
+// (this file is the adapter: hiredis asks to watch its descriptor, KJ watches it). It connects,
+// authenticates (AUTH) and checks the server (PING), pipelines writes, and reconnects with backoff
+// (1 s doubling to 30 s) whenever the connection fails; while it is down writes are dropped and
+// the owner's `onReady` re-writes its current state once it is back. Everything on one thread.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <kj/async-unix.h>
+#include <kj/timer.h>
+
+struct redisAsyncContext;
+
+namespace aa {
+
+class RedisLink {
+ public:
+  struct Options {
+    std::string host;
+    int port = 6379;
+    std::string password;  // "" = no AUTH
+  };
+
+  // Starts connecting at once. `onReady` runs after every successful (re)connect.
+  RedisLink(kj::UnixEventPort& port, kj::Timer& timer, Options options,
+            std::function<void()> onReady);
+  ~RedisLink();
+
+  // SET key value EX ttl; dropped (false) while not ready.
+  bool setex(const std::string& key, const std::string& value, int ttlSeconds);
+
+  bool ready() const { return ready_; }
+  // "connected to host:port" or "degraded: <why> (retrying)": for status lines.
+  std::string state() const;
+  uint64_t writes() const { return writes_; }
+  uint64_t failedWrites() const { return failedWrites_; }
+
+ private:
+  static void onConnect(const redisAsyncContext* ac, int status);
+  static void onDisconnect(const redisAsyncContext* ac, int status);
+  static void onPing(redisAsyncContext* ac, void* reply, void* privdata);
+  static void onAuth(redisAsyncContext* ac, void* reply, void* privdata);
+  static void onSet(redisAsyncContext* ac, void* reply, void* privdata);
+  static void addRead(void* self);
+  static void delRead(void* self);
+  static void addWrite(void* self);
+  static void delWrite(void* self);
+  static void cleanup(void* self);
+
+  void connect();
+  void fail(const std::string& why);  // log, drop the connection, retry later
+  void lost(const std::string& why);  // the connection is gone (hiredis freed it)
+  void retryLater();
+  kj::Promise<void> readLoop();
+  kj::Promise<void> writeLoop(bool edgeFirst);
+
+  kj::UnixEventPort& port_;
+  kj::Timer& timer_;
+  Options options_;
+  std::function<void()> onReady_;
+  redisAsyncContext* ac_ = nullptr;
+  kj::Own<kj::UnixEventPort::FdObserver> observer_;
+  kj::Promise<void> reading_ = nullptr, writing_ = nullptr;
+  bool wantRead_ = false, wantWrite_ = false, connected_ = false, ready_ = false;
+  bool reported_ = false;  // the current outage was logged
+  kj::Duration backoff_ = 1 * kj::SECONDS;
+  std::string why_ = "connecting";
+  uint64_t writes_ = 0, failedWrites_ = 0;
+  struct Ignore : kj::TaskSet::ErrorHandler {
+    void taskFailed(kj::Exception&&) override {}
+  } ignore_;
+  kj::TaskSet retries_{ignore_};  // reconnect timers (added from inside hiredis callbacks)
+  bool readActive_ = false, writeActive_ = false;  // a loop is running: only set the flag
+  bool stopping_ = false;
+};
+
+}  // namespace aa
