@@ -47,7 +47,7 @@ std::string RedisLink::state() const {
 }
 
 void RedisLink::connect() {
-  if (stopping_) return;
+  if (stopping_ || ac_ != nullptr) return;  // one connection (attempt) at a time
   redisAsyncContext* ac = redisAsyncConnect(options_.host.c_str(), options_.port);
   if (ac == nullptr) {
     lost("out of memory");
