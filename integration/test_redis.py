@@ -13,6 +13,7 @@ import time
 
 import harness as h
 import proxies as px
+import test_ops
 
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 USERS = {"agent-r": "secret-r"}
@@ -140,19 +141,26 @@ class RedisClusterInfoTest(h.IntegrationTestCase):
 
     def test_redis_killed_and_restarted_no_agent_disconnects_and_the_entry_comes_back(self):
         redis = Redis(self).start()
-        principal = self.principal_with(redis)
+        metrics = test_ops.free_port()
+        principal = self.principal_with(redis, ["--metrics-port", str(metrics)])
         agent = self.start_agent(principal, extra=["--heartbeat-interval", "1s"])
         self.wait_state(redis, "Successful")
+        up = lambda: test_ops.value(test_ops.scrape(metrics)[0], "aa_cache_redis_up")
+        self.assertEqual(up(), 1)
+        self.assertGreaterEqual(
+            test_ops.value(test_ops.scrape(metrics)[0], "aa_cache_redis_writes_total"), 1)
         redis.kill()
         principal.wait_log(r"Redis at 127\.0\.0\.1:\d+: connection lost: .*keeps serving")
         h.wait_for(lambda: "Redis: degraded" in principal.worker("cache")["detail"], 10,
                    "the cache worker reports itself degraded")
+        self.assertEqual(up(), 0)
         self.assertEqual(principal.count(r"Redis at .*: connection lost"), 1)
         redis.start()  # same port, empty (no persistence)
         start = time.monotonic()
         self.wait_state(redis, "Successful", timeout=20)
         self.assertLess(time.monotonic() - start, 20)
         principal.wait_log(r"Redis at 127\.0\.0\.1:\d+: connected again")
+        self.assertEqual(up(), 1)
         # The agent never noticed.
         self.assertEqual(agent.count(r"Event stream to .* opened"), 1)
         self.assertEqual(agent.count(r"Stream closed after"), 0)
