@@ -26,9 +26,9 @@
 
 #include "ipc/runtime/log.h"
 #include "workers/common/grpc_ws.h"
+#include "workers/common/grpc_ws_bridge.h"
 #include "workers/common/gzip.h"
 #include "workers/common/queue_gate.h"
-#include "workers/common/stream_pump.h"
 
 namespace aa {
 
@@ -45,16 +45,8 @@ bool printable(std::string_view v) {
   return true;
 }
 
-// `grpcws::Frame` bytes with LWS_PRE bytes of headroom, as lws_write wants them.
-std::string framed(uint8_t flags, std::string_view payload) {
-  std::string out(LWS_PRE, '\0');
-  out.reserve(LWS_PRE + grpcws::kPrefix + payload.size());
-  grpcws::appendFrame(out, flags, payload);
-  return out;
-}
-
 std::string metadataFrame(const grpcws::Headers& headers) {
-  return framed(grpcws::kMetadata, grpcws::headerBlock(headers));
+  return grpcws::wsFrame(grpcws::kMetadata, grpcws::headerBlock(headers));
 }
 
 void appendMetadata(grpcws::Headers& out,
@@ -290,21 +282,10 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
             finish();
             break;
           }
-          std::vector<grpc::Slice> slices;
-          std::string payload;
-          if (readBuf_.Dump(&slices).ok()) {
-            for (const auto& s : slices) {
-              payload.append(reinterpret_cast<const char*>(s.begin()), s.size());
-            }
-          }
-          readBuf_.Clear();
           // A compressing client is answered in kind (as grpc-go's server does), except for
           // what would not shrink.
-          if (gzip_ && payload.size() >= delivery::kCompressMinBytes) {
-            wake = queue(framed(grpcws::kCompressed, gzip::compress(payload)));
-          } else {
-            wake = queue(framed(0, payload));
-          }
+          wake = queue(grpcws::dataFrame(readBuf_, gzip_));
+          readBuf_.Clear();
           if (outBytes_ < kHighWater) {
             impl_.gate().run([&] { call_->Read(&readBuf_, tag(Op::kRead)); });
           } else {
@@ -670,15 +651,7 @@ void GrpcWsServer::Impl::drain() {
 }
 
 void GrpcWsServer::Impl::runLws() {
-  lws_set_log_level(LLL_ERR | LLL_WARN, [](int level, const char* line) {
-    std::string_view l(line);
-    while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.remove_suffix(1);
-    if (level == LLL_ERR) {
-      spdlog::warn("libwebsockets: {}", l);
-    } else {
-      spdlog::debug("libwebsockets: {}", l);
-    }
-  });
+  grpcws::logLibwebsocketsThroughSpdlog();
   lws_context_creation_info info;
   memset(&info, 0, sizeof info);
   info.port = CONTEXT_PORT_NO_LISTEN_SERVER;

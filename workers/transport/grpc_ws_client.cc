@@ -30,22 +30,15 @@
 
 #include "ipc/runtime/log.h"
 #include "workers/common/grpc_ws.h"
+#include "workers/common/grpc_ws_bridge.h"
 #include "workers/common/gzip.h"
 #include "workers/common/queue_gate.h"
-#include "workers/common/stream_pump.h"
 
 namespace aa {
 
 namespace {
 
 constexpr size_t kHighWater = 1 << 20;  // bytes waiting for the WebSocket: stop reading the call
-
-std::string framed(uint8_t flags, std::string_view payload) {
-  std::string out(LWS_PRE, '\0');
-  out.reserve(LWS_PRE + grpcws::kPrefix + payload.size());
-  grpcws::appendFrame(out, flags, payload);
-  return out;
-}
 
 // Request metadata that is not the application's: grpc's own, or what the upgrade carries anyway.
 bool reservedKey(std::string_view k) {
@@ -283,29 +276,16 @@ class GrpcWsClient::Impl::Session : public std::enable_shared_from_this<Session>
           if (ctx_.deadline() - std::chrono::system_clock::now() < std::chrono::hours(24 * 365)) {
             upgradeHeaders.emplace_back("grpc-timeout", timeoutHeader(ctx_.deadline()));
           }
-          reading_ = true;
           impl_.gate().run([&] { stream_.Read(&readBuf_, tag(Op::kRead)); });
           connect = true;
           break;
         case Op::kRead: {
           if (!ok) {
-            reading_ = false;
-            wake = queue(framed(grpcws::kMetadata, ""));  // the client's end of stream
+            wake = queue(grpcws::wsFrame(grpcws::kMetadata, ""));  // the client's end of stream
             break;
           }
-          std::vector<grpc::Slice> slices;
-          std::string payload;
-          if (readBuf_.Dump(&slices).ok()) {
-            for (const auto& s : slices) {
-              payload.append(reinterpret_cast<const char*>(s.begin()), s.size());
-            }
-          }
+          wake = queue(grpcws::dataFrame(readBuf_, impl_.options().gzip));
           readBuf_.Clear();
-          if (impl_.options().gzip && payload.size() >= delivery::kCompressMinBytes) {
-            wake = queue(framed(grpcws::kCompressed, gzip::compress(payload)));
-          } else {
-            wake = queue(framed(0, payload));
-          }
           if (outBytes_ < kHighWater) {
             impl_.gate().run([&] { stream_.Read(&readBuf_, tag(Op::kRead)); });
           } else {
@@ -374,7 +354,7 @@ class GrpcWsClient::Impl::Session : public std::enable_shared_from_this<Session>
   size_t outBytes_ = 0;
   std::deque<grpc::ByteBuffer> writes_;
   std::optional<grpc::Status> status_;
-  bool started_ = false, reading_ = false, readPaused_ = false, writing_ = false;
+  bool started_ = false, readPaused_ = false, writing_ = false;
   bool finishing_ = false, headersSeen_ = false, closeWs_ = false, wsGone_ = false;
 };
 
@@ -563,15 +543,7 @@ void GrpcWsClient::Impl::runAcceptor() {
 }
 
 void GrpcWsClient::Impl::runLws() {
-  lws_set_log_level(LLL_ERR | LLL_WARN, [](int level, const char* line) {
-    std::string_view l(line);
-    while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.remove_suffix(1);
-    if (level == LLL_ERR) {
-      spdlog::warn("libwebsockets: {}", l);
-    } else {
-      spdlog::debug("libwebsockets: {}", l);
-    }
-  });
+  grpcws::logLibwebsocketsThroughSpdlog();
   static const std::string name(grpcws::kSubprotocol);
   static const lws_protocols protocols[] = {
       {name.c_str(), &Impl::callback, 0, 64 * 1024, 0, nullptr, 0},
