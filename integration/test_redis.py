@@ -12,6 +12,7 @@ import socket
 import time
 
 import harness as h
+import mesh
 import proxies as px
 import test_ops
 
@@ -25,9 +26,11 @@ KEY_PLAIN = f"cluster|info|{SERVER}|1.8.3"
 class Redis:
     """redis-server on 127.0.0.1:<port>, no persistence; restart() keeps the port."""
 
-    def __init__(self, case, password=None):
-        self.case, self.password = case, password
+    def __init__(self, case, password=None, tls=None):
+        """tls: a mesh.Cert for the server; it then also serves TLS on `tls_port`."""
+        self.case, self.password, self.tls = case, password, tls
         self.port = px.free_port()
+        self.tls_port = px.free_port() if tls else None
         self.dir = case.path(f"redis-{self.port}")
         os.makedirs(self.dir, exist_ok=True)
         self.popen = None
@@ -38,8 +41,14 @@ class Redis:
                 "--appendonly", "no", "--dir", self.dir]
         if self.password:
             argv += ["--requirepass", self.password]
+        if self.tls:
+            argv += ["--tls-port", str(self.tls_port), "--tls-cert-file", self.tls.cert,
+                     "--tls-key-file", self.tls.key, "--tls-ca-cert-file", self.tls.ca.cert,
+                     "--tls-auth-clients", "no"]
         self.popen, _ = self.case.spawn(argv, f"redis-{self.port}.log", grace=3.0)
         h.wait_for(lambda: px.port_accepts(self.port), 10, f"redis-server on {self.port}")
+        if self.tls:
+            h.wait_for(lambda: px.port_accepts(self.tls_port), 10, f"redis TLS on {self.tls_port}")
         return self
 
     def kill(self):
@@ -85,14 +94,15 @@ class Redis:
         raise AssertionError(f"unexpected RESP reply {line!r}")
 
 
-class RedisClusterInfoTest(h.IntegrationTestCase):
+class RedisCase(h.IntegrationTestCase):
+    """A principal pointed at a Redis, and the cluster info it writes there."""
 
-    def principal_with(self, redis, extra=(), env=None):
-        flags = ["--redis-server-address", f"127.0.0.1:{redis.port}", *extra]
+    def principal_with(self, redis, extra=(), env=None, name="principal", port=None):
+        flags = ["--redis-server-address", f"127.0.0.1:{port or redis.port}", *extra]
         saved = dict(os.environ)
         os.environ.update(env or {})
         try:
-            return self.start_principal(users=USERS, plaintext=True, extra=flags)
+            return self.start_principal(name=name, users=USERS, plaintext=True, extra=flags)
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -108,6 +118,9 @@ class RedisClusterInfoTest(h.IntegrationTestCase):
             info = self.cluster_info(redis, key, compressed)
             return info if info and info["connectionState"]["status"] == status else None
         return h.wait_for(check, timeout, f"cluster info {status} in Redis")
+
+
+class RedisClusterInfoTest(RedisCase):
 
     def test_gzip_entry_as_argo_cd_reads_it_and_it_flips_when_the_agent_leaves(self):
         redis = Redis(self).start()
@@ -176,12 +189,12 @@ class RedisClusterInfoTest(h.IntegrationTestCase):
                                      extra=["--redis-server-address", f"127.0.0.1:{redis.port}",
                                             "--redis-password", "nope"])
         wrong.wait_log(r"Redis at 127\.0\.0\.1:\d+: the password was refused \(--redis-password "
-                       r"/ REDIS_PASSWORD\): WRONGPASS")
+                       r"/ REDIS_PASSWORD / --redis-creds-dir-path\): WRONGPASS")
         missing = self.start_principal(name="missing", users=USERS, plaintext=True,
                                        extra=["--redis-server-address",
                                               f"127.0.0.1:{redis.port}"])
         missing.wait_log(r"Redis at 127\.0\.0\.1:\d+: it requires a password \(--redis-password "
-                         r"/ REDIS_PASSWORD\): NOAUTH")
+                         r"/ REDIS_PASSWORD / --redis-creds-dir-path\): NOAUTH")
         for p in (wrong, missing):
             self.assertIn("Redis: degraded", p.worker("cache")["detail"])
             self.assertEqual(p.count(r"Redis at 127\.0\.0\.1:\d+: "), 1, "once, not per retry")
@@ -196,3 +209,71 @@ class RedisClusterInfoTest(h.IntegrationTestCase):
         self.assertEqual(principal.count(r"Redis at 127\.0\.0\.1:\d+: "), 1)
         self.assertRegex(principal.worker("cache")["detail"], r"Redis: degraded: .*Connection "
                                                               r"refused \(retrying\)")
+
+
+class RedisTlsAndCredentialsTest(RedisCase):
+    """TLS to Redis (our OpenSSL tunnel in front of hiredis 0.14, which has none), checked against
+    a test CA, and the password read from --redis-creds-dir-path (with a Redis 6 ACL user)."""
+
+    def test_tls_verified_against_the_ca_refused_with_another_and_insecure_skips_the_check(self):
+        ca = mesh.Pki(self.path("redis-ca"), "redis-test-ca")
+        other = mesh.Pki(self.path("other-ca"), "other-ca")
+        redis = Redis(self, tls=ca.issue("redis", "/CN=redis", server=True,
+                                         ip_sans=("127.0.0.1",))).start()
+        good = self.principal_with(redis, ["--redis-tls-enabled", "--redis-ca-path", ca.cert],
+                                   port=redis.tls_port)
+        good.wait_log(r"Argo CD's cluster info in Redis at 127\.0\.0\.1:\d+ \(gzip, TLS verified "
+                      r"against --redis-ca-path\)")
+        agent = self.start_agent(good)
+        self.wait_state(redis, "Successful")  # written over TLS, read here on the plain port
+        self.assertRegex(good.worker("cache")["detail"],
+                         r"Redis: connected to 127\.0\.0\.1:\d+ over TLSv1\.[23]")
+        agent.popen.terminate()
+        agent.popen.wait(timeout=20)
+        self.wait_state(redis, "Failed")
+
+        wrong = self.principal_with(redis, ["--redis-tls-enabled", "--redis-ca-path", other.cert],
+                                    name="wrong-ca", port=redis.tls_port)
+        wrong.wait_log(r"Redis at 127\.0\.0\.1:\d+: TLS: .*certificate verify failed.*\(Redis's "
+                       r"certificate does not verify against --redis-ca-path")
+        self.assertIn("Redis: degraded", wrong.worker("cache")["detail"])
+        self.assertEqual(wrong.count(r"Redis at 127\.0\.0\.1:\d+: "), 1, "once, not per retry")
+
+        insecure = self.principal_with(redis, ["--redis-tls-enabled", "--redis-tls-insecure"],
+                                       name="insecure", port=redis.tls_port)
+        insecure.wait_log(r"TLS NOT VERIFIED \(--redis-tls-insecure\)")
+        h.wait_for(lambda: "Redis: connected" in insecure.worker("cache")["detail"], 15,
+                   "the insecure principal connects")
+
+        plain_port = self.principal_with(redis, ["--redis-tls-enabled", "--redis-ca-path",
+                                                 ca.cert], name="tls-to-plain")
+        plain_port.wait_log(r"Redis at 127\.0\.0\.1:\d+: TLS: no TLS connection .*is this its "
+                            r"tls-port\?\)", timeout=25)
+
+    def test_password_and_acl_user_from_the_credentials_directory(self):
+        redis = Redis(self, password="r3dis-pw").start()
+        creds = self.path("creds")
+        os.makedirs(creds)
+        with open(os.path.join(creds, "auth"), "w") as f:
+            f.write("r3dis-pw\n")  # trailing newline trimmed, as upstream
+        p1 = self.principal_with(redis, ["--redis-creds-dir-path", creds])
+        self.start_agent(p1)
+        self.wait_state(redis, "Successful")
+        self.assertNotIn("r3dis-pw", p1.text())
+
+        self.assertEqual(redis.command("ACL", "SETUSER", "argocd-agent", "on", ">acl-pw", "~*",
+                                       "+@all"), "OK")
+        acl = self.path("acl-creds")
+        os.makedirs(acl)
+        with open(os.path.join(acl, "auth_username"), "w") as f:
+            f.write("argocd-agent\n")
+        with open(os.path.join(acl, "auth"), "w") as f:
+            f.write("acl-pw")
+        p2 = self.principal_with(redis, ["--redis-creds-dir-path", acl], name="acl")
+        h.wait_for(lambda: "Redis: connected" in p2.worker("cache")["detail"], 15,
+                   "the ACL user connects")
+        self.assertNotIn("acl-pw", p2.text())
+        with open(os.path.join(acl, "auth"), "w") as f:
+            f.write("not-the-acl-pw")
+        p3 = self.principal_with(redis, ["--redis-creds-dir-path", acl], name="acl-wrong")
+        p3.wait_log(r"the password was refused .*--redis-creds-dir-path\): WRONGPASS")

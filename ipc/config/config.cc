@@ -300,6 +300,18 @@ std::vector<Option> principalOptions(Config& c) {
                p.redisPassword = v;
                return std::nullopt;
              }},
+      stringOpt("redis-creds-dir-path", "REDIS_CREDS_DIR_PATH",
+                "directory with the Redis password in file 'auth' (and optionally a user name in "
+                "'auth_username'), instead of --redis-password",
+                &p.redisCredsDir),
+      boolOpt("redis-tls-enabled", "ARGOCD_PRINCIPAL_REDIS_TLS_ENABLED",
+              "connect to Redis over TLS (verified against --redis-ca-path, else the system's CAs)",
+              &p.redisTls),
+      stringOpt("redis-ca-path", "ARGOCD_PRINCIPAL_REDIS_CA_PATH",
+                "CA certificate (PEM) that Redis's TLS certificate must verify against",
+                &p.redisCaPath),
+      boolOpt("redis-tls-insecure", "ARGOCD_PRINCIPAL_REDIS_TLS_INSECURE",
+              "INSECURE: do not verify Redis's TLS certificate", &p.redisTlsInsecure),
       Option{"redis-compression-type", 0, "ARGOCD_PRINCIPAL_REDIS_COMPRESSION_TYPE",
              "compression of the values written to Redis, as Argo CD's server reads them: gzip "
              "or none",
@@ -502,6 +514,49 @@ std::string helpText(Side side, const std::vector<Option>& opts) {
 bool readable(const std::string& path) { return access(path.c_str(), R_OK) == 0; }
 
 // Cross-flag validation. Returns the one-line error, or "".
+// Reads a one-line secret file as upstream does (surrounding whitespace trimmed).
+std::optional<std::string> readTrimmed(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::string v((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  v.erase(0, v.find_first_not_of(" \t\r\n"));
+  v.erase(v.find_last_not_of(" \t\r\n") + 1);
+  return v;
+}
+
+std::string validateRedis(PrincipalConfig& p) {
+  if (!p.redisCredsDir.empty()) {
+    if (!p.redisPassword.empty()) {
+      return "--redis-creds-dir-path cannot be combined with --redis-password / REDIS_PASSWORD";
+    }
+    std::string auth = p.redisCredsDir + "/auth";
+    auto password = readTrimmed(auth);
+    if (!password) {
+      return "invalid value \"" + p.redisCredsDir +
+             "\" for --redis-creds-dir-path: cannot read the password file " + auth;
+    }
+    p.redisPassword = *password;
+    std::string user = p.redisCredsDir + "/auth_username";
+    if (auto name = readTrimmed(user)) {
+      p.redisUsername = *name;
+    } else if (access(user.c_str(), F_OK) == 0) {
+      return "invalid value \"" + p.redisCredsDir + "\" for --redis-creds-dir-path: cannot read " +
+             user;
+    }
+  }
+  if (p.redisTlsInsecure && !p.redisCaPath.empty()) {
+    return "Only one Redis TLS mode can be specified: --redis-tls-insecure or --redis-ca-path";
+  }
+  if (!p.redisTls && (p.redisTlsInsecure || !p.redisCaPath.empty())) {
+    return std::string(p.redisTlsInsecure ? "--redis-tls-insecure" : "--redis-ca-path") +
+           " has no effect without --redis-tls-enabled";
+  }
+  if (!p.redisCaPath.empty() && !readable(p.redisCaPath)) {
+    return "invalid value \"" + p.redisCaPath + "\" for --redis-ca-path: the file is not readable";
+  }
+  return "";
+}
+
 std::string validatePrincipal(PrincipalConfig& p) {
   if (p.namespace_.empty()) return "--namespace is required (the namespace the principal manages)";
   if (p.auth.empty()) {
@@ -617,6 +672,7 @@ std::string validatePrincipal(PrincipalConfig& p) {
   if (p.tlsHandshakeTimeout.count() == 0) {
     return "--tls-handshake-timeout must be greater than 0";
   }
+  if (auto e = validateRedis(p); !e.empty()) return e;
   if (p.jwtKey.empty() == !p.insecureJwtGenerate) {
     return p.jwtKey.empty() ? "no JWT signing key: give --jwt-key <file> or --insecure-jwt-generate"
                             : "--jwt-key and --insecure-jwt-generate are mutually exclusive";

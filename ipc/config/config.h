@@ -77,7 +77,14 @@ struct PrincipalConfig {
   std::string redisHost;  // parsed from redisAddress
   int redisPort = 0;
   std::string redisPassword;
-  bool redisGzip = true;  // --redis-compression-type gzip (default) | none
+  std::string redisCredsDir;  // --redis-creds-dir-path: files `auth` and optional `auth_username`
+  std::string redisUsername;  // from <creds dir>/auth_username ("" = AUTH <password>)
+  bool redisGzip = true;      // --redis-compression-type gzip (default) | none
+  // TLS to Redis (workers/cache/redis_tls.h): verified against --redis-ca-path, else the
+  // system's CAs; --redis-tls-insecure skips verification.
+  bool redisTls = false;
+  std::string redisCaPath;
+  bool redisTlsInsecure = false;
   // Names the agent's cluster in Argo CD (https://<address>?agentName=<agent>), as upstream.
   std::string resourceProxyAddress = "argocd-agent-resource-proxy:9090";
 };

@@ -24,8 +24,12 @@ class ConfigTest : public ::testing::Test {
     FILE* f = fopen(file_.c_str(), "w");
     fputs("agent-a:$2b$04$abcdefghijklmnopqrstuuXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX\n", f);
     fclose(f);
+    f = fopen((dir_ + "/auth").c_str(), "w");  // a --redis-creds-dir-path
+    fputs("r3dis-pw\n", f);
+    fclose(f);
   }
   void TearDown() override {
+    unlink((dir_ + "/auth").c_str());
     unlink(file_.c_str());
     rmdir(dir_.c_str());
   }
@@ -313,6 +317,22 @@ class FlagTableTest : public ConfigTest {
         {"redis-server-address", "ARGOCD_PRINCIPAL_REDIS_SERVER_ADDRESS", "", "argocd-redis:6379",
          "argocd-redis"},
         {"redis-password", "REDIS_PASSWORD", "", "s3cret", std::nullopt},
+        {"redis-creds-dir-path", "REDIS_CREDS_DIR_PATH", "", dir_, "/nonexistent/creds"},
+        {"redis-tls-enabled", "ARGOCD_PRINCIPAL_REDIS_TLS_ENABLED", "false", "true", "maybe"},
+        {"redis-ca-path",
+         "ARGOCD_PRINCIPAL_REDIS_CA_PATH",
+         "",
+         f,
+         "/nonexistent/redis-ca.pem",
+         {},
+         {"--redis-tls-enabled"}},
+        {"redis-tls-insecure",
+         "ARGOCD_PRINCIPAL_REDIS_TLS_INSECURE",
+         "false",
+         "true",
+         "maybe",
+         {},
+         {"--redis-tls-enabled"}},
         {"redis-compression-type", "ARGOCD_PRINCIPAL_REDIS_COMPRESSION_TYPE", "gzip", "none",
          "zstd"},
         {"resource-proxy-address", "ARGOCD_PRINCIPAL_RESOURCE_PROXY_ADDRESS",
@@ -484,6 +504,29 @@ class FlagTableTest : public ConfigTest {
     }
   }
 };
+
+TEST_F(ConfigTest, RedisCredentialsDirectoryAndTlsModes) {
+  auto r =
+      parseConfig(Side::kPrincipal, principalArgs({"--redis-creds-dir-path=" + dir_}), env({}), 1);
+  ASSERT_TRUE(r.config) << r.message;
+  EXPECT_EQ(r.config->principal.redisPassword, "r3dis-pw");  // trimmed, as upstream
+  EXPECT_EQ(r.config->principal.redisUsername, "");
+  r = parseConfig(Side::kPrincipal,
+                  principalArgs({"--redis-creds-dir-path=" + dir_, "--redis-password=x"}), env({}),
+                  1);
+  EXPECT_FALSE(r.config);
+  EXPECT_NE(r.message.find("cannot be combined with --redis-password"), std::string::npos)
+      << r.message;
+  r = parseConfig(
+      Side::kPrincipal,
+      principalArgs({"--redis-tls-enabled", "--redis-tls-insecure", "--redis-ca-path=" + file_}),
+      env({}), 1);
+  EXPECT_FALSE(r.config);
+  EXPECT_NE(r.message.find("Only one Redis TLS mode"), std::string::npos) << r.message;
+  r = parseConfig(Side::kPrincipal, principalArgs({"--redis-tls-insecure"}), env({}), 1);
+  EXPECT_FALSE(r.config);
+  EXPECT_NE(r.message.find("without --redis-tls-enabled"), std::string::npos) << r.message;
+}
 
 TEST_F(FlagTableTest, PrincipalFlags) { check(Side::kPrincipal, principalRows()); }
 TEST_F(FlagTableTest, AgentFlags) { check(Side::kAgent, agentRows()); }

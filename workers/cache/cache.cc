@@ -91,16 +91,25 @@ class StoreImpl;
 
 class Store {
  public:
-  Store(const Config& config, kj::Timer& timer, kj::UnixEventPort& port)
+  Store(const Config& config, kj::Timer& timer, kj::UnixEventPort& port,
+        const std::string& runtimeDir)
       : config_(config), timer_(timer), sink_(config.common.eventLog) {
     if (!config.principal.syntheticEvents.empty()) {
       synthetic_ = delivery::parseSyntheticSpec(config.principal.syntheticEvents);
     }
     const auto& p = config.principal;
     if (!p.redisAddress.empty()) {
-      redis_ = std::make_unique<RedisLink>(
-          port, timer, RedisLink::Options{p.redisHost, p.redisPort, p.redisPassword},
-          [this]() { writeAllClusterInfo(); });
+      RedisLink::Options o;
+      o.host = p.redisHost;
+      o.port = p.redisPort;
+      o.password = p.redisPassword;
+      o.username = p.redisUsername;
+      o.tls = p.redisTls;
+      o.tlsCaPath = p.redisCaPath;
+      o.tlsInsecure = p.redisTlsInsecure;
+      o.tlsSocket = runtimeDir + "/redis-tls.sock";
+      redis_ = std::make_unique<RedisLink>(port, timer, std::move(o),
+                                           [this]() { writeAllClusterInfo(); });
       rewrite_ = rewriteLoop().eagerlyEvaluate(nullptr);
     }
   }
@@ -363,15 +372,23 @@ class CacheRole final : public Role, public AgentDirectory {
 
   kj::Promise<void> start() override {
     if (env_.args.side == Side::kPrincipal) {
-      store_ = std::make_shared<Store>(env_.config, env_.timer, env_.io.unixEventPort);
+      store_ = std::make_shared<Store>(env_.config, env_.timer, env_.io.unixEventPort,
+                                       env_.args.runtimeDir);
       const auto& p = env_.config.principal;
       if (p.redisAddress.empty()) {
         spdlog::info(
             "agent state in memory; no Redis configured (--redis-server-address): "
             "Argo CD's cluster info is not written");
       } else {
-        spdlog::info("agent state in memory; Argo CD's cluster info in Redis at {} ({})",
-                     p.redisAddress, p.redisGzip ? "gzip" : "no compression");
+        spdlog::info("agent state in memory; Argo CD's cluster info in Redis at {} ({}{})",
+                     p.redisAddress, p.redisGzip ? "gzip" : "no compression",
+                     !p.redisTls             ? ""
+                     : p.redisTlsInsecure    ? ", TLS NOT VERIFIED (--redis-tls-insecure)"
+                     : p.redisCaPath.empty() ? ", TLS verified against the system's CAs"
+                                             : ", TLS verified against --redis-ca-path");
+        if (p.redisTls && p.redisTlsInsecure) {
+          spdlog::warn("INSECURE: not verifying Redis's TLS certificate (--redis-tls-insecure)");
+        }
       }
       serving_ = serveServiceSocket(env_.io, kj::heap<StoreImpl>(store_))
                      .eagerlyEvaluate([](kj::Exception&& e) {

@@ -13,11 +13,13 @@
 #include <hiredis/hiredis.h>
 
 #include "ipc/runtime/log.h"
+#include "workers/cache/redis_tls.h"
 
 namespace aa {
 
 namespace {
 constexpr kj::Duration kMaxBackoff = 30 * kj::SECONDS;
+constexpr kj::Duration kConnectTimeout = 10 * kj::SECONDS;  // TCP connect and TLS handshake
 
 std::string replyText(const redisReply* r) {
   if (r == nullptr) return "no reply (connection closed)";
@@ -29,6 +31,11 @@ std::string replyText(const redisReply* r) {
 RedisLink::RedisLink(kj::UnixEventPort& port, kj::Timer& timer, Options options,
                      std::function<void()> onReady)
     : port_(port), timer_(timer), options_(std::move(options)), onReady_(std::move(onReady)) {
+  if (options_.tls) {
+    tunnel_ = std::make_unique<RedisTlsTunnel>(
+        port_, timer_,
+        RedisTlsTunnel::Options{options_.tlsCaPath, options_.tlsInsecure, options_.tlsSocket});
+  }
   connect();
 }
 
@@ -43,12 +50,35 @@ RedisLink::~RedisLink() {
 
 std::string RedisLink::state() const {
   std::string where = options_.host + ":" + std::to_string(options_.port);
-  return ready_ ? "connected to " + where : "degraded: " + where + ": " + why_ + " (retrying)";
+  if (ready_) {
+    return "connected to " + where + (tunnel_ ? " over " + tunnel_->version() : std::string());
+  }
+  return "degraded: " + where + ": " + why_ + " (retrying)";
 }
 
 void RedisLink::connect() {
-  if (stopping_ || ac_ != nullptr) return;  // one connection (attempt) at a time
-  redisAsyncContext* ac = redisAsyncConnect(options_.host.c_str(), options_.port);
+  if (stopping_ || ac_ != nullptr || opening_) return;  // one connection (attempt) at a time
+  if (!tunnel_) {
+    connectHiredis();
+    return;
+  }
+  opening_ = true;
+  retries_.add(tunnel_->open(options_.host, options_.port, kConnectTimeout)
+                   .then(
+                       [this]() {
+                         opening_ = false;
+                         connectHiredis();
+                       },
+                       [this](kj::Exception&& e) {
+                         opening_ = false;
+                         tunnel_->close();
+                         lost("TLS: " + std::string(e.getDescription().cStr()));
+                       }));
+}
+
+void RedisLink::connectHiredis() {
+  redisAsyncContext* ac = tunnel_ ? redisAsyncConnectUnix(tunnel_->path().c_str())
+                                  : redisAsyncConnect(options_.host.c_str(), options_.port);
   if (ac == nullptr) {
     lost("out of memory");
     return;
@@ -72,6 +102,13 @@ void RedisLink::connect() {
       kj::UnixEventPort::FdObserver::OBSERVE_READ | kj::UnixEventPort::FdObserver::OBSERVE_WRITE);
   redisAsyncSetDisconnectCallback(ac, &RedisLink::onDisconnect);
   redisAsyncSetConnectCallback(ac, &RedisLink::onConnect);  // asks for the first write event
+  if (tunnel_) {
+    std::string why = tunnel_->attach();
+    if (!why.empty()) {
+      spdlog::warn("Redis at {}:{}: {}", options_.host, options_.port, why);
+      tunnel_->close();  // hiredis sees its connection fail: lost(), retry
+    }
+  }
 }
 
 void RedisLink::onConnect(const redisAsyncContext* ac, int status) {
@@ -85,10 +122,14 @@ void RedisLink::onConnect(const redisAsyncContext* ac, int status) {
   }
   self->connected_ = true;
   auto* mut = const_cast<redisAsyncContext*>(ac);
-  if (!self->options_.password.empty()) {
+  const auto& o = self->options_;
+  if (!o.password.empty() && !o.username.empty()) {
+    redisAsyncCommand(mut, &RedisLink::onAuth, self, "AUTH %b %b", o.username.data(),
+                      o.username.size(), o.password.data(), o.password.size());
+  } else if (!o.password.empty()) {
     // PING once AUTH succeeded (a PING pipelined behind a refused AUTH would say NOAUTH).
-    redisAsyncCommand(mut, &RedisLink::onAuth, self, "AUTH %b", self->options_.password.data(),
-                      self->options_.password.size());
+    redisAsyncCommand(mut, &RedisLink::onAuth, self, "AUTH %b", o.password.data(),
+                      o.password.size());
   } else {
     redisAsyncCommand(mut, &RedisLink::onPing, self, "PING");
   }
@@ -99,7 +140,10 @@ void RedisLink::onAuth(redisAsyncContext* ac, void* reply, void* privdata) {
   auto* r = static_cast<redisReply*>(reply);
   if (self->stopping_ || r == nullptr) return;
   if (r->type == REDIS_REPLY_ERROR) {
-    self->fail("the password was refused (--redis-password / REDIS_PASSWORD): " + replyText(r));
+    self->fail(
+        "the password was refused (--redis-password / REDIS_PASSWORD / "
+        "--redis-creds-dir-path): " +
+        replyText(r));
     return;
   }
   redisAsyncCommand(ac, &RedisLink::onPing, self, "PING");
@@ -112,7 +156,9 @@ void RedisLink::onPing(redisAsyncContext*, void* reply, void* privdata) {
   if (r->type == REDIS_REPLY_ERROR) {
     std::string text = replyText(r);
     self->fail(text.rfind("NOAUTH", 0) == 0
-                   ? "it requires a password (--redis-password / REDIS_PASSWORD): " + text
+                   ? "it requires a password (--redis-password / REDIS_PASSWORD / "
+                     "--redis-creds-dir-path): " +
+                         text
                    : text);
     return;
   }

@@ -16,15 +16,24 @@ struct redisAsyncContext;
 
 namespace aa {
 
+class RedisTlsTunnel;
+
 class RedisLink {
  public:
   struct Options {
     std::string host;
     int port = 6379;
     std::string password;  // "" = no AUTH
+    std::string username;  // with a password: AUTH <username> <password> (Redis 6 ACLs)
+    // TLS (redis_tls.h): hiredis then talks through a tunnel on `tlsSocket`.
+    bool tls = false;
+    std::string tlsCaPath;
+    bool tlsInsecure = false;
+    std::string tlsSocket;
   };
 
-  // Starts connecting at once. `onReady` runs after every successful (re)connect.
+  // Starts connecting at once. `onReady` runs after every successful (re)connect. Throws
+  // ConfigError when the TLS settings cannot be used (CA file).
   RedisLink(kj::UnixEventPort& port, kj::Timer& timer, Options options,
             std::function<void()> onReady);
   ~RedisLink();
@@ -51,6 +60,7 @@ class RedisLink {
   static void cleanup(void* self);
 
   void connect();
+  void connectHiredis();
   void fail(const std::string& why);  // log, drop the connection, retry later
   void lost(const std::string& why);  // the connection is gone (hiredis freed it)
   void retryLater();
@@ -61,6 +71,8 @@ class RedisLink {
   kj::Timer& timer_;
   Options options_;
   std::function<void()> onReady_;
+  std::unique_ptr<RedisTlsTunnel> tunnel_;  // with TLS; outlives the tasks below
+  bool opening_ = false;                    // the tunnel's TCP connect and handshake run
   redisAsyncContext* ac_ = nullptr;
   kj::Own<kj::UnixEventPort::FdObserver> observer_;
   kj::Promise<void> reading_ = nullptr, writing_ = nullptr;

@@ -67,6 +67,7 @@ std::string opensslErrors() {
 
 namespace {
 // What an agent sees when the principal's front door refuses it at accept (admission.h).
+constexpr const char* kEofInHandshake = "unexpected eof while reading";
 constexpr const char* kClosedInHandshake =
     "the peer closed the connection during the handshake: a principal that is refusing "
     "connections (too many in all, or too many unauthenticated ones from this address) closes "
@@ -93,8 +94,9 @@ std::string explainHandshakeFailure(const std::string& reason) {
        "the peer's certificate does not verify against --root-ca-path"},
       {"http request", "plain HTTP sent to the TLS port"},
       {"wrong version number", "not TLS: a plaintext peer on a TLS connection?"},
-      {"unexpected eof while reading", kClosedInHandshake},
+      {kEofInHandshake, kClosedInHandshake},
   };
+  if (reason == kEofInHandshake) return kClosedInHandshake;  // the hint says it all
   for (const auto& [needle, hint] : kHints) {
     if (reason.find(needle) != std::string::npos) return reason + " (" + hint + ")";
   }
@@ -142,18 +144,20 @@ TlsStream::TlsStream(kj::UnixEventPort& port, kj::AutoCloseFd tcp, SslPtr ssl, s
 
 TlsStream::~TlsStream() noexcept(false) {}
 
-kj::Promise<void> TlsStream::handshake() {
+kj::Promise<void> TlsStream::handshake(Explain explain) {
   ERR_clear_error();
   int r = SSL_do_handshake(ssl_.get());
   if (r == 1) return kj::READY_NOW;
   switch (SSL_get_error(ssl_.get(), r)) {
     case SSL_ERROR_WANT_READ:
-      return tcpObserver_.whenBecomesReadable().then([this]() { return handshake(); });
+      return tcpObserver_.whenBecomesReadable().then(
+          [this, explain]() { return handshake(explain); });
     case SSL_ERROR_WANT_WRITE:
-      return tcpObserver_.whenBecomesWritable().then([this]() { return handshake(); });
+      return tcpObserver_.whenBecomesWritable().then(
+          [this, explain]() { return handshake(explain); });
     case SSL_ERROR_SYSCALL:
       if (ERR_peek_error() == 0) {
-        return failure(kClosedInHandshake);
+        return failure(explain(kEofInHandshake));
       }
       [[fallthrough]];
     default: {
@@ -162,7 +166,7 @@ kj::Promise<void> TlsStream::handshake() {
       if (verify != X509_V_OK) {
         reason += std::string(": ") + X509_verify_cert_error_string(verify);
       }
-      return failure(explainHandshakeFailure(reason));
+      return failure(explain(reason));
     }
   }
 }

@@ -64,8 +64,10 @@ class TlsStream {
   TlsStream(kj::UnixEventPort& port, kj::AutoCloseFd tcp, SslPtr ssl, std::string peer);
   ~TlsStream() noexcept(false);
 
-  // Completes the handshake; rejects with OpenSSL's reason, explained.
-  kj::Promise<void> handshake();
+  // Completes the handshake; rejects with OpenSSL's reason, passed through `explain` (the hints
+  // for the agent/principal flags by default; Redis has flags of its own).
+  using Explain = std::string (*)(const std::string& reason);
+  kj::Promise<void> handshake(Explain explain = &explainHandshakeFailure);
   // Server side: the peer's ClientHello has arrived in full (the handshake is under way).
   bool helloReceived() const;
   SessionInfo sessionInfo() const;
