@@ -179,6 +179,26 @@ class OpsTest(h.IntegrationTestCase):
         self.assertIn('invalid value "40000" for --metrics-port: must be an integer from 0 to 32767',
                       r.stderr)
 
+    def test_log_level_per_subsystem(self):
+        """Upstream's `[subsystem=]level,...`: the auth worker quiet below warn, the rest at
+        info, the agent's event stream (upstream's grpc-event) at debug and the rest at warn."""
+        principal = self.start_principal(plaintext=True, users={"agent-l": "pw-l"},
+                                         extra=["--log-level", "info,auth=warn"])
+        self.assertGreater(principal.count(r"worker auth .* is ready"), 0)
+        self.assertGreater(principal.count(r"warning \[principal/auth .* INSECURE"), 0)
+        self.assertEqual(principal.count(r"userpass database"), 0, "auth's info lines are off")
+        self.assertGreater(principal.count(r" info  \[principal/(listener-1|cache|heartbeat) "), 0)
+        agent = self.start_agent(principal, extra=["--log-level", "warn,grpc-event=debug",
+                                                   "--heartbeat-interval", "1s"])
+        agent.wait_log(r"debug \[agent/transport .* heartbeat ACK after")
+        self.assertEqual(agent.count(r" (info|debug) +\[agent/(supervisor|ops|cache|heartbeat) "), 0)
+        r = subprocess.run([h.AGENT_BIN, "principal", "--namespace", "argocd", "--auth",
+                            "userpass:/dev/null", "--insecure-plaintext", "--insecure-jwt-generate",
+                            "--log-level", "info,frob=debug"], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(r.returncode, 78, r.stderr)
+        self.assertIn('for --log-level: unknown subsystem "frob"', r.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -113,7 +113,7 @@ int supervisorMain(Side side, int argc, char** argv) {
   }
   const Config& config = *parsed.config;
   log::init(toString(side), "supervisor", 0);
-  log::setLevel(config.common.logLevel);
+  log::setLevel(logLevelFor(config, "supervisor"));
   log::setFormat(config.common.logFormat);
   return log::withKjLogBridge([&]() -> int {
     for (const auto& w : parsed.warnings) spdlog::warn("{}", w);

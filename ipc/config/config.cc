@@ -160,20 +160,71 @@ Option listOpt(std::string name, std::string env, std::string help,
       }};
 }
 
-Option logLevelOpt(std::string env, std::string* target) {
-  return Option{"log-level",
-                0,
-                env,
-                "log level: trace, debug, info, warn, error",
-                *target,
-                false,
-                [target](const std::string& v) -> std::optional<BadValue> {
-                  if (!log::parseLevel(v)) {
-                    return BadValue{"must be one of trace, debug, info, warn, error"};
-                  }
-                  *target = v;
-                  return std::nullopt;
-                }};
+// --log-level as upstream: a comma list of `level` (every part's default) and `subsystem=level`.
+// The subsystems here are the workers (supervisor included) and upstream's names: grpc-event is
+// the worker carrying the event stream (listener / transport); resource-proxy, redis-proxy and
+// informer-event-buffer name parts this build does not have and change nothing.
+Option logLevelOpt(Side side, std::string env, CommonConfig* target) {
+  return Option{
+      "log-level",
+      0,
+      env,
+      side == Side::kPrincipal
+          ? "log level: trace, debug, info, warn, error; or a comma list of [subsystem=]level, "
+            "subsystems supervisor, listener, auth, cache, heartbeat, ops and upstream's "
+            "grpc-event (= listener), resource-proxy, redis-proxy, informer-event-buffer"
+          : "log level: trace, debug, info, warn, error; or a comma list of [subsystem=]level, "
+            "subsystems supervisor, transport, cache, heartbeat, ops and upstream's grpc-event "
+            "(= transport), resource-proxy, redis-proxy, informer-event-buffer",
+      "info",
+      false,
+      [side, target](const std::string& v) -> std::optional<BadValue> {
+        const std::vector<std::string> subsystems =
+            side == Side::kPrincipal
+                ? std::vector<std::string>{"supervisor", "listener",  "auth",
+                                           "cache",      "heartbeat", "ops"}
+                : std::vector<std::string>{"supervisor", "transport", "cache", "heartbeat", "ops"};
+        const std::vector<std::string> upstreamOnly = {"grpc-event", "resource-proxy",
+                                                       "redis-proxy", "informer-event-buffer"};
+        auto trim = [](std::string x) {
+          x.erase(0, x.find_first_not_of(" \t"));
+          x.erase(x.find_last_not_of(" \t") + 1);
+          return x;
+        };
+        std::string level = "info";
+        std::map<std::string, std::string> perRole;
+        std::stringstream in(v);
+        for (std::string item; std::getline(in, item, ',');) {
+          item = trim(item);
+          if (item.empty()) continue;
+          auto eq = item.find('=');
+          std::string sub = eq == std::string::npos ? "" : trim(item.substr(0, eq));
+          std::string lv = eq == std::string::npos ? item : trim(item.substr(eq + 1));
+          if (lv.empty()) lv = "info";  // as upstream
+          if (!log::parseLevel(lv)) {
+            return BadValue{"must be one of trace, debug, info, warn, error" +
+                            (sub.empty() ? std::string() : " (for " + sub + ")")};
+          }
+          if (eq == std::string::npos) {
+            level = lv;
+            continue;
+          }
+          bool ours = std::find(subsystems.begin(), subsystems.end(), sub) != subsystems.end();
+          bool upstream =
+              std::find(upstreamOnly.begin(), upstreamOnly.end(), sub) != upstreamOnly.end();
+          if (!ours && !upstream) {
+            std::string all;
+            for (const auto& n : subsystems) all += n + ", ";
+            return BadValue{"unknown subsystem \"" + sub + "\": must be one of " + all +
+                            "or upstream's grpc-event, resource-proxy, redis-proxy, "
+                            "informer-event-buffer"};
+          }
+          perRole[sub] = lv;
+        }
+        target->logLevel = level;
+        target->roleLogLevels = std::move(perRole);
+        return std::nullopt;
+      }};
 }
 
 std::vector<Option> commonOptions(Side side, Config& c) {
@@ -182,7 +233,7 @@ std::vector<Option> commonOptions(Side side, Config& c) {
   c.common.metricsPort = side == Side::kPrincipal ? 8000 : 8181;
   c.common.healthzPort = side == Side::kPrincipal ? 8003 : 8001;
   return {
-      logLevelOpt(p + "LOG_LEVEL", &c.common.logLevel),
+      logLevelOpt(side, p + "LOG_LEVEL", &c.common),
       Option{"log-format", 0, p + "LOG_FORMAT",
              "log format: text, or json (one object per line: time, level, msg, side, role, pid, "
              "generation)",
@@ -900,6 +951,17 @@ std::optional<SyntheticSpec> parseSyntheticSpec(const std::string& spec) {
   s.resources = v[1];
   s.bytes = v[2];
   return s;
+}
+
+const std::string& logLevelFor(const Config& config, const std::string& workerName) {
+  const auto& levels = config.common.roleLogLevels;
+  std::string role = workerName.substr(0, workerName.find('-'));  // "listener-2" -> "listener"
+  if (auto it = levels.find(role); it != levels.end()) return it->second;
+  const char* stream = config.side == Side::kPrincipal ? "listener" : "transport";
+  if (role == stream) {
+    if (auto it = levels.find("grpc-event"); it != levels.end()) return it->second;
+  }
+  return config.common.logLevel;
 }
 
 }  // namespace aa

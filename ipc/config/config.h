@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -18,7 +19,9 @@ enum class Side { kPrincipal, kAgent };
 const char* toString(Side side);
 
 struct CommonConfig {
-  std::string logLevel = "info";
+  std::string logLevel = "info";  // every worker's, unless named in roleLogLevels
+  // --log-level's subsystem=level parts: worker role (or upstream's grpc-event) -> level.
+  std::map<std::string, std::string> roleLogLevels;
   std::string logFormat = "text";  // text or json
   std::string
       controlSocket;  // resolved default: $XDG_RUNTIME_DIR|/tmp/argocd-agent-<side>-<pid>.sock
@@ -135,6 +138,10 @@ struct Config {
   PrincipalConfig principal;
   AgentConfig agent;
 };
+
+// The log level of the worker `workerName` ("listener-2", "supervisor"): its role's part of
+// --log-level, else upstream's grpc-event for the event-stream worker, else the default level.
+const std::string& logLevelFor(const Config& config, const std::string& workerName);
 
 // Thrown when a configuration cannot work (bad flag value, unreadable key, bad file); a worker
 // that throws it (unreadable key, bad file): the worker

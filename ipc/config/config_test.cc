@@ -505,6 +505,39 @@ class FlagTableTest : public ConfigTest {
   }
 };
 
+TEST_F(ConfigTest, LogLevelPerSubsystemAsUpstream) {
+  auto r = parseConfig(Side::kPrincipal,
+                       principalArgs({"--log-level=warn, cache=debug,grpc-event=trace,auth="}),
+                       env({}), 1);
+  ASSERT_TRUE(r.config) << r.message;
+  EXPECT_EQ(logLevelFor(*r.config, "supervisor"), "warn");
+  EXPECT_EQ(logLevelFor(*r.config, "cache"), "debug");
+  EXPECT_EQ(logLevelFor(*r.config, "listener-2"), "trace");  // grpc-event = the listeners
+  EXPECT_EQ(logLevelFor(*r.config, "auth"), "info");         // empty level = info, as upstream
+  EXPECT_EQ(logLevelFor(*r.config, "heartbeat"), "warn");
+  // A role's own part beats grpc-event; later parts beat earlier ones.
+  r = parseConfig(Side::kAgent,
+                  {"--server-address=p", "--creds=userpass:" + file_, "--insecure-plaintext",
+                   "--log-level=grpc-event=debug,transport=error,info,transport=trace"},
+                  env({}), 1);
+  ASSERT_TRUE(r.config) << r.message;
+  EXPECT_EQ(logLevelFor(*r.config, "transport"), "trace");
+  EXPECT_EQ(logLevelFor(*r.config, "ops"), "info");
+  // Upstream's subsystems without a counterpart here are accepted and change nothing.
+  r = parseConfig(Side::kPrincipal, principalArgs({"--log-level=redis-proxy=debug"}), env({}), 1);
+  ASSERT_TRUE(r.config) << r.message;
+  EXPECT_EQ(logLevelFor(*r.config, "listener-1"), "info");
+  for (const auto& [bad, want] : std::vector<std::pair<std::string, std::string>>{
+           {"listener=loud", "must be one of trace, debug, info, warn, error (for listener)"},
+           {"transport=debug", "unknown subsystem \"transport\""},  // the agent's, not here
+           {"frob=info", "unknown subsystem \"frob\": must be one of supervisor, listener"}}) {
+    r = parseConfig(Side::kPrincipal, principalArgs({"--log-level=" + bad}), env({}), 1);
+    EXPECT_FALSE(r.config) << bad;
+    EXPECT_NE(r.message.find(want), std::string::npos) << r.message;
+    EXPECT_NE(r.message.find("--log-level"), std::string::npos) << r.message;
+  }
+}
+
 TEST_F(ConfigTest, RedisCredentialsDirectoryAndTlsModes) {
   auto r =
       parseConfig(Side::kPrincipal, principalArgs({"--redis-creds-dir-path=" + dir_}), env({}), 1);

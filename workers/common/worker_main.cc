@@ -211,7 +211,7 @@ int workerMain(int argc, char** argv) {
     return exit_code::kConfig;
   }
   const Config& config = *parsed.config;
-  log::setLevel(config.common.logLevel);
+  log::setLevel(logLevelFor(config, args.role));
   log::setFormat(config.common.logFormat);
   // grpc's own messages (gpr_log) and KJ's go through spdlog too: one format per process.
   gpr_set_log_function([](gpr_log_func_args* a) {
