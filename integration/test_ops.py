@@ -13,6 +13,7 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import unittest
 import urllib.error
 import urllib.request
@@ -63,6 +64,13 @@ def value(samples, name, **labels):
         if (n, key) in samples:
             return samples[(n, key)][1]
     return None
+
+
+def handled_sum(samples, name, **labels):
+    """The sum over grpc_code of a handled_total series."""
+    want = set(labels.items())
+    return sum(v for (n, key), (_, v) in samples.items()
+               if n == name and want <= set(key) and any(k == "grpc_code" for k, _ in key))
 
 
 class OpsTest(h.IntegrationTestCase):
@@ -153,7 +161,32 @@ class OpsTest(h.IntegrationTestCase):
         self.assertEqual(value(samples, "argocd_agent_build_info", version=h.VERSION,
                                git_revision=self.build_revision(body)), 1, body)
 
+        # go-grpc-middleware's series, as upstream exports them: 2 agents authenticated, asked the
+        # version and subscribed; agent-b's stream ended; every code pre-registered at 0.
+        sub = dict(grpc_service="eventstreamapi.EventStream", grpc_method="Subscribe",
+                   grpc_type="bidi_stream")
+        auth = dict(grpc_service="authapi.Authentication", grpc_method="Authenticate",
+                    grpc_type="unary")
+        ver = dict(grpc_service="versionapi.Version", grpc_method="Version", grpc_type="unary")
+        self.assertEqual(value(samples, "grpc_server_started_total", **sub), 2, body)
+        self.assertEqual(handled_sum(samples, "grpc_server_handled_total", **sub), 1, body)
+        self.assertEqual(value(samples, "grpc_server_started_total", **auth), 2, body)
+        self.assertEqual(value(samples, "grpc_server_handled_total", grpc_code="OK", **auth), 2)
+        self.assertEqual(value(samples, "grpc_server_handled_total", grpc_code="Unauthenticated",
+                               **auth), 0, body)
+        self.assertEqual(value(samples, "grpc_server_msg_sent_total", **auth), 2, body)
+        self.assertEqual(value(samples, "grpc_server_handled_total", grpc_code="OK", **ver), 2)
+        self.assertEqual(value(samples, "grpc_server_msg_received_total", **sub),
+                         value(samples, "principal_events_received"), body)
+
         asamples, abody = scrape(agent_metrics)
+        self.assertEqual(value(asamples, "grpc_client_started_total", **auth), 1, abody)
+        self.assertEqual(value(asamples, "grpc_client_handled_total", grpc_code="OK", **auth), 1)
+        self.assertEqual(value(asamples, "grpc_client_msg_received_total", **auth), 1, abody)
+        self.assertEqual(value(asamples, "grpc_client_started_total", **sub), 1, abody)
+        self.assertEqual(handled_sum(asamples, "grpc_client_handled_total", **sub), 0, abody)
+        self.assertEqual(value(asamples, "grpc_client_msg_sent_total", **sub),
+                         value(asamples, "agent_events_sent"), abody)
         self.assertEqual(value(asamples, "argocd_agent_connection_status"), 1, abody)
         self.assertEqual(value(asamples, "argocd_agent_connections_total"), 1, abody)
         self.assertEqual(value(asamples, "argocd_agent_auth_failures_total"), 0, abody)
@@ -178,6 +211,38 @@ class OpsTest(h.IntegrationTestCase):
         self.assertEqual(r.returncode, 78, r.stderr)
         self.assertIn('invalid value "40000" for --metrics-port: must be an integer from 0 to 32767',
                       r.stderr)
+
+    def test_back_pressure_shows_per_agent(self):
+        """An agent that reads but never acknowledges: its send queue (--send-queue-size 4) fills
+        and aa_agent_send_queue_full says so; the source waits (back-pressure)."""
+        _, metrics, flags = self.ops_flags()
+        principal = self.start_principal(
+            users={"agent-q": "pw-q"}, plaintext=True,
+            extra=flags + ["--synthetic-events", "40:40:64", "--send-queue-size", "4"])
+        ok = h.authenticate(principal.port, "agent-q", "pw-q", tls=False)
+        self.assertEqual(ok.code, h.grpc.StatusCode.OK, ok)
+        silent = threading.Event()  # the request stream stays open and sends nothing
+
+        def requests():
+            silent.wait(30)
+            return
+            yield
+
+        with h.channel(principal.port, False) as ch:
+            stream = h.eventstream_pb2_grpc.EventStreamStub(ch).Subscribe(
+                requests(), metadata=[("authorization", ok.response.accessToken)], timeout=30)
+            got = [next(stream) for _ in range(4)]
+            self.assertEqual(len(got), 4)
+            h.wait_for(lambda: value(scrape(metrics)[0], "aa_agent_send_queue_full",
+                                     agent_name="agent-q") == 1, h.EVENT_TIMEOUT,
+                       "the full queue shows")
+            samples, body = scrape(metrics)
+            self.assertEqual(value(samples, "aa_agent_unacknowledged_events",
+                                   agent_name="agent-q"), 4, body)
+            self.assertEqual(value(samples, "aa_agent_events_resent_total",
+                                   agent_name="agent-q"), 0, body)
+            silent.set()
+            stream.cancel()
 
     def test_log_level_per_subsystem(self):
         """Upstream's `[subsystem=]level,...`: the auth worker quiet below warn, the rest at

@@ -427,12 +427,27 @@ class CacheRole final : public Role, public AgentDirectory {
                      {},
                      static_cast<double>(r->failedWrites())});
     }
-    for (const auto& v : store_->views()) {
+    for (const auto& [name, a] : store_->agents()) {
+      std::vector<std::pair<std::string, std::string>> agent = {{"agent_name", name}};
+      const delivery::WriterStats& w = a->writer.stats();
       out.push_back({"argocd_principal_agent_connections_total",
-                     "Event streams opened by the agent",
-                     true,
-                     {{"agent_name", v.name}},
-                     static_cast<double>(v.streams)});
+                     "Event streams opened by the agent", true, agent,
+                     static_cast<double>(a->streams)});
+      // Delivery and back-pressure (event_writer.h): what waits for the agent, and why.
+      out.push_back({"aa_agent_events_resent_total",
+                     "Events re-sent to the agent because no ACK came in time or it reconnected",
+                     true, agent, static_cast<double>(w.resent)});
+      out.push_back(
+          {"aa_agent_events_coalesced_total",
+           "Events replaced by a newer version of the same resource before they were sent", true,
+           agent, static_cast<double>(w.coalesced)});
+      out.push_back(
+          {"aa_agent_send_queue_full",
+           "1 while the agent's send queue is full (--send-queue-size): its producer waits", false,
+           agent, a->writer.full() ? 1.0 : 0.0});
+      out.push_back({"aa_agent_events_refused_full_total",
+                     "Events refused because the agent's send queue was full", true, agent,
+                     static_cast<double>(w.rejectedFull)});
     }
     return out;
   }

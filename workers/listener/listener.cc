@@ -44,6 +44,7 @@
 #include "workers/common/jwt.h"
 #include "workers/common/queue_gate.h"
 #include "workers/common/role.h"
+#include "workers/common/rpc_metrics.h"
 #include "workers/common/service_link.h"
 #include "workers/common/stream_pump.h"
 #include "workers/listener/auth_bridge.h"
@@ -195,7 +196,9 @@ struct Loop {
 class StreamCall;
 
 struct Counters {
-  std::atomic<uint64_t> eventsReceived{0}, eventsSent{0}, streams{0}, refusedNoState{0};
+  std::atomic<uint64_t> streams{0}, refusedNoState{0};
+  // Per RPC (rpc_metrics.h); Subscribe's messages are upstream's principal_events_received/sent.
+  RpcCounters rpc;
 };
 
 // Everything the KJ thread does for the calls (defined after the calls).
@@ -246,9 +249,12 @@ class VersionCall final : public Call {
         return;
       }
       new VersionCall(e_, cq_);
+      e_.counters.rpc.start(Rpc::kVersion);
+      e_.counters.rpc.receive(Rpc::kVersion);
       versionapi::VersionResponse resp;
       resp.set_version(versionString());
       gQueues.run([&] { responder_.Finish(resp, grpc::Status::OK, &tag_); });
+      e_.counters.rpc.unary(Rpc::kVersion, 0);
       return;
     }
     delete this;
@@ -291,6 +297,8 @@ class AuthCall final : public Call {
           return;
         }
         new AuthCall(e_, cq_);
+        e_.counters.rpc.start(kRpc);
+        e_.counters.rpc.receive(kRpc);
         state_ = State::kWaiting;
         begin();
         return;
@@ -301,6 +309,7 @@ class AuthCall final : public Call {
         // sees (the alarm's own hand-over happens inside uninstrumented grpc).
         std::lock_guard<std::mutex> lock(outcomeMu_);
         if (peerCompresses(ctx_)) ctx_.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+        e_.counters.rpc.unary(kRpc, status_.error_code());
         gQueues.run([&] { responder_.Finish(resp_, status_, &tag_); });
         return;
       }
@@ -312,6 +321,7 @@ class AuthCall final : public Call {
 
  private:
   enum class State { kRequested, kWaiting, kFinishing };
+  static constexpr Rpc kRpc = kRefresh ? Rpc::kRefreshToken : Rpc::kAuthenticate;
 
   void begin() {
     auto peer = peerOf(e_.peers, ctx_);
@@ -327,6 +337,7 @@ class AuthCall final : public Call {
       if (req_.refreshtoken().size() > kMaxAuthorization) {
         status_ = invalidAuth();
         state_ = State::kFinishing;
+        e_.counters.rpc.unary(kRpc, status_.error_code());
         gQueues.run([&] { responder_.Finish(resp_, status_, &tag_); });
         return;
       }
@@ -550,6 +561,8 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
                                 "unknown method " + ctx_.method().substr(0, 128)));
       return;
     }
+    e_.counters.rpc.start(Rpc::kSubscribe);
+    subscribeCall_ = true;
     const auto& p = e_.config.principal;
     auto claims = checkToken(
         ctx_, e_.key, p.namespace_,
@@ -574,7 +587,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
   }
 
   void onMessage() {
-    e_.counters.eventsReceived.fetch_add(1, std::memory_order_relaxed);
+    e_.counters.rpc.receive(Rpc::kSubscribe);
     messages.fetch_add(1, std::memory_order_relaxed);
     eventstreamapi::Event msg;
     if (!grpc::SerializationTraits<eventstreamapi::Event>::Deserialize(&in_, &msg).ok()) {
@@ -687,7 +700,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     q->pop_front();
     writing_ = true;
     gQueues.run([&] { stream_.Write(writeBuf_, options, &tags_[kWrite]); });
-    e_.counters.eventsSent.fetch_add(1, std::memory_order_relaxed);
+    e_.counters.rpc.send(Rpc::kSubscribe);
     if (isEvent && --batchPending_ == 0) {
       // The whole lease is on its way: ask the cache for the next one.
       e_.hub.post([self = shared_from_this()]() { self->e_.hub.wantMore(self.get()); });
@@ -703,6 +716,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
 
   void sendFinish() {
     finishSent_ = true;
+    if (subscribeCall_) e_.counters.rpc.handle(Rpc::kSubscribe, status_.error_code());
     gQueues.run([&] { stream_.Finish(status_, &tags_[kFinish]); });
   }
 
@@ -731,6 +745,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
   size_t batchPending_ = 0;
   bool reading_ = false, writing_ = false, finishing_ = false, finishSent_ = false,
        finished_ = false, subscribed_ = false, cancelled_ = false, opened_ = false;
+  bool subscribeCall_ = false;  // the method is Subscribe (counted in grpc_server_*)
   grpc::Status status_;
   std::set<std::string> unsupportedTypes_;
   std::string agent_, mode_, peer_;  // set before the KJ thread sees the call
@@ -1287,13 +1302,15 @@ class ListenerRole final : public Role {
          "Events received from agents",
          true,
          {},
-         static_cast<double>(counters_.eventsReceived.load())},
+         static_cast<double>(counters_.rpc.received[RpcCounters::index(Rpc::kSubscribe)].load())},
         {"principal_events_sent",
          "Events sent to agents",
          true,
          {},
-         static_cast<double>(counters_.eventsSent.load())},
+         static_cast<double>(counters_.rpc.sent[RpcCounters::index(Rpc::kSubscribe)].load())},
     };
+    for (auto& sample : rpcSamples(counters_.rpc, /*server=*/true))
+      out.push_back(std::move(sample));
     if (ws_) {
       const auto& w = ws_->stats();
       out.push_back({"argocd_principal_websocket_rpcs_total",

@@ -23,6 +23,7 @@
 #include "workers/common/heartbeat_monitor.h"
 #include "workers/common/jwt.h"
 #include "workers/common/role.h"
+#include "workers/common/rpc_metrics.h"
 #include "workers/common/stream_pump.h"
 #include "workers/common/synthetic.h"
 #include "workers/transport/agent_credentials.h"
@@ -174,7 +175,7 @@ class TransportRole final : public Role {
   // Upstream's agent metrics that the transport counts (ipc/observe.capnp Sample).
   std::vector<MetricSample> samples() override {
     auto n = [](const std::atomic<uint64_t>& a) { return static_cast<double>(a.load()); };
-    return {
+    std::vector<MetricSample> out = {
         {"argocd_agent_connection_status",
          "1 while the event stream to the principal is open",
          false,
@@ -194,9 +195,15 @@ class TransportRole final : public Role {
          "Events received from the principal",
          true,
          {},
-         n(eventsReceived_)},
-        {"agent_events_sent", "Events sent to the principal", true, {}, n(eventsSent_)},
+         n(rpc_.received[RpcCounters::index(Rpc::kSubscribe)])},
+        {"agent_events_sent",
+         "Events sent to the principal",
+         true,
+         {},
+         n(rpc_.sent[RpcCounters::index(Rpc::kSubscribe)])},
     };
+    for (auto& sample : rpcSamples(rpc_, /*server=*/false)) out.push_back(std::move(sample));
+    return out;
   }
 
   std::pair<bool, std::string> serving() override {
@@ -296,7 +303,10 @@ class TransportRole final : public Role {
       authapi::RefreshTokenRequest req;
       req.set_refreshtoken(refresh);
       authapi::AuthResponse resp;
+      rpc_.start(Rpc::kRefreshToken);
+      rpc_.send(Rpc::kRefreshToken);
       auto st = authapi::Authentication::NewStub(channel)->RefreshToken(&ctx, req, &resp);
+      rpc_.unaryDone(Rpc::kRefreshToken, st.error_code());
       if (st.ok() && !resp.accesstoken().empty()) {
         std::lock_guard<std::mutex> lock(mu_);
         accessToken_ = resp.accesstoken();
@@ -310,7 +320,10 @@ class TransportRole final : public Role {
       compress(actx);
       actx.set_deadline(std::chrono::system_clock::now() + kRpcDeadline);
       authapi::AuthResponse aresp;
+      rpc_.start(Rpc::kAuthenticate);
+      rpc_.send(Rpc::kAuthenticate);
       st = authapi::Authentication::NewStub(channel)->Authenticate(&actx, authRequest(), &aresp);
+      rpc_.unaryDone(Rpc::kAuthenticate, st.error_code());
       std::lock_guard<std::mutex> lock(mu_);
       if (st.ok()) {
         accessToken_ = aresp.accesstoken();
@@ -429,7 +442,10 @@ class TransportRole final : public Role {
       compress(ctx);
       ctx.set_deadline(std::chrono::system_clock::now() + kRpcDeadline);
       setActive(&ctx);
+      rpc_.start(Rpc::kAuthenticate);
+      rpc_.send(Rpc::kAuthenticate);
       auto st = authapi::Authentication::NewStub(channel)->Authenticate(&ctx, areq, &aresp);
+      rpc_.unaryDone(Rpc::kAuthenticate, st.error_code());
       setActive(nullptr);
       if (!st.ok()) {
         if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
@@ -456,7 +472,10 @@ class TransportRole final : public Role {
       ctx.AddMetadata("authorization", token);
       setActive(&ctx);
       versionapi::VersionRequest vreq;
+      rpc_.start(Rpc::kVersion);
+      rpc_.send(Rpc::kVersion);
       auto st = versionapi::Version::NewStub(channel)->Version(&ctx, vreq, &vresp);
+      rpc_.unaryDone(Rpc::kVersion, st.error_code());
       setActive(nullptr);
       if (!st.ok()) {
         spdlog::warn("Version call failed: {}: {}", codeName(st.error_code()), st.error_message());
@@ -473,6 +492,7 @@ class TransportRole final : public Role {
     compress(ctx);
     ctx.AddMetadata("authorization", token);
     setActive(&ctx);
+    rpc_.start(Rpc::kSubscribe);
     auto stream = eventstreamapi::EventStream::NewStub(channel)->Subscribe(&ctx);
     auto opened = std::chrono::steady_clock::now();
     // Do not wait for response headers: grpc-go and grpc-js principals send them only with
@@ -494,7 +514,7 @@ class TransportRole final : public Role {
       auto stats = delivery::pumpStream(
           *stream, outbox_, sink_, ledger_, ledgerMu_, kSource, "principal",
           [&](const delivery::Event& ack) {
-            eventsReceived_.fetch_add(1, std::memory_order_relaxed);
+            rpc_.receive(Rpc::kSubscribe);
             if (ack.type() != ce::kProcessed) return;
             if (auto rtt = monitor.acked(ce::stringAttr(ack, "eventid"),
                                          std::chrono::steady_clock::now())) {
@@ -503,7 +523,7 @@ class TransportRole final : public Role {
               heartbeatRtt_ = *rtt;
             }
           },
-          &eventsSent_);
+          &rpc_.sent[RpcCounters::index(Rpc::kSubscribe)]);
       connected_ = false;
       {
         // Under mu_: the heartbeat and refresh threads check streamDone under mu_ before they
@@ -519,6 +539,7 @@ class TransportRole final : public Role {
                     stats.received, stats.applied, stats.duplicates, stats.rejected);
     }
     auto st = stream->Finish();
+    rpc_.handle(Rpc::kSubscribe, st.error_code());
     setActive(nullptr);
     auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - opened);
@@ -565,7 +586,8 @@ class TransportRole final : public Role {
   std::string target_;
   std::thread thread_;
   std::atomic<bool> connected_{false};
-  std::atomic<uint64_t> connections_{0}, authFailures_{0}, eventsReceived_{0}, eventsSent_{0};
+  std::atomic<uint64_t> connections_{0}, authFailures_{0};
+  RpcCounters rpc_;  // grpc_client_* (rpc_metrics.h); Subscribe's messages are agent_events_*
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
