@@ -175,6 +175,7 @@ void RedisLink::onSet(redisAsyncContext*, void* reply, void* privdata) {
   auto* self = static_cast<RedisLink*>(privdata);
   auto* r = static_cast<redisReply*>(reply);
   if (self->stopping_) return;
+  ++self->answered_;  // also when the connection dropped it (r == nullptr)
   if (r == nullptr || r->type == REDIS_REPLY_ERROR) {
     ++self->failedWrites_;
     if (r != nullptr) spdlog::warn("Redis SET refused: {}", replyText(r));

@@ -46,6 +46,8 @@ class RedisLink {
   std::string state() const;
   uint64_t writes() const { return writes_; }
   uint64_t failedWrites() const { return failedWrites_; }
+  // Writes sent and not yet answered (pipelined), for benchmarks and shutdown.
+  uint64_t pendingWrites() const { return writes_ - answered_; }
 
  private:
   static void onConnect(const redisAsyncContext* ac, int status);
@@ -80,7 +82,7 @@ class RedisLink {
   bool reported_ = false;  // the current outage was logged
   kj::Duration backoff_ = 1 * kj::SECONDS;
   std::string why_ = "connecting";
-  uint64_t writes_ = 0, failedWrites_ = 0;
+  uint64_t writes_ = 0, failedWrites_ = 0, answered_ = 0;
   struct Ignore : kj::TaskSet::ErrorHandler {
     void taskFailed(kj::Exception&&) override {}
   } ignore_;
