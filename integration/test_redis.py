@@ -277,3 +277,81 @@ class RedisTlsAndCredentialsTest(RedisCase):
             f.write("not-the-acl-pw")
         p3 = self.principal_with(redis, ["--redis-creds-dir-path", acl], name="acl-wrong")
         p3.wait_log(r"the password was refused .*--redis-creds-dir-path\): WRONGPASS")
+
+
+class AgentStateInRedisTest(RedisCase):
+    """The agents' delivery state (unacknowledged events, the receive ledger, the synthetic
+    source's position) kept in Redis by the cache worker: a restarted principal resumes the
+    stream where it stopped, and a corrupted value costs only itself."""
+
+    TOTAL, RESOURCES = 3000, 20
+
+    def synthetic_principal(self, redis, name="principal", port=None, extra=()):
+        flags = [f"--synthetic-events={self.TOTAL}:{self.RESOURCES}:512:agent-r",
+                 *(["--listen-port", str(port)] if port else []), *extra]
+        return self.principal_with(redis, flags, name=name)
+
+    def test_a_restarted_principal_resumes_the_stream_from_redis(self):
+        redis = Redis(self).start()
+        first = self.synthetic_principal(redis)
+        event_log = self.path("agent-events.log")
+        agent = self.start_agent(first, extra=["--event-log", event_log,
+                                               "--heartbeat-interval", "1s"])
+        applied = h.LineCounter(event_log)
+        h.wait_for(lambda: applied() >= 1000, h.EVENT_TIMEOUT, "a third of the stream applied")
+        first.popen.terminate()
+        first.popen.wait(timeout=30)
+        before = applied()
+        state = redis.command("HGETALL", "argocd-agent|state|agent-r")
+        fields = dict(zip(state[::2], state[1::2]))
+        self.assertGreaterEqual(int(fields[b"source"]), before, "the source's position is kept")
+        self.assertEqual(int(fields[b"streams"]), 1)
+
+        second = self.synthetic_principal(redis, name="second", port=first.port)
+        second.wait_log(r"agent state: restored 1 agent\(s\) from Redis \(\d+ unacknowledged")
+        second.wait_log(rf"synthetic source: {self.TOTAL} events acknowledged by agent agent-r",
+                        timeout=90)
+        # Every event applied once and no resource ever went back: a source that started again
+        # from its first event would re-send events older than the agent's ledger remembers.
+        h.assert_converged(self, event_log, self.TOTAL, self.RESOURCES)
+        self.assertGreaterEqual(agent.count(r"Event stream to .* opened"), 2)
+        self.assertEqual(second.worker("cache")["restarts"], 0)
+
+    def test_a_killed_cache_worker_restores_its_state_and_the_stream_converges(self):
+        redis = Redis(self).start()
+        principal = self.synthetic_principal(redis)
+        event_log = self.path("agent-events.log")
+        self.start_agent(principal, extra=["--event-log", event_log, "--heartbeat-interval", "1s"])
+        applied = h.LineCounter(event_log)
+        h.wait_for(lambda: applied() >= 1000, h.EVENT_TIMEOUT, "a third of the stream applied")
+        cache = principal.worker("cache")
+        os.kill(cache["pid"], signal.SIGKILL)
+        h.wait_for(lambda: (lambda w: w["state"] == "READY" and w["pid"] != cache["pid"])(
+            principal.worker("cache")), h.EVENT_TIMEOUT, "the cache worker restarted")
+        principal.wait_log(r"agent state: restored 1 agent\(s\) from Redis")
+        principal.wait_log(rf"synthetic source: {self.TOTAL} events acknowledged by agent "
+                           r"agent-r", timeout=90)
+        h.assert_converged(self, event_log, self.TOTAL, self.RESOURCES)
+
+    def test_a_corrupted_value_is_skipped_with_its_key_and_the_rest_restored(self):
+        redis = Redis(self).start()
+        key = "argocd-agent|state|agent-r"
+        self.assertEqual(redis.command("HSET", key, "source", "42", "streams", "3",
+                                       "out|res-1", "p\x00\x00\x00\x09garbage!!",
+                                       "in|res-2", "z not gzip"), 4)
+        principal = self.synthetic_principal(redis)
+        principal.wait_log(r"agent state: Redis key argocd-agent\|state\|agent-r: field "
+                           r"out\|res-1: item 0 is not an event of this resource; left out")
+        principal.wait_log(r"agent state: Redis key argocd-agent\|state\|agent-r: field "
+                           r"in\|res-2: not gzip")
+        principal.wait_log(r"agent state: restored 1 agent\(s\) from Redis \(0 unacknowledged "
+                           r"event\(s\), 0 skipped: newer in memory\), 2 unreadable value\(s\) "
+                           r"left out")
+        self.start_agent(principal)
+        view = json.loads(principal.ctl("agents", "--json").stdout)
+        self.assertEqual({a["name"]: a["streams"] for a in view}["agent-r"], 4,
+                         "streams restored (3) and counted on")
+        state = redis.command("HGETALL", key)
+        fields = dict(zip(state[::2], state[1::2]))
+        self.assertNotIn(b"out|res-1", fields, "the unreadable value was replaced")
+        self.assertGreaterEqual(int(fields[b"source"]), 42, "the source went on from 42")

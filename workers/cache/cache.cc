@@ -2,20 +2,24 @@
 // so that listener workers own only live streams and a listener crash loses nothing
 // (ARCHITECTURE.md decision 17): per agent, the EventWriter of events not yet sent or not yet
 // acknowledged, the receive ledger that suppresses re-applied duplicates, the sink of applied
-// events (--event-log) and the synthetic source's position (--synthetic-events). In memory: a
-// crash of this worker loses that state (keeping it in Redis is a later step, see README.md).
+// events (--event-log) and the synthetic source's position (--synthetic-events). In memory, and
+// with --redis-server-address in Redis too (agent_journal.h), loaded at start.
 // With --redis-server-address it writes Argo CD's cluster info per agent (redis_link.h,
 // cluster_info.h) at connect, at disconnect and every 3 minutes.
 // Agent side: a supervised skeleton (its Redis cache is a later issue too).
 //
 // Single-threaded: everything runs on the worker's KJ loop; one kj timer per waiting session.
+#include <cstring>
 #include <map>
+#include <set>
 
+#include <hiredis/read.h>
 #include <kj/debug.h>
 
 #include "eventstream.pb.h"
 #include "ipc/agentstate.capnp.h"
 #include "ipc/runtime/log.h"
+#include "workers/cache/agent_journal.h"
 #include "workers/cache/cluster_info.h"
 #include "workers/cache/redis_link.h"
 #include "workers/common/cloudevents.h"
@@ -30,6 +34,7 @@ namespace {
 using delivery::Clock;
 constexpr auto kIdleNext = 30 * kj::SECONDS;  // an empty answer keeps next() from ageing out
 constexpr uint32_t kMaxBatch = 1024;
+constexpr auto kRestoreWait = 10 * kj::SECONDS;  // streams wait this long for Redis at start
 
 kj::Duration toKj(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count() * kj::NANOSECONDS;
@@ -108,9 +113,104 @@ class Store {
       o.tlsCaPath = p.redisCaPath;
       o.tlsInsecure = p.redisTlsInsecure;
       o.tlsSocket = runtimeDir + "/redis-tls.sock";
-      redis_ = std::make_unique<RedisLink>(port, timer, std::move(o),
-                                           [this]() { writeAllClusterInfo(); });
+      auto restored = kj::newPromiseAndFulfiller<void>();
+      restored_ = restored.promise.fork();
+      restoredFulfiller_ = kj::mv(restored.fulfiller);
+      redis_ = std::make_unique<RedisLink>(port, timer, std::move(o), [this]() { onRedisReady(); });
       rewrite_ = rewriteLoop().eagerlyEvaluate(nullptr);
+      // Streams wait for the state kept in Redis, but not for ever: an unreachable Redis at
+      // start must not keep agents out.
+      tasks_.add(timer_.afterDelay(kRestoreWait).then([this]() {
+        if (restoredFulfiller_->isWaiting()) {
+          spdlog::warn(
+              "agent state: Redis did not answer within {}s; serving from memory. Agents that "
+              "have not connected yet get their state from Redis once it answers",
+              kRestoreWait / kj::SECONDS);
+          restoredFulfiller_->fulfill();
+        }
+      }));
+    }
+  }
+
+  // Resolves once the agents' state kept in Redis is loaded (at once without Redis, and after
+  // kRestoreWait at most): streams are opened only then.
+  kj::Promise<void> restored() { return redis_ ? restored_.addBranch() : kj::READY_NOW; }
+
+  // SIGTERM: what is pipelined to Redis reaches it before the worker exits (bounded).
+  kj::Promise<void> flush(kj::TimePoint deadline) {
+    if (!redis_ || !redis_->ready() || redis_->pendingWrites() == 0 || timer_.now() >= deadline) {
+      return kj::READY_NOW;
+    }
+    return timer_.afterDelay(10 * kj::MILLISECONDS).then([this, deadline]() {
+      return flush(deadline);
+    });
+  }
+
+  // ---- the agents' delivery state in Redis (agent_journal.h); all no-ops without Redis ----
+
+  // The writer changed for `resources` (enqueued, acknowledged): their tracked events, or their
+  // field deleted once nothing is tracked; with the source's position when `withSource`.
+  void journalOutbox(const AgentState& a, const std::set<std::string>& resources, bool withSource) {
+    if (!redis_ || !redis_->ready()) return;
+    std::string key = journal::key(a.name);
+    std::vector<std::string> hset = {"HSET", key}, hdel = {"HDEL", key};
+    for (const auto& r : resources) {
+      auto events = a.writer.trackedEvents(r);
+      if (events.empty()) {
+        hdel.push_back(journal::outField(r));
+      } else {
+        hset.push_back(journal::outField(r));
+        hset.push_back(journal::encodeEvents(events, config_.principal.redisGzip));
+      }
+    }
+    if (withSource) {
+      hset.push_back("source");
+      hset.push_back(std::to_string(a.sourceNext));
+    }
+    if (hset.size() > 2) redis_->send(hset);
+    if (hdel.size() > 2) redis_->send(hdel);
+  }
+
+  // The ledger of `resources` changed (events applied): resolves once Redis has it, so that an
+  // ACK the listener sends afterwards stands for a durable state (at once while Redis is down:
+  // degraded, memory only).
+  kj::Promise<void> journalLedger(const AgentState& a, const std::set<std::string>& resources) {
+    if (!redis_ || !redis_->ready() || resources.empty()) return kj::READY_NOW;
+    std::vector<std::string> hset = {"HSET", journal::key(a.name)};
+    for (const auto& r : resources) {
+      if (const auto* ids = a.ledger.recent(r)) {
+        hset.push_back(journal::inField(r));
+        hset.push_back(journal::encodeIds(*ids, config_.principal.redisGzip));
+      }
+    }
+    return redis_->command(std::move(hset)).ignoreResult();
+  }
+
+  void journalStreams(const AgentState& a) {
+    if (!redis_ || !redis_->ready()) return;
+    redis_->send({"HSET", journal::key(a.name), "streams", std::to_string(a.streams)});
+  }
+
+  // Every agent's whole state, replacing what Redis holds (after a reconnect: writes during the
+  // outage were dropped).
+  void journalAll() {
+    if (!redis_ || !redis_->ready()) return;
+    for (auto& [name, a] : agents_) {
+      std::string key = journal::key(name);
+      std::vector<std::string> hset = {"HSET",    key,
+                                       "source",  std::to_string(a->sourceNext),
+                                       "streams", std::to_string(a->streams)};
+      for (const auto& r : a->writer.trackedResources()) {
+        hset.push_back(journal::outField(r));
+        hset.push_back(
+            journal::encodeEvents(a->writer.trackedEvents(r), config_.principal.redisGzip));
+      }
+      a->ledger.forEach([&](const std::string& r, const std::deque<std::string>& ids) {
+        hset.push_back(journal::inField(r));
+        hset.push_back(journal::encodeIds(ids, config_.principal.redisGzip));
+      });
+      redis_->send({"DEL", key});
+      redis_->send(hset);
     }
   }
 
@@ -130,6 +230,35 @@ class Store {
     for (auto& [n, a] : agents_) writeClusterInfo(*a);
   }
 
+  void onRedisReady() {
+    writeAllClusterInfo();
+    if (restoreStarted_) {
+      journalAll();
+      return;
+    }
+    restoreStarted_ = true;
+    auto tally = std::make_shared<RestoreTally>();
+    tasks_.add(restoreFrom("0", tally)
+                   .then(
+                       [this, tally]() {
+                         spdlog::info(
+                             "agent state: restored {} agent(s) from Redis ({} unacknowledged "
+                             "event(s), {} skipped: newer in memory){}",
+                             tally->agents, tally->events, tally->skipped,
+                             tally->problems ? ", " + std::to_string(tally->problems) +
+                                                   " unreadable value(s) left out"
+                                             : std::string());
+                       },
+                       [](kj::Exception&& e) {
+                         spdlog::warn("agent state: restoring from Redis failed: {}",
+                                      e.getDescription().cStr());
+                       })
+                   .then([this]() {
+                     journalAll();  // what connected meanwhile, and the restored, in one form
+                     if (restoredFulfiller_->isWaiting()) restoredFulfiller_->fulfill();
+                   }));
+  }
+
   kj::Timer& timer() { return timer_; }
   delivery::MemorySink& sink() { return sink_; }
 
@@ -146,9 +275,13 @@ class Store {
       a.sourceStarted = true;
       a.sourceStart = Clock::now();
     }
+    std::set<std::string> touched;
     while (a.sourceNext < synthetic_->count && !a.writer.full()) {
-      a.writer.enqueue(delivery::syntheticEvent(*synthetic_, a.sourceNext++));
+      auto e = delivery::syntheticEvent(*synthetic_, a.sourceNext++);
+      if (redis_) touched.insert(ce::stringAttr(e, "resourceid"));
+      a.writer.enqueue(std::move(e));
     }
+    if (!touched.empty()) journalOutbox(a, touched, /*withSource=*/true);
     if (a.sourceNext == synthetic_->count && a.writer.tracked() == 0 && !a.sourceReported) {
       a.sourceReported = true;
       auto ms = std::chrono::duration<double, std::milli>(Clock::now() - a.sourceStart);
@@ -197,6 +330,91 @@ class Store {
   std::map<std::string, std::unique_ptr<AgentState>> agents_;
   std::unique_ptr<RedisLink> redis_;  // --redis-server-address
   kj::Promise<void> rewrite_ = nullptr;
+  kj::ForkedPromise<void> restored_ = kj::Promise<void>(kj::READY_NOW).fork();
+  kj::Own<kj::PromiseFulfiller<void>> restoredFulfiller_;
+  bool restoreStarted_ = false;
+  struct Ignore : kj::TaskSet::ErrorHandler {
+    void taskFailed(kj::Exception&& e) override {
+      spdlog::warn("agent state: {}", e.getDescription().cStr());
+    }
+  } ignore_;
+  kj::TaskSet tasks_{ignore_};
+
+  struct RestoreTally {
+    uint64_t agents = 0, events = 0, skipped = 0, problems = 0;
+  };
+
+  // SCAN for the agents' hashes, then each one's HGETALL, one after the other.
+  kj::Promise<void> restoreFrom(std::string cursor, std::shared_ptr<RestoreTally> tally) {
+    return redis_
+        ->command({"SCAN", cursor, "MATCH", std::string(journal::kKeyPrefix) + "*", "COUNT", "500"})
+        .then([this, tally](RedisLink::Reply r) -> kj::Promise<void> {
+          if (r.error() || r.elements.size() != 2) {
+            return KJ_EXCEPTION(FAILED,
+                                "SCAN: " + (r.str.empty() ? std::string("no reply") : r.str));
+          }
+          auto keys = std::make_shared<std::vector<std::string>>();
+          for (const auto& k : r.elements[1].elements) keys->push_back(k.str);
+          std::string next = r.elements[0].str;
+          return restoreKeys(keys, 0, tally).then([this, next, tally]() -> kj::Promise<void> {
+            if (next == "0") return kj::READY_NOW;
+            return restoreFrom(next, tally);
+          });
+        });
+  }
+
+  kj::Promise<void> restoreKeys(std::shared_ptr<std::vector<std::string>> keys, size_t i,
+                                std::shared_ptr<RestoreTally> tally) {
+    if (i >= keys->size()) return kj::READY_NOW;
+    const std::string& key = (*keys)[i];
+    return redis_->command({"HGETALL", key})
+        .then([this, keys, i, tally](RedisLink::Reply r) -> kj::Promise<void> {
+          const std::string& key = (*keys)[i];
+          std::string name = key.substr(strlen(journal::kKeyPrefix));
+          if (r.error()) {
+            return KJ_EXCEPTION(FAILED, "HGETALL " + key + ": " +
+                                            (r.str.empty() ? std::string("no reply") : r.str));
+          }
+          if (agents_.count(name) != 0) {
+            tally->skipped++;  // it connected meanwhile: its state in memory is newer
+          } else if (r.type != REDIS_REPLY_ARRAY || r.elements.size() % 2 != 0 || name.empty()) {
+            spdlog::warn("agent state: Redis key {} is not a hash of ours; skipped", key);
+            tally->problems++;
+          } else {
+            std::vector<std::pair<std::string, std::string>> fields;
+            for (size_t f = 0; f + 1 < r.elements.size(); f += 2) {
+              fields.emplace_back(r.elements[f].str, r.elements[f + 1].str);
+            }
+            std::vector<std::string> problems;
+            apply(journal::parse(name, fields, problems), *tally);
+            for (const auto& p : problems) {
+              spdlog::warn("agent state: Redis key {}: {}; left out", key, p);
+            }
+            tally->problems += problems.size();
+          }
+          return restoreKeys(keys, i + 1, tally);
+        });
+  }
+
+  void apply(journal::Agent&& j, RestoreTally& tally) {
+    AgentState& a = agent(j.name);
+    a.sourceNext = j.source;
+    a.streams = j.streams;
+    for (auto& [resource, events] : j.outbox) {
+      for (auto& e : events) {
+        if (a.writer.enqueue(std::move(e)) == delivery::EnqueueResult::kFull) {
+          spdlog::warn("agent {}: restored events exceed --send-queue-size; the rest is dropped",
+                       j.name);
+          break;
+        }
+        tally.events++;
+      }
+    }
+    for (auto& [resource, ids] : j.ledger) {
+      for (auto& id : ids) a.ledger.record(resource, id);
+    }
+    tally.agents++;
+  }
 
   // Connected agents' entries again every 3 minutes, before Argo CD's 10-minute expiry.
   kj::Promise<void> rewriteLoop() {
@@ -269,10 +487,15 @@ kj::Promise<void> SessionImpl::next(NextContext context) {
 kj::Promise<void> SessionImpl::acked(AckedContext context) {
   if (superseded_) return kj::READY_NOW;  // the newer stream re-sends what is still unacknowledged
   bool any = false;
+  std::set<std::string> freed;
   for (auto a : context.getParams().getAcks()) {
-    any |= agent_.writer.ack(a.getResourceId(), a.getEventId());
+    if (agent_.writer.ack(a.getResourceId(), a.getEventId())) {
+      any = true;
+      freed.insert(a.getResourceId());
+    }
   }
   if (any) {
+    store_.journalOutbox(agent_, freed, /*withSource=*/false);
     store_.produce(agent_);
     kick();
   }
@@ -282,6 +505,7 @@ kj::Promise<void> SessionImpl::acked(AckedContext context) {
 kj::Promise<void> SessionImpl::received(ReceivedContext context) {
   auto in = context.getParams().getEvents();
   auto verdicts = context.getResults().initVerdicts(in.size());
+  std::set<std::string> applied;
   for (size_t i = 0; i < in.size(); ++i) {
     auto r = in[i];
     std::string resource = r.getResourceId(), eventId = r.getEventId();
@@ -299,6 +523,7 @@ kj::Promise<void> SessionImpl::received(ReceivedContext context) {
     switch (store_.sink().apply(e, problem)) {
       case delivery::Sink::Result::kApplied:
         agent_.ledger.record(resource, eventId);
+        applied.insert(resource);
         verdicts.set(i, ipc::Verdict::APPLIED);
         break;
       case delivery::Sink::Result::kRetry:
@@ -311,7 +536,8 @@ kj::Promise<void> SessionImpl::received(ReceivedContext context) {
         break;
     }
   }
-  return kj::READY_NOW;
+  // The listener ACKs APPLIED events once this answers: only when Redis has the ledger.
+  return store_.journalLedger(agent_, applied);
 }
 
 class StoreImpl final : public ipc::AgentStore::Server {
@@ -319,6 +545,10 @@ class StoreImpl final : public ipc::AgentStore::Server {
   explicit StoreImpl(std::shared_ptr<Store> store) : keep_(store), store_(*store) {}
 
   kj::Promise<void> open(OpenContext context) override {
+    return store_.restored().then([this, context]() mutable { openNow(context); });
+  }
+
+  void openNow(OpenContext& context) {
     auto p = context.getParams();
     std::string name = p.getAgent();
     AgentState& a = store_.agent(name);
@@ -333,6 +563,7 @@ class StoreImpl final : public ipc::AgentStore::Server {
       }
     }
     a.streams++;
+    store_.journalStreams(a);
     auto session = kj::heap<SessionImpl>(keep_, a);
     a.session = session.get();
     a.listener = p.getListener();
@@ -341,7 +572,6 @@ class StoreImpl final : public ipc::AgentStore::Server {
     store_.produce(a);
     store_.writeClusterInfo(a);  // connected
     context.getResults().setSession(kj::mv(session));
-    return kj::READY_NOW;
   }
 
   kj::Promise<void> unacknowledged(UnacknowledgedContext context) override {
@@ -380,12 +610,14 @@ class CacheRole final : public Role, public AgentDirectory {
             "agent state in memory; no Redis configured (--redis-server-address): "
             "Argo CD's cluster info is not written");
       } else {
-        spdlog::info("agent state in memory; Argo CD's cluster info in Redis at {} ({}{})",
-                     p.redisAddress, p.redisGzip ? "gzip" : "no compression",
-                     !p.redisTls             ? ""
-                     : p.redisTlsInsecure    ? ", TLS NOT VERIFIED (--redis-tls-insecure)"
-                     : p.redisCaPath.empty() ? ", TLS verified against the system's CAs"
-                                             : ", TLS verified against --redis-ca-path");
+        spdlog::info(
+            "agent state in memory, kept in Redis too; Argo CD's cluster info in Redis at {} "
+            "({}{})",
+            p.redisAddress, p.redisGzip ? "gzip" : "no compression",
+            !p.redisTls             ? ""
+            : p.redisTlsInsecure    ? ", TLS NOT VERIFIED (--redis-tls-insecure)"
+            : p.redisCaPath.empty() ? ", TLS verified against the system's CAs"
+                                    : ", TLS verified against --redis-ca-path");
         if (p.redisTls && p.redisTlsInsecure) {
           spdlog::warn("INSECURE: not verifying Redis's TLS certificate (--redis-tls-insecure)");
         }
@@ -396,6 +628,11 @@ class CacheRole final : public Role, public AgentDirectory {
                      });
     }
     return kj::READY_NOW;
+  }
+
+  kj::Promise<void> drain() override {
+    if (!store_) return kj::READY_NOW;
+    return store_->flush(env_.timer.now() + 2 * kj::SECONDS);
   }
 
   std::string describe() override {

@@ -227,6 +227,66 @@ bool RedisLink::setex(const std::string& key, const std::string& value, int ttlS
   return true;
 }
 
+bool RedisLink::Reply::error() const { return type == 0 || type == REDIS_REPLY_ERROR; }
+
+namespace {
+RedisLink::Reply copyReply(const redisReply* r) {
+  RedisLink::Reply out;
+  if (r == nullptr) return out;
+  out.type = r->type;
+  out.integer = r->integer;
+  if (r->str != nullptr) out.str.assign(r->str, r->len);
+  out.elements.reserve(r->elements);
+  for (size_t i = 0; i < r->elements; ++i) out.elements.push_back(copyReply(r->element[i]));
+  return out;
+}
+}  // namespace
+
+void RedisLink::sendArgv(const std::vector<std::string>& argv,
+                         void (*cb)(redisAsyncContext*, void*, void*), void* privdata) {
+  std::vector<const char*> ptrs;
+  std::vector<size_t> lens;
+  ptrs.reserve(argv.size());
+  lens.reserve(argv.size());
+  for (const auto& a : argv) {
+    ptrs.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  ++writes_;
+  redisAsyncCommandArgv(ac_, cb, privdata, static_cast<int>(argv.size()), ptrs.data(), lens.data());
+}
+
+bool RedisLink::send(const std::vector<std::string>& argv) {
+  if (!ready_ || ac_ == nullptr) {
+    ++failedWrites_;
+    return false;
+  }
+  sendArgv(argv, &RedisLink::onSet, this);
+  return true;
+}
+
+struct PendingReply {
+  RedisLink* link;
+  kj::Own<kj::PromiseFulfiller<RedisLink::Reply>> fulfiller;
+};
+
+kj::Promise<RedisLink::Reply> RedisLink::command(std::vector<std::string> argv) {
+  if (!ready_ || ac_ == nullptr) return Reply{};
+  auto paf = kj::newPromiseAndFulfiller<Reply>();
+  sendArgv(argv, &RedisLink::onReply, new PendingReply{this, kj::mv(paf.fulfiller)});
+  return kj::mv(paf.promise);
+}
+
+void RedisLink::onReply(redisAsyncContext*, void* reply, void* privdata) {
+  // hiredis calls every callback exactly once, with no reply when the connection goes (also
+  // from redisAsyncFree in our destructor).
+  std::unique_ptr<PendingReply> p(static_cast<PendingReply*>(privdata));
+  ++p->link->answered_;
+  auto* r = static_cast<redisReply*>(reply);
+  if (r == nullptr || r->type == REDIS_REPLY_ERROR) ++p->link->failedWrites_;
+  p->fulfiller->fulfill(copyReply(r));
+}
+
 // ---------------------------------------------------------------- event hooks
 
 void RedisLink::addRead(void* p) {

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <kj/async-unix.h>
 #include <kj/timer.h>
@@ -41,6 +42,19 @@ class RedisLink {
   // SET key value EX ttl; dropped (false) while not ready.
   bool setex(const std::string& key, const std::string& value, int ttlSeconds);
 
+  // A reply, copied out of hiredis. `type` 0: none (not ready, or the connection dropped it).
+  struct Reply {
+    int type = 0;  // REDIS_REPLY_*
+    std::string str;
+    long long integer = 0;
+    std::vector<Reply> elements;
+    bool error() const;  // no reply or an error reply
+  };
+  // Any command, pipelined; resolves with its reply (type 0 at once while not ready).
+  kj::Promise<Reply> command(std::vector<std::string> argv);
+  // Fire and forget (counted as a write; dropped, false, while not ready).
+  bool send(const std::vector<std::string>& argv);
+
   bool ready() const { return ready_; }
   // "connected to host:port" or "degraded: <why> (retrying)": for status lines.
   std::string state() const;
@@ -55,6 +69,9 @@ class RedisLink {
   static void onPing(redisAsyncContext* ac, void* reply, void* privdata);
   static void onAuth(redisAsyncContext* ac, void* reply, void* privdata);
   static void onSet(redisAsyncContext* ac, void* reply, void* privdata);
+  static void onReply(redisAsyncContext* ac, void* reply, void* privdata);
+  void sendArgv(const std::vector<std::string>& argv, void (*cb)(redisAsyncContext*, void*, void*),
+                void* privdata);
   static void addRead(void* self);
   static void delRead(void* self);
   static void addWrite(void* self);

@@ -84,6 +84,23 @@ void EventWriter::dropIfIdle(const std::string& id) {
   }
 }
 
+std::vector<const Event*> EventWriter::trackedEvents(const std::string& resourceId) const {
+  std::vector<const Event*> out;
+  auto it = resources_.find(resourceId);
+  if (it == resources_.end()) return out;
+  if (it->second.inFlight) out.push_back(&it->second.inFlight->event);
+  for (const auto& e : it->second.unsent) out.push_back(&e);
+  return out;
+}
+
+std::vector<std::string> EventWriter::trackedResources() const {
+  std::vector<std::string> out;
+  for (const auto& [id, r] : resources_) {
+    if (r.inFlight || !r.unsent.empty()) out.push_back(id);
+  }
+  return out;
+}
+
 EnqueueResult EventWriter::enqueue(Event event) {
   std::string id = ce::stringAttr(event, "resourceid");
   if (id.empty() || ce::stringAttr(event, "eventid").empty()) return EnqueueResult::kInvalid;

@@ -91,6 +91,11 @@ class EventWriter {
   std::optional<Clock::time_point> nextDeadline(Clock::time_point now) const;
   bool hasUntracked() const { return !untracked_.empty(); }
   size_t tracked() const { return tracked_; }
+  // The events tracked for one resource, in flight first, then unsent in order (for keeping the
+  // writer's state elsewhere: enqueueing them again in this order rebuilds it).
+  std::vector<const Event*> trackedEvents(const std::string& resourceId) const;
+  // The resources with tracked events.
+  std::vector<std::string> trackedResources() const;
   bool full() const { return tracked_ >= options_.capacity; }
   const WriterStats& stats() const { return stats_; }
 
@@ -134,6 +139,16 @@ class ReceiveLedger {
   // True if this event was applied before.
   bool seen(const std::string& resourceId, const std::string& eventId) const;
   void record(const std::string& resourceId, const std::string& eventId);
+  // Every resource's recently applied IDs, oldest first.
+  template <class F>
+  void forEach(F f) const {
+    for (const auto& [resource, ids] : recent_) f(resource, ids);
+  }
+  // The recently applied IDs of a resource, oldest first (nullptr: none).
+  const std::deque<std::string>* recent(const std::string& resourceId) const {
+    auto it = recent_.find(resourceId);
+    return it == recent_.end() ? nullptr : &it->second;
+  }
 
  private:
   size_t perResource_;
