@@ -184,14 +184,16 @@ class HAProxy(Proxy):
     kind = "haproxy"
 
     def __init__(self, case, backend_port, name="haproxy", mode="tcp", timeout_server="3600s",
-                 listen_port=None):
+                 listen_port=None, source=None):
         super().__init__(case, name, backend_port, listen_port)
         assert mode in ("tcp", "http")
         self.mode = mode
         self.timeout_server = timeout_server
+        self.source = source  # connect to the backend from this address (e.g. 127.0.0.2)
 
     def write_config(self):
         proto = " proto h2" if self.mode == "http" else ""
+        source = f" source {self.source}" if self.source else ""
         conf = f"""
 global
     maxconn 256
@@ -208,7 +210,7 @@ frontend fe
     default_backend be
 
 backend be
-    server principal 127.0.0.1:{self.backend_port}{proto}
+    server principal 127.0.0.1:{self.backend_port}{proto}{source}
 """
         path = os.path.join(self.dir, "haproxy.cfg")
         with open(path, "w") as f:

@@ -16,6 +16,7 @@ In all, an agent connected before the attack keeps its stream, no worker restart
 line counts each refusal by cause, and the principal's log stays bounded (rate-limited lines).
 """
 
+import collections
 import re
 import resource
 import socket
@@ -25,6 +26,7 @@ import time
 import unittest
 
 import harness as h
+import proxies as px
 
 ATTACKER = "127.0.0.2"
 
@@ -98,6 +100,37 @@ class Attack:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join(timeout=30)
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def frame(typ, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([typ, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def read_exactly(s, n):
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise AssertionError("the principal closed the connection")
+        out += chunk
+    return out
+
+
+def read_frame(s):
+    head = read_exactly(s, 9)
+    length = int.from_bytes(head[:3], "big")
+    return head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, read_exactly(s, length)
+
+
+def hpack_literal(headers):
+    """HPACK literal header fields without indexing, new names, no Huffman (RFC 7541 6.2.2)."""
+    out = b""
+    for name, value in headers:
+        out += b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+    return out
 
 
 def front_door(principal):
@@ -184,8 +217,113 @@ class OverloadTest(h.IntegrationTestCase):
         self.assertEqual(late.count(r"Event stream to \S+ opened"), 1, "the late agent lost its stream")
         self.assertUnharmed(principal, lines_before, seconds)
 
-    def test_authentication_failures_are_logged_with_a_cap(self):
+    def test_an_authentication_flood_from_one_address_does_not_keep_others_out(self):
+        """64 clients on ATTACKER (through HAProxy binding that source) call Authenticate with
+        wrong passwords (bcrypt cost 10) as fast as they are answered: the address soon runs out
+        of failures and is refused before any bcrypt work, so a legitimate agent from 127.0.0.1
+        authenticates at once while the flood goes on."""
         principal = self.start()
+        relay = px.HAProxy(self, principal.port, name="attacker-relay", source=ATTACKER).start()
+        lines_before = len(principal.text().splitlines())
+        stop = threading.Event()
+        codes = collections.Counter()
+        lock = threading.Lock()
+        req = h.auth_pb2.AuthRequest(method="userpass", mode="autonomous", version=h.VERSION,
+                                     credentials={"clientid": "agent-b", "clientsecret": "wrong"})
+
+        def flood():
+            with h.channel(relay.port, True) as ch:
+                stub = h.auth_pb2_grpc.AuthenticationStub(ch)
+                while not stop.is_set():
+                    try:
+                        stub.Authenticate(req, timeout=10)
+                        code = h.grpc.StatusCode.OK
+                    except h.grpc.RpcError as e:
+                        code = e.code()
+                    with lock:
+                        codes[code] += 1
+
+        threads = [threading.Thread(target=flood, daemon=True) for _ in range(64)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        try:
+            h.wait_for(lambda: refused(front_door(principal), "source-failures") >= 64, 30,
+                       "the attacking address refused before any work")
+            r = h.authenticate(principal.port, "agent-b", "secret-b", timeout=5)
+            self.assertEqual(r.code, h.grpc.StatusCode.OK, r)
+            self.assertLess(r.elapsed, 5, "a legitimate agent got in while the flood ran")
+            late = self.start_agent(principal, name="late", user="agent-b", password="secret-b")
+            self.assertAlive(late)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+        seconds = time.monotonic() - t0
+        self.assertEqual(codes[h.grpc.StatusCode.OK], 0)
+        self.assertGreater(codes[h.grpc.StatusCode.RESOURCE_EXHAUSTED], 0, codes)
+        # What reached bcrypt: the burst (20) and about one failure per second after it.
+        self.assertLessEqual(codes[h.grpc.StatusCode.UNAUTHENTICATED], 20 + 2 * seconds + 64, codes)
+        self.assertGreater(principal.count(r"authentication from 127\.0\.0\.2 refused before any "
+                                           r"work: too many"), 0)
+        self.assertUnharmed(principal, lines_before, seconds)
+
+    def test_concurrent_streams_per_connection_are_advertised_and_enforced(self):
+        """SETTINGS_MAX_CONCURRENT_STREAMS (--max-concurrent-streams, 100) is in the server's
+        SETTINGS; 100 open streams on one connection are served (a PING after them is answered,
+        nothing reset), and a 101st ends that connection: grpc 1.51 treats the excess as a
+        connection error, failing its streams (UNAVAILABLE) and closing it. Other connections
+        (the early agent's) are not affected."""
+        principal = self.start()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        block = hpack_literal([(":method", "POST"), (":scheme", "https"),
+                               (":path", "/authapi.Authentication/Authenticate"),
+                               (":authority", "127.0.0.1"), ("content-type", "application/grpc"),
+                               ("te", "trailers")])
+        with socket.create_connection(("127.0.0.1", principal.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as s:
+                s.sendall(H2_PREFACE + frame(4, 0, 0))  # our (empty) SETTINGS
+                settings = None
+                while settings is None:
+                    typ, flags, sid, payload = read_frame(s)
+                    if typ == 4 and not flags & 1:
+                        settings = {int.from_bytes(payload[i:i + 2], "big"):
+                                    int.from_bytes(payload[i + 2:i + 6], "big")
+                                    for i in range(0, len(payload), 6)}
+                self.assertEqual(settings.get(3), 100, f"SETTINGS: {settings}")
+                s.sendall(frame(4, 1, 0))  # ACK: the limit now applies
+                for n in range(100):  # HEADERS, END_HEADERS, no END_STREAM: each stays open
+                    s.sendall(frame(1, 4, 2 * n + 1, block))
+                s.sendall(frame(6, 0, 0, b"8bytes!!"))  # PING
+                seen = []
+                while True:
+                    typ, flags, sid, payload = read_frame(s)
+                    if typ == 6 and flags & 1:
+                        break
+                    seen.append((typ, sid))
+                self.assertEqual([f for f in seen if f[0] in (1, 3, 7)], [],
+                                 "100 streams are within the limit: nothing answered or reset")
+                s.sendall(frame(1, 4, 201, block))
+                ended, failed = False, 0
+                deadline = time.monotonic() + 10
+                while not ended and time.monotonic() < deadline:
+                    try:
+                        typ, flags, sid, payload = read_frame(s)
+                    except (AssertionError, OSError):
+                        ended = True  # closed
+                        break
+                    if typ == 1 and b"grpc-status\x0214" in payload:
+                        failed += 1
+                    ended = typ == 7  # GOAWAY
+                self.assertTrue(ended, "the connection over the limit was not closed")
+        self.assertEqual(self.early.count(r"Event stream to \S+ opened"), 1)
+        self.assertAlive(self.early)
+
+    def test_authentication_failures_are_logged_with_a_cap(self):
+        principal = self.start(extra=["--auth-failure-burst-per-source", "0"])
         t0 = time.monotonic()
         results = [h.authenticate(principal.port, "agent-b", f"wrong-{i}") for i in range(60)]
         self.assertTrue(all(r.code == h.grpc.StatusCode.UNAUTHENTICATED for r in results),

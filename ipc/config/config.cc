@@ -423,6 +423,25 @@ std::vector<Option> principalOptions(Config& c) {
              "TLS handshakes in progress per listener process; more connections are closed at "
              "accept",
              &p.maxHandshakes, 1, 1000000),
+      intOpt("auth-failure-burst-per-source", "ARGOCD_PRINCIPAL_AUTH_FAILURE_BURST_PER_SOURCE",
+             "failed Authenticate/RefreshToken calls a source address may make before it is "
+             "refused without a credential check (TLS only; 0: no limit)",
+             &p.authFailureBurstPerSource, 0, 1000000),
+      intOpt("auth-failure-rate-per-source", "ARGOCD_PRINCIPAL_AUTH_FAILURE_RATE_PER_SOURCE",
+             "of those, how many per second come back", &p.authFailureRatePerSource, 1, 1000000),
+      intOpt("max-pending-authentications-per-source",
+             "ARGOCD_PRINCIPAL_MAX_PENDING_AUTHENTICATIONS_PER_SOURCE",
+             "calls from one source address waiting for the auth worker at once (TLS only; "
+             "0: no limit)",
+             &p.maxPendingAuthenticationsPerSource, 0, 1000000),
+      intOpt("max-pending-authentications", "ARGOCD_PRINCIPAL_MAX_PENDING_AUTHENTICATIONS",
+             "calls waiting for the auth worker per listener process; more are answered "
+             "RESOURCE_EXHAUSTED at once",
+             &p.maxPendingAuthentications, 1, 1000000),
+      intOpt("max-concurrent-streams", "ARGOCD_PRINCIPAL_MAX_CONCURRENT_STREAMS",
+             "HTTP/2 streams (RPCs) at once per connection, advertised in SETTINGS and enforced "
+             "(REFUSED_STREAM)",
+             &p.maxConcurrentStreams, 1, 1000000),
       durationOpt("tls-client-hello-timeout", "ARGOCD_PRINCIPAL_TLS_CLIENT_HELLO_TIMEOUT",
                   "close a TLS connection whose ClientHello has not arrived by then",
                   &p.clientHelloTimeout),

@@ -69,6 +69,12 @@ struct PrincipalConfig {
   int maxUnauthenticated = 2048;
   int maxUnauthenticatedPerSource = 256;  // 0: no per-source cap
   int maxHandshakes = 1024;
+  // Authentication admission (workers/listener/auth_limiter.h) and HTTP/2 streams per connection.
+  int authFailureBurstPerSource = 20;
+  int authFailureRatePerSource = 1;
+  int maxPendingAuthenticationsPerSource = 8;
+  int maxPendingAuthentications = 64;
+  int maxConcurrentStreams = 100;
   std::chrono::nanoseconds clientHelloTimeout{std::chrono::seconds(2)};
   std::chrono::nanoseconds unauthenticatedTimeout{std::chrono::seconds(30)};
   // gRPC over WebSocket (grpc-ws) on the same port as native gRPC

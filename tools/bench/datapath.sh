@@ -25,7 +25,8 @@ LOAD_THREADS=${LOAD_THREADS:-2}
 RAMP_MS=${RAMP_MS:-100}
 MAX_CONNECTING=${MAX_CONNECTING:-0}
 # Every load agent comes from 127.0.0.1, as agents behind one NAT address would: PER_SOURCE sets
-# --max-unauthenticated-per-source (default here 0, off; the principal's default is 256).
+# --max-unauthenticated-per-source and --max-pending-authentications-per-source (default here
+# 0, off; the principal's defaults are 256 and 8).
 PER_SOURCE=${PER_SOURCE:-0}
 # PLAINTEXT=1: --insecure-plaintext principal and plaintext agents (the mesh-sidecar setup).
 PLAINTEXT=${PLAINTEXT:-0}
@@ -40,6 +41,7 @@ EXTRA=()
 start_principal "$BENCH_TMP/principal.log" --auth "userpass:$BENCH_TMP/users" \
   "${SECURITY[@]}" --insecure-jwt-generate --listener-workers "$LISTENERS" \
   --max-unauthenticated-per-source "$PER_SOURCE" \
+  --max-pending-authentications-per-source "$PER_SOURCE" \
   --metrics-port 0 --healthz-port 0 "${EXTRA[@]}"
 SOCK=$(ls "$BENCH_TMP"/p.*.sock)
 for _ in $(seq 100); do

@@ -26,10 +26,12 @@ struct AuthInput {
   std::string agentNamespace;
   std::vector<std::pair<std::string, std::string>> headers;  // identity header values, capped
   std::string peerCertificate;                               // verified client leaf (PEM), capped
+  std::string source;  // the listener's per-source key (auth_limiter.h); not sent to the worker
 };
 
 struct AuthOutcome {
-  enum class Kind { kGranted, kDenied, kUnavailable } kind = Kind::kUnavailable;
+  // kLimited: refused by the listener's own limits before the auth worker saw it.
+  enum class Kind { kGranted, kDenied, kUnavailable, kLimited } kind = Kind::kUnavailable;
   ipc::DenialCode code = ipc::DenialCode::AUTHENTICATION_FAILED;
   std::string reason;  // denial or failure reason, for logs
   std::string agentId, mode, accessToken, refreshToken;

@@ -48,6 +48,7 @@
 #include "workers/common/service_link.h"
 #include "workers/common/stream_pump.h"
 #include "workers/listener/auth_bridge.h"
+#include "workers/listener/auth_limiter.h"
 #include "workers/listener/front_door.h"
 #include "workers/listener/grpc_ws_server.h"
 
@@ -197,6 +198,7 @@ class StreamCall;
 
 struct Counters {
   std::atomic<uint64_t> streams{0}, refusedNoState{0};
+  std::atomic<uint64_t> authRefused[4] = {};  // before any work, by AuthLimiter::Verdict
   // Per RPC (rpc_metrics.h); Subscribe's messages are upstream's principal_events_received/sent.
   RpcCounters rpc;
 };
@@ -207,7 +209,8 @@ class Hub {
   virtual ~Hub() noexcept(false) = default;
   virtual void post(std::function<void()> job) = 0;
   virtual void authenticate(std::function<void(AuthOutcome)> done, AuthInput in) = 0;
-  virtual void refresh(std::function<void(AuthOutcome)> done, std::string token) = 0;
+  virtual void refresh(std::function<void(AuthOutcome)> done, std::string token,
+                       std::string source) = 0;
   virtual void opened(std::shared_ptr<StreamCall> call) = 0;  // serving thread: post()s itself
   // KJ thread only (a serving thread post()s a job that calls them).
   virtual void ack(StreamCall* c, std::string resourceId, std::string eventId) = 0;
@@ -269,6 +272,29 @@ class VersionCall final : public Call {
   Tag tag_{this, 0};
   bool requested_ = false;
 };
+
+// The per-source key of the authentication limits (auth_limiter.h): the peer's IP address with
+// TLS; "" in plaintext mode, where every connection comes from the mesh sidecar on loopback.
+std::string authSource(const PrincipalConfig& p, const PeerInfo& peer) {
+  if (p.insecurePlaintext) return "";
+  std::string_view a = peer.address;  // "ipv4:127.0.0.1:41234", "ipv6:[::1]:41234"
+  auto colon = a.find(':');
+  if (colon == std::string_view::npos) return "";
+  a.remove_prefix(colon + 1);
+  auto port = a.rfind(':');
+  if (port != std::string_view::npos) a = a.substr(0, port);
+  if (a.size() > 2 && a.front() == '[' && a.back() == ']') a = a.substr(1, a.size() - 2);
+  return std::string(a);
+}
+
+AuthLimits authLimits(const PrincipalConfig& p) {
+  AuthLimits l;
+  l.maxPendingPerSource = static_cast<size_t>(p.maxPendingAuthenticationsPerSource);
+  l.failureBurst = p.authFailureBurstPerSource;
+  l.failureRate = p.authFailureRatePerSource;
+  l.maxPending = static_cast<size_t>(p.maxPendingAuthentications);
+  return l;
+}
 
 // Authenticate and RefreshToken: the answer comes from the auth worker through the KJ thread,
 // delivered back on this call's queue with an alarm; the serving thread never waits for it.
@@ -341,7 +367,7 @@ class AuthCall final : public Call {
         gQueues.run([&] { responder_.Finish(resp_, status_, &tag_); });
         return;
       }
-      e_.hub.refresh(done, req_.refreshtoken());
+      e_.hub.refresh(done, req_.refreshtoken(), authSource(e_.config.principal, *peer));
     } else {
       e_.hub.authenticate(done, input(*peer));
     }
@@ -353,6 +379,7 @@ class AuthCall final : public Call {
     in.mode = req_.mode();
     in.version = req_.version();
     in.agentNamespace = req_.agentnamespace();
+    in.source = authSource(e_.config.principal, peer);
     for (const auto& [k, v] : req_.credentials()) in.credentials.emplace_back(k, v);
     const auto& md = ctx_.client_metadata();
     if (spdlog::should_log(spdlog::level::debug)) {
@@ -422,6 +449,9 @@ class AuthCall final : public Call {
         status_ = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authentication failed");
         return;
       }
+      case AuthOutcome::Kind::kLimited:
+        status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, out.reason);
+        return;
       case AuthOutcome::Kind::kUnavailable:
         break;
     }
@@ -796,15 +826,22 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
   void authenticate(std::function<void(AuthOutcome)> done, AuthInput in) override {
     post([this, done = std::move(done), in = std::move(in)]() mutable {
       if (closing_) return;
-      tasks_.add(auth_.authenticate(in).then([this, done = std::move(done)](AuthOutcome out) {
-        if (!closing_) done(std::move(out));
-      }));
+      std::string source = in.source;
+      if (!admitAuth(source, done)) return;
+      tasks_.add(
+          auth_.authenticate(in).then([this, done = std::move(done), source](AuthOutcome out) {
+            authDone(source, out);
+            if (!closing_) done(std::move(out));
+          }));
     });
   }
-  void refresh(std::function<void(AuthOutcome)> done, std::string token) override {
-    post([this, done = std::move(done), token = std::move(token)]() mutable {
+  void refresh(std::function<void(AuthOutcome)> done, std::string token,
+               std::string source) override {
+    post([this, done = std::move(done), token = std::move(token), source]() mutable {
       if (closing_) return;
-      tasks_.add(auth_.refresh(token).then([this, done = std::move(done)](AuthOutcome out) {
+      if (!admitAuth(source, done)) return;
+      tasks_.add(auth_.refresh(token).then([this, done = std::move(done), source](AuthOutcome out) {
+        authDone(source, out);
         if (!closing_) done(std::move(out));
       }));
     });
@@ -1089,11 +1126,43 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
     });
   }
 
+  // Before any credential work: the per-source bucket and the pending cap (auth_limiter.h).
+  // A refusal is answered at once (RESOURCE_EXHAUSTED), counted and logged through a limiter.
+  bool admitAuth(const std::string& source, std::function<void(AuthOutcome)>& done) {
+    auto v = authLimiter_.admit(source, std::chrono::steady_clock::now());
+    if (v == AuthLimiter::Verdict::kAdmit) return true;
+    counters_.authRefused[static_cast<int>(v)].fetch_add(1);
+    static log::Limiter limiter("authentication calls refused before any work");
+    const char* why = v == AuthLimiter::Verdict::kBusy
+                          ? "too many authentications waiting (--max-pending-authentications)"
+                      : v == AuthLimiter::Verdict::kSourcePending
+                          ? "too many authentications waiting from this address "
+                            "(--max-pending-authentications-per-source)"
+                          : "too many failed authentications from this address "
+                            "(--auth-failure-burst-per-source)";
+    if (limiter.allow()) {
+      spdlog::warn("authentication from {} refused before any work: {}",
+                   source.empty() ? "(mesh)" : source, why);
+    }
+    AuthOutcome out;
+    out.kind = AuthOutcome::Kind::kLimited;
+    out.reason = v == AuthLimiter::Verdict::kSourceFailures
+                     ? "too many failed authentication attempts from this address; retry later"
+                     : "too many authentications in progress; retry later";
+    done(std::move(out));
+    return false;
+  }
+  void authDone(const std::string& source, const AuthOutcome& out) {
+    authLimiter_.done(source, out.kind == AuthOutcome::Kind::kDenied,
+                      std::chrono::steady_clock::now());
+  }
+
   WorkerEnv& env_;
   Counters& counters_;
   std::string name_;
   Mailbox mailbox_;
   AuthBridge auth_;
+  AuthLimiter authLimiter_{authLimits(env_.config.principal)};
   ServiceLink cache_, heartbeat_;
   std::map<StreamCall*, std::unique_ptr<Live>> live_;
   std::set<StreamCall*> dirty_;
@@ -1176,6 +1245,8 @@ class ListenerRole final : public Role {
     // grpc's 8 KiB default would refuse identity headers (XFCC with several elements) before the
     // auth worker can; 64 KiB leaves that to its documented 16 KiB cap and its clear message.
     builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 64 * 1024);
+    // Streams beyond this on one connection are refused (RST_STREAM REFUSED_STREAM) by grpc.
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, p.maxConcurrentStreams);
     if (p.keepaliveMinInterval.count() > 0) {
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(p.keepaliveMinInterval);
       builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
@@ -1288,7 +1359,19 @@ class ListenerRole final : public Role {
            ", serving threads: " + std::to_string(threads_) +
            ", cache link: " + (hub_->cacheConnected() ? "up" : "down") +
            ", refused (no agent state): " + std::to_string(counters_.refusedNoState.load()) +
-           tlsSummary() + webSocketSummary();
+           tlsSummary() + webSocketSummary() + authRefusedSummary();
+  }
+
+  // Authentications the limits refused before any work (auth_limiter.h), when there were any.
+  std::string authRefusedSummary() const {
+    std::string out;
+    for (auto v : {AuthLimiter::Verdict::kSourcePending, AuthLimiter::Verdict::kSourceFailures,
+                   AuthLimiter::Verdict::kBusy}) {
+      if (uint64_t n = counters_.authRefused[static_cast<int>(v)].load()) {
+        out += (out.empty() ? "" : ", ") + std::string(aa::describe(v)) + ": " + std::to_string(n);
+      }
+    }
+    return out.empty() ? "" : ", authentications refused before any work: " + out;
   }
 
   std::vector<MetricSample> samples() override {
@@ -1311,6 +1394,14 @@ class ListenerRole final : public Role {
     };
     for (auto& sample : rpcSamples(counters_.rpc, /*server=*/true))
       out.push_back(std::move(sample));
+    for (auto v : {AuthLimiter::Verdict::kSourcePending, AuthLimiter::Verdict::kSourceFailures,
+                   AuthLimiter::Verdict::kBusy}) {
+      out.push_back({"argocd_principal_auth_refused_total",
+                     "Authenticate/RefreshToken calls refused before any credential work, by cause",
+                     true,
+                     {{"cause", aa::describe(v)}},
+                     static_cast<double>(counters_.authRefused[static_cast<int>(v)].load())});
+    }
     if (ws_) {
       const auto& w = ws_->stats();
       out.push_back({"argocd_principal_websocket_rpcs_total",
