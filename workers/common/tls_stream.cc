@@ -303,6 +303,26 @@ kj::Promise<void> TlsStream::pump() {
 }
 
 // Writes to grpc's side; keeps what does not fit. False when grpc's side is gone.
+kj::Promise<void> TlsStream::linger(size_t budget) {
+  if (!lingering_) {
+    lingering_ = true;
+    ::shutdown(tcp_.get(), SHUT_WR);  // after close_notify: the peer reads to the end, then FIN
+  }
+  char buf[4096];
+  for (;;) {
+    ssize_t n = recv(tcp_.get(), buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0) return kj::READY_NOW;  // the peer closed too
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      return kj::READY_NOW;
+    }
+    if (static_cast<size_t>(n) >= budget) return kj::READY_NOW;
+    budget -= static_cast<size_t>(n);
+  }
+  return tcpObserver_.whenBecomesReadable().then([this, budget]() { return linger(budget); });
+}
+
 bool TlsStream::sendLocal(const char* data, size_t size, bool& progress) {
   ssize_t n = send(local_.get(), data, size, MSG_DONTWAIT | MSG_NOSIGNAL);
   if (n < 0) {

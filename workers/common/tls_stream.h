@@ -77,6 +77,14 @@ class TlsStream {
   // as end of stream; a close by grpc sends close_notify and ends the connection.
   kj::Promise<void> relay(kj::AutoCloseFd local, Scratch& scratch);
 
+  // After relay() ended because the local side closed (close_notify sent): half-closes the TCP
+  // connection, then reads and discards what the peer still sends until it closes too, at most
+  // `budget` bytes (bound the time with a timer). Closing a socket that holds unread input makes
+  // the kernel answer with a reset, and a peer that has not read our last bytes yet (grpc-ws
+  // trailers written just before the close) would lose them.
+  kj::Promise<void> linger(size_t budget = 64 * 1024);
+  bool localClosed() const { return localEof_; }
+
   const std::string& peer() const { return peer_; }
 
  private:
@@ -95,7 +103,7 @@ class TlsStream {
   kj::Own<kj::UnixEventPort::FdObserver> localObserver_;
   Scratch* scratch_ = nullptr;
   std::string toLocal_, toTls_;
-  bool tlsEof_ = false, localEof_ = false;
+  bool tlsEof_ = false, localEof_ = false, lingering_ = false;
   Wait tlsReadWait_ = Wait::kNone, tlsWriteWait_ = Wait::kNone;
   bool localReadBlocked_ = false, localWriteBlocked_ = false;
 };

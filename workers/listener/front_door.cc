@@ -34,6 +34,10 @@
 
 namespace aa {
 
+namespace {
+constexpr kj::Duration kLingerAfterClose = 2 * kj::SECONDS;
+}  // namespace
+
 // ---------------------------------------------------------------- PeerRegistry
 
 void PeerRegistry::add(int fd, std::shared_ptr<const PeerInfo> info) {
@@ -377,7 +381,15 @@ class FrontDoor::Loop::Connection {
               }
               return kj::READY_NOW;
             });
-    auto relay = stream_.relay(kj::mv(ours), loop_.scratch_).exclusiveJoin(kj::mv(unauthenticated));
+    // grpc or libwebsockets closed its side first: linger (bounded) so that the agent reads
+    // everything we sent before the TCP connection goes (tls_stream.h).
+    auto relay =
+        stream_.relay(kj::mv(ours), loop_.scratch_)
+            .then([this]() -> kj::Promise<void> {
+              if (!stream_.localClosed()) return kj::READY_NOW;
+              return stream_.linger().exclusiveJoin(loop_.timer_->afterDelay(kLingerAfterClose));
+            })
+            .exclusiveJoin(kj::mv(unauthenticated));
     const auto& o = loop_.options_;
     if (!o.handOffHttp1 || session.alpn == "h2") {
       toGrpc(theirs.release());
