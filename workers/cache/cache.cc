@@ -654,7 +654,7 @@ class CacheRole final : public Role, public AgentDirectory {
                      {},
                      r->ready() ? 1.0 : 0.0});
       out.push_back({"aa_cache_redis_writes_total",
-                     "Writes sent to Redis",
+                     "Commands sent to Redis (state and cluster-info writes, a restore's reads)",
                      true,
                      {},
                      static_cast<double>(r->writes())});

@@ -221,10 +221,7 @@ bool RedisLink::setex(const std::string& key, const std::string& value, int ttlS
     ++failedWrites_;
     return false;
   }
-  ++writes_;
-  redisAsyncCommand(ac_, &RedisLink::onSet, this, "SET %b %b EX %d", key.data(), key.size(),
-                    value.data(), value.size(), ttlSeconds);
-  return true;
+  return sendArgv({"SET", key, value, "EX", std::to_string(ttlSeconds)}, &RedisLink::onSet, this);
 }
 
 bool RedisLink::Reply::error() const { return type == 0 || type == REDIS_REPLY_ERROR; }
@@ -242,7 +239,7 @@ RedisLink::Reply copyReply(const redisReply* r) {
 }
 }  // namespace
 
-void RedisLink::sendArgv(const std::vector<std::string>& argv,
+bool RedisLink::sendArgv(const std::vector<std::string>& argv,
                          void (*cb)(redisAsyncContext*, void*, void*), void* privdata) {
   std::vector<const char*> ptrs;
   std::vector<size_t> lens;
@@ -253,7 +250,13 @@ void RedisLink::sendArgv(const std::vector<std::string>& argv,
     lens.push_back(a.size());
   }
   ++writes_;
-  redisAsyncCommandArgv(ac_, cb, privdata, static_cast<int>(argv.size()), ptrs.data(), lens.data());
+  if (redisAsyncCommandArgv(ac_, cb, privdata, static_cast<int>(argv.size()), ptrs.data(),
+                            lens.data()) != REDIS_OK) {
+    ++answered_;  // refused at once (the context is closing): no callback will come
+    ++failedWrites_;
+    return false;
+  }
+  return true;
 }
 
 bool RedisLink::send(const std::vector<std::string>& argv) {
@@ -261,8 +264,7 @@ bool RedisLink::send(const std::vector<std::string>& argv) {
     ++failedWrites_;
     return false;
   }
-  sendArgv(argv, &RedisLink::onSet, this);
-  return true;
+  return sendArgv(argv, &RedisLink::onSet, this);
 }
 
 struct PendingReply {
@@ -273,7 +275,11 @@ struct PendingReply {
 kj::Promise<RedisLink::Reply> RedisLink::command(std::vector<std::string> argv) {
   if (!ready_ || ac_ == nullptr) return Reply{};
   auto paf = kj::newPromiseAndFulfiller<Reply>();
-  sendArgv(argv, &RedisLink::onReply, new PendingReply{this, kj::mv(paf.fulfiller)});
+  auto* pending = new PendingReply{this, kj::mv(paf.fulfiller)};
+  if (!sendArgv(argv, &RedisLink::onReply, pending)) {
+    delete pending;  // the promise rejects (its fulfiller is gone): no reply
+    return Reply{};
+  }
   return kj::mv(paf.promise);
 }
 

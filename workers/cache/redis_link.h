@@ -70,7 +70,7 @@ class RedisLink {
   static void onAuth(redisAsyncContext* ac, void* reply, void* privdata);
   static void onSet(redisAsyncContext* ac, void* reply, void* privdata);
   static void onReply(redisAsyncContext* ac, void* reply, void* privdata);
-  void sendArgv(const std::vector<std::string>& argv, void (*cb)(redisAsyncContext*, void*, void*),
+  bool sendArgv(const std::vector<std::string>& argv, void (*cb)(redisAsyncContext*, void*, void*),
                 void* privdata);
   static void addRead(void* self);
   static void delRead(void* self);

@@ -1126,7 +1126,8 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
     });
   }
 
-  // Before any credential work: the per-source bucket and the pending cap (auth_limiter.h).
+  // Before any credential work: the per-source failure bucket and the pending caps
+  // (auth_limiter.h).
   // A refusal is answered at once (RESOURCE_EXHAUSTED), counted and logged through a limiter.
   bool admitAuth(const std::string& source, std::function<void(AuthOutcome)>& done) {
     auto v = authLimiter_.admit(source, std::chrono::steady_clock::now());
@@ -1245,7 +1246,7 @@ class ListenerRole final : public Role {
     // grpc's 8 KiB default would refuse identity headers (XFCC with several elements) before the
     // auth worker can; 64 KiB leaves that to its documented 16 KiB cap and its clear message.
     builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 64 * 1024);
-    // Streams beyond this on one connection are refused (RST_STREAM REFUSED_STREAM) by grpc.
+    // Advertised in SETTINGS; grpc 1.51 closes a connection that opens more (a connection error).
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, p.maxConcurrentStreams);
     if (p.keepaliveMinInterval.count() > 0) {
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(p.keepaliveMinInterval);
