@@ -1304,6 +1304,25 @@ class ListenerRole final : public Role {
     // Usually a bind failure means the port is taken by a process that is not ours: temporary,
     // the supervisor retries with backoff.
     front_ = std::make_unique<FrontDoor>(std::move(front));
+    faultSwitch_ = watchFaultSwitch().eagerlyEvaluate(nullptr);
+    if (p.insecurePlaintext || p.tlsTicketRotation.count() <= 0) {
+      startAccepting();
+      return kj::READY_NOW;
+    }
+    // Accept only once the shared ticket keys are here: a connection accepted before could not
+    // resume (an agent reconnecting to a restarted listener would pay a full handshake).
+    return fetchTicketKeys(false).then([this](uint64_t refreshInMs) {
+      ticketRefresh_ = refreshTicketKeys(refreshInMs).eagerlyEvaluate([](kj::Exception&& e) {
+        spdlog::error("session-ticket keys no longer refreshed: {}", e.getDescription().cStr());
+      });
+      startAccepting();
+    });
+  }
+
+  // Binds and starts the front door; throws (the worker fails, the supervisor retries) when the
+  // port cannot be had.
+  void startAccepting() {
+    const auto& p = env_.config.principal;
     front_->start();
     std::string address = front_->address();
     spdlog::info("Listening on {} ({}), {} serving threads{}", address,
@@ -1327,14 +1346,6 @@ class ListenerRole final : public Role {
           "this behind a service-mesh sidecar that enforces mTLS",
           address);
     }
-    faultSwitch_ = watchFaultSwitch().eagerlyEvaluate(nullptr);
-    if (p.insecurePlaintext || p.tlsTicketRotation.count() <= 0) return kj::READY_NOW;
-    // Ready once the shared ticket keys are here (the few connections before get no ticket).
-    return fetchTicketKeys(false).then([this](uint64_t refreshInMs) {
-      ticketRefresh_ = refreshTicketKeys(refreshInMs).eagerlyEvaluate([](kj::Exception&& e) {
-        spdlog::error("session-ticket keys no longer refreshed: {}", e.getDescription().cStr());
-      });
-    });
   }
 
   kj::Promise<void> drain() override {
