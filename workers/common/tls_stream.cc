@@ -142,7 +142,13 @@ TlsStream::TlsStream(kj::UnixEventPort& port, kj::AutoCloseFd tcp, SslPtr ssl, s
              "cannot bind the TLS session to its socket");
 }
 
-TlsStream::~TlsStream() noexcept(false) {}
+TlsStream::~TlsStream() noexcept(false) {
+  // SSL_free of a connection we did not close with close_notify marks its session "bad" (not
+  // resumable, as RFC 2246 asked): a peer that reset or vanished (a killed principal) would cost
+  // the agent's next connection a full handshake. Fatal alerts, sent or received, invalidated the
+  // session already when they happened; a lost transport is no reason to.
+  if (ssl_) SSL_set_shutdown(ssl_.get(), SSL_get_shutdown(ssl_.get()) | SSL_SENT_SHUTDOWN);
+}
 
 kj::Promise<void> TlsStream::handshake(Explain explain) {
   ERR_clear_error();
