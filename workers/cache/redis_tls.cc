@@ -43,22 +43,12 @@ std::string explainRedisTls(const std::string& reason) {
   return reason;
 }
 
-bool isIpLiteral(const std::string& host) {
-  unsigned char buf[sizeof(in6_addr)];
-  return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
-}
-
-struct Address {
-  sockaddr_storage addr{};
-  socklen_t len = 0;
-};
-
 // Each address in turn, non-blocking; the first that connects wins.
 kj::Promise<kj::AutoCloseFd> connectEach(kj::UnixEventPort& port,
-                                         std::shared_ptr<std::vector<Address>> addrs, size_t i,
+                                         std::shared_ptr<std::vector<tls::Address>> addrs, size_t i,
                                          std::string where, std::string lastError) {
   if (i >= addrs->size()) return tls::failure(lastError);
-  const Address& a = (*addrs)[i];
+  const tls::Address& a = (*addrs)[i];
   int fd = socket(a.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     return connectEach(port, addrs, i + 1, where, std::string("socket: ") + strerror(errno));
@@ -143,22 +133,10 @@ void RedisTlsTunnel::close() {
 
 kj::Promise<kj::AutoCloseFd> RedisTlsTunnel::tcpConnect(const std::string& host, int port) {
   // Resolved here, blocking, as hiredis itself does for a plain connection.
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* res = nullptr;
+  std::string error;
+  auto addrs = std::make_shared<std::vector<tls::Address>>(tls::resolveTcp(host, port, error));
+  if (addrs->empty()) return tls::failure(error);
   std::string service = std::to_string(port);
-  int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
-  if (rc != 0) return tls::failure("cannot resolve " + host + ": " + gai_strerror(rc));
-  auto addrs = std::make_shared<std::vector<Address>>();
-  for (const addrinfo* a = res; a != nullptr; a = a->ai_next) {
-    Address x;
-    memcpy(&x.addr, a->ai_addr, a->ai_addrlen);
-    x.len = a->ai_addrlen;
-    addrs->push_back(x);
-  }
-  freeaddrinfo(res);
   return connectEach(port_, addrs, 0, host + ":" + service, "no address for " + host);
 }
 
@@ -169,12 +147,8 @@ kj::Promise<void> RedisTlsTunnel::open(const std::string& host, int port, kj::Du
         tls::SslPtr ssl(SSL_new(ctx_.get()));
         if (!ssl) return tls::failure("cannot create a TLS session: " + tls::opensslErrors());
         SSL_set_connect_state(ssl.get());
-        bool ip = isIpLiteral(host);
-        if (!ip) SSL_set_tlsext_host_name(ssl.get(), host.c_str());
-        if (!options_.insecure) {
-          int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl.get()), host.c_str())
-                      : SSL_set1_host(ssl.get(), host.c_str());
-          if (ok != 1) return tls::failure("cannot check Redis's name " + host);
+        if (auto e = tls::expectPeerName(ssl.get(), host, !options_.insecure); !e.empty()) {
+          return tls::failure("Redis: " + e);
         }
         stream_ = kj::heap<tls::TlsStream>(port_, kj::mv(tcp), std::move(ssl),
                                            host + ":" + std::to_string(port));

@@ -1,13 +1,19 @@
 // A TLS connection on a KJ loop: handshake, then relay to grpc's plaintext side (tls_stream.h).
 #include "workers/common/tls_stream.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
+
+#include <cstring>
 
 #include <kj/debug.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "ipc/runtime/log.h"
 
@@ -73,6 +79,44 @@ constexpr const char* kClosedInHandshake =
     "connections (too many in all, or too many unauthenticated ones from this address) closes "
     "them at once; its log and `argocd-agentctl status` name the cause";
 }  // namespace
+
+bool isIpLiteral(const std::string& host) {
+  unsigned char buf[sizeof(in6_addr)];
+  return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
+
+std::string expectPeerName(SSL* ssl, const std::string& host, bool verify) {
+  bool ip = isIpLiteral(host);
+  if (!ip && SSL_set_tlsext_host_name(ssl, host.c_str()) != 1) return "cannot send SNI " + host;
+  if (!verify) return "";
+  int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host.c_str())
+              : SSL_set1_host(ssl, host.c_str());
+  return ok == 1 ? "" : "cannot check the certificate for " + host;
+}
+
+std::vector<Address> resolveTcp(const std::string& host, int port, std::string& error) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::vector<Address> out;
+  int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+  if (rc != 0) {
+    error = "cannot resolve " + host + ": " + gai_strerror(rc);
+    return out;
+  }
+  for (const addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    if (a->ai_addrlen > sizeof(sockaddr_storage)) continue;
+    Address x;
+    memcpy(&x.addr, a->ai_addr, a->ai_addrlen);
+    x.len = a->ai_addrlen;
+    out.push_back(x);
+  }
+  freeaddrinfo(res);
+  if (out.empty()) error = "no address for " + host;
+  return out;
+}
 
 std::string explainHandshakeFailure(const std::string& reason) {
   static const std::pair<const char*, const char*> kHints[] = {

@@ -11,6 +11,9 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
+
+#include <sys/socket.h>
 
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
@@ -40,6 +43,21 @@ std::string explainHandshakeFailure(const std::string& reason);
 // Applies the version range and suites of `policy` to `ctx`. `defaultMin` is used when the policy
 // sets no minimum. Returns "" or what OpenSSL refused.
 std::string applyPolicy(SSL_CTX* ctx, const Policy& policy, int defaultMin);
+
+// A textual IPv4 or IPv6 address (checked against the certificate's IP SANs, never sent as SNI).
+bool isIpLiteral(const std::string& host);
+
+// Client side: sends `host` as SNI unless it is an address and, with `verify`, makes the
+// handshake check that the certificate names it (DNS or IP SAN). Returns "" or what failed.
+std::string expectPeerName(SSL* ssl, const std::string& host, bool verify);
+
+// The addresses of host:port for a stream socket, in resolver order (blocking). Empty with
+// `error` set when there are none.
+struct Address {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+};
+std::vector<Address> resolveTcp(const std::string& host, int port, std::string& error);
 
 struct SessionInfo {
   std::string version;         // "TLSv1.3"

@@ -34,27 +34,16 @@ constexpr auto kCancelCheck = std::chrono::milliseconds(100);
 
 int tcpConnect(const std::string& host, int port, Clock::time_point deadline,
                const std::function<bool()>& cancelled, std::string& error) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* res = nullptr;
+  std::vector<tls::Address> addrs = tls::resolveTcp(host, port, error);
   std::string service = std::to_string(port);
-  int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
-  if (rc != 0) {
-    error = "cannot resolve " + host + ": " + gai_strerror(rc);
-    return -1;
-  }
-  KJ_DEFER(freeaddrinfo(res));
-  error = "no address for " + host;
-  for (const addrinfo* a = res; a != nullptr; a = a->ai_next) {
-    int fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  for (const tls::Address& a : addrs) {
+    int fd = socket(a.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       error = std::string("socket: ") + strerror(errno);
       continue;
     }
     int err = 0;
-    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&a.addr), a.len) != 0) {
       err = errno;
       if (err == EINPROGRESS) {
         int n = 0;
@@ -83,11 +72,6 @@ int tcpConnect(const std::string& host, int port, Clock::time_point deadline,
     error = "connect to " + host + ":" + service + " failed: " + strerror(err);
   }
   return -1;
-}
-
-bool isIpLiteral(const std::string& host) {
-  unsigned char buf[sizeof(in6_addr)];
-  return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
 }
 
 }  // namespace
@@ -356,12 +340,8 @@ TlsConnector::Result TlsConnector::connect(const std::string& host, int port,
   }
   // SNI and the name the certificate must carry: --server-address, as upstream (an IP address
   // is checked against the certificate's IP SANs and not sent as SNI).
-  bool ip = isIpLiteral(host);
-  if (!ip) SSL_set_tlsext_host_name(ssl.get(), host.c_str());
-  if (!config_.insecureTls) {
-    int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl.get()), host.c_str())
-                : SSL_set1_host(ssl.get(), host.c_str());
-    if (ok != 1) return fail("cannot check the certificate for " + host);
+  if (auto e = tls::expectPeerName(ssl.get(), host, !config_.insecureTls); !e.empty()) {
+    return fail(e);
   }
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
   std::string peer = host + ":" + std::to_string(port);
