@@ -133,6 +133,111 @@ def hpack_literal(headers):
     return out
 
 
+def hpack_string(b):
+    """An HPACK string literal, no Huffman, with RFC 7541 5.1 integer length."""
+    n = len(b)
+    if n < 127:
+        return bytes([n]) + b
+    out, n = bytearray([127]), n - 127
+    while n >= 128:
+        out.append(n % 128 + 128)
+        n //= 128
+    out.append(n)
+    return bytes(out) + b
+
+
+def request_block(path, extra=()):
+    out = b""
+    for name, value in [(":method", "POST"), (":scheme", "https"), (":path", path),
+                        (":authority", "127.0.0.1"), ("content-type", "application/grpc"),
+                        ("te", "trailers")] + list(extra):
+        out += b"\x00" + hpack_string(name.encode()) + hpack_string(value.encode())
+    return out
+
+
+AUTHENTICATE = "/authapi.Authentication/Authenticate"
+
+
+class RawH2:
+    """A TLS HTTP/2 client connection from `source` with frames written by hand; the preface and
+    an empty SETTINGS are sent, the server's SETTINGS acknowledged when read."""
+
+    def __init__(self, port, source=ATTACKER):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.bind((source, 0))
+        raw.settimeout(10)
+        raw.connect(("127.0.0.1", port))
+        self.s = ctx.wrap_socket(raw)
+        self.s.sendall(H2_PREFACE + frame(4, 0, 0))
+        self.buf = b""
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+    def frames(self, data):
+        """Parses what arrived (appended to what was left over): complete frames."""
+        self.buf += data
+        out = []
+        while len(self.buf) >= 9:
+            length = int.from_bytes(self.buf[:3], "big")
+            if len(self.buf) < 9 + length:
+                break
+            out.append((self.buf[3], self.buf[4], int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF,
+                        self.buf[9:9 + length]))
+            self.buf = self.buf[9 + length:]
+        return out
+
+    def until_goaway(self, timeout=10):
+        """Reads frames until GOAWAY: (last stream, error code, debug data); None if the
+        connection ended without one."""
+        self.s.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = self.s.recv(65536)
+            except (OSError, ssl.SSLError):
+                return None
+            if not data:
+                return None
+            for typ, flags, sid, payload in self.frames(data):
+                if typ == 4 and not flags & 1:
+                    try:
+                        self.s.sendall(frame(4, 1, 0))
+                    except (OSError, ssl.SSLError):
+                        pass  # already closing: what it sent is still read
+                if typ == 7:
+                    return (int.from_bytes(payload[:4], "big") & 0x7FFFFFFF,
+                            int.from_bytes(payload[4:8], "big"), payload[8:])
+        raise AssertionError("no GOAWAY and no close in time")
+
+    def ended(self, timeout=10):
+        """Whether the principal closes the connection within `timeout`."""
+        self.s.settimeout(timeout)
+        try:
+            while self.s.recv(65536):
+                pass
+        except socket.timeout:
+            return False
+        except (OSError, ssl.SSLError):
+            pass
+        return True
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def front_door(principal):
     return principal.worker("listener-1")["detail"]
 
@@ -342,6 +447,184 @@ class OverloadTest(h.IntegrationTestCase):
         self.assertEqual(self.early.count(r"Event stream to \S+ opened"), 1)
         for w in principal.wait_all_ready()["workers"]:
             self.assertEqual((w["generation"], w["restarts"]), (1, 0), w)
+
+    def test_large_unauthenticated_messages_are_held_and_memory_stays_bounded(self):
+        """Five Authenticate streams on one unauthenticated connection, each announcing a
+        190 MiB message and sending it as fast as HTTP/2 flow control lets it: the front door
+        relays --max-unauthenticated-bytes (64 KiB) of it and then reads no more, so the
+        listener's memory stays near where it was (it grew by a gigabyte before), the
+        connection is counted as held, and a new agent gets in meanwhile."""
+        principal = self.start()
+        pid = principal.worker("listener-1")["pid"]
+        rss_before = rss_kib(pid)
+        lines_before = len(principal.text().splitlines())
+        t0 = time.monotonic()
+        conn = RawH2(principal.port)
+        streams = [1, 3, 5, 7, 9]
+        window = {0: 65535}
+        initial = 65535
+        chunk = 16384
+        for sid in streams:
+            conn.s.sendall(frame(1, 4, sid, request_block(AUTHENTICATE)))
+            window[sid] = initial
+        prefix = {sid: b"\x00" + (190 << 20).to_bytes(4, "big") for sid in streams}
+        conn.s.setblocking(False)
+        pending, sent, stalled = b"", 0, False
+        deadline = time.monotonic() + 5
+        import select
+        while time.monotonic() < deadline and sent < (400 << 20):
+            try:
+                for typ, flags, sid, payload in conn.frames(conn.s.recv(65536)):
+                    if typ == 4 and not flags & 1:
+                        for i in range(0, len(payload), 6):
+                            if int.from_bytes(payload[i:i + 2], "big") == 4:
+                                new = int.from_bytes(payload[i + 2:i + 6], "big")
+                                for k in streams:
+                                    window[k] += new - initial
+                                initial = new
+                        pending += frame(4, 1, 0)
+                    elif typ == 8:
+                        window[sid] = window.get(sid, 0) + int.from_bytes(payload[:4], "big")
+            except (ssl.SSLWantReadError, BlockingIOError):
+                pass
+            if not pending:
+                for sid in streams:
+                    if window[sid] >= chunk and window[0] >= chunk:
+                        body = prefix.pop(sid, b"")
+                        body += b"x" * (chunk - len(body))
+                        pending = frame(0, 0, sid, body)
+                        window[sid] -= chunk
+                        window[0] -= chunk
+                        break
+            if pending:
+                try:
+                    n = conn.s.send(pending)
+                    pending = pending[n:]
+                    sent += n
+                    continue
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    stalled = True
+            select.select([conn.s], [conn.s] if pending else [], [], 0.05)
+        conn.s.setblocking(True)
+        try:
+            h.wait_for(lambda: "held over --max-unauthenticated-bytes: 1" in front_door(principal),
+                       10, "the connection counted as held")
+            grown = rss_kib(pid) - rss_before
+            self.assertLess(grown, 64 * 1024,
+                            f"the listener grew by {grown} KiB while {sent} bytes were sent")
+            self.assertLess(sent, 64 << 20, f"{sent} bytes accepted from an unauthenticated peer")
+            principal.wait_log(r"TLS connection from ipv4:127\.0\.0\.2:\d+ sent more than "
+                               r"--max-unauthenticated-bytes")
+            late = self.start_agent(principal, name="late", user="agent-b", password="secret-b",
+                                    wait=False)
+            late.wait_log(r"Event stream to \S+ opened", timeout=10)
+        finally:
+            conn.close()
+        self.assertUnharmed(principal, lines_before, max(10, time.monotonic() - t0))
+
+    def test_rapid_reset_ends_the_connection_with_enhance_your_calm(self):
+        """20 connections, each opening 1,000 streams and resetting every one at once
+        (CVE-2023-44487): each gets GOAWAY ENHANCE_YOUR_CALM naming the cause after
+        --stream-reset-burst resets and is closed; memory stays bounded, the count shows 20,
+        and a new agent gets in."""
+        principal = self.start()
+        pid = principal.worker("listener-1")["pid"]
+        rss_before = rss_kib(pid)
+        lines_before = len(principal.text().splitlines())
+        t0 = time.monotonic()
+        block = request_block(AUTHENTICATE)
+        burst = b"".join(frame(1, 4, sid, block) + frame(3, 0, sid, (8).to_bytes(4, "big"))
+                         for sid in range(1, 2000, 2))
+        for _ in range(20):
+            conn = RawH2(principal.port)
+            try:
+                conn.s.sendall(burst)
+                got = conn.until_goaway()
+                self.assertIsNotNone(got, "closed without a GOAWAY")
+                last, code, debug = got
+                self.assertEqual(code, 0xB, f"GOAWAY error code {code}: {debug!r}")
+                self.assertIn(b"streams reset", debug)
+                self.assertGreater(last, 0)
+                self.assertTrue(conn.ended(), "the connection stayed open after GOAWAY")
+            finally:
+                conn.close()
+        detail = front_door(principal)
+        m = re.search(r"(\d+) \(too many streams reset\)", detail)
+        self.assertTrue(m and int(m.group(1)) == 20, detail)
+        grown = rss_kib(pid) - rss_before
+        self.assertLess(grown, 64 * 1024, f"the listener grew by {grown} KiB")
+        late = self.start_agent(principal, name="late", user="agent-b", password="secret-b",
+                                wait=False)
+        late.wait_log(r"Event stream to \S+ opened", timeout=10)
+        self.assertUnharmed(principal, lines_before, max(10, time.monotonic() - t0))
+
+    def test_an_oversized_header_block_ends_the_connection(self):
+        """A 1 MiB header value on Authenticate (HEADERS + CONTINUATION frames of 16 KiB): the
+        front door ends the connection once the block passes --max-header-block-bytes (64 KiB)
+        with GOAWAY ENHANCE_YOUR_CALM; a block under the limit is served."""
+        principal = self.start()
+        lines_before = len(principal.text().splitlines())
+        t0 = time.monotonic()
+        # Under the limit: an answer (HEADERS) on the stream, no GOAWAY.
+        conn = RawH2(principal.port)
+        try:
+            msg = b"\x00\x00\x00\x00\x00"  # an empty AuthRequest
+            conn.s.sendall(frame(1, 4, 1, request_block(AUTHENTICATE, [("x-pad", "p" * 30000)])) +
+                           frame(0, 1, 1, msg))
+            answered = False
+            conn.s.settimeout(10)
+            while not answered:
+                data = conn.s.recv(65536)
+                self.assertTrue(data, "closed under the limit")
+                for typ, flags, sid, payload in conn.frames(data):
+                    self.assertNotEqual(typ, 7, f"GOAWAY under the limit: {payload!r}")
+                    answered = answered or (typ == 1 and sid == 1)
+        finally:
+            conn.close()
+        conn = RawH2(principal.port)
+        try:
+            block = request_block(AUTHENTICATE, [("x-big", "v" * (1 << 20))])
+            parts = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+            out = frame(1, 0, 1, parts[0])
+            for i, part in enumerate(parts[1:], 1):
+                out += frame(9, 4 if i == len(parts) - 1 else 0, 1, part)
+            try:
+                conn.s.sendall(out)
+            except OSError:
+                pass  # closed while we were still writing: the GOAWAY is read below
+            got = conn.until_goaway()
+            self.assertIsNotNone(got, "closed without a GOAWAY")
+            self.assertEqual(got[1], 0xB, got)
+            self.assertIn(b"--max-header-block-bytes", got[2])
+        finally:
+            conn.close()
+        principal.wait_log(r"TLS connection from ipv4:127\.0\.0\.2:\d+ closed with GOAWAY "
+                           r"ENHANCE_YOUR_CALM: header block of more than 65536 bytes")
+        self.assertIn("1 (header block too large)", front_door(principal))
+        self.assertUnharmed(principal, lines_before, max(10, time.monotonic() - t0))
+
+    def test_garbage_on_the_plaintext_port_is_counted_and_logged(self):
+        """Behind a mesh sidecar (plaintext): an HTTP/1.1 request, a TLS ClientHello and a
+        connection that says nothing are each closed by the front door, counted by cause in the
+        status line (and argocd_principal_plaintext_refused_total), and logged (rate-limited); an agent still connects."""
+        principal = self.start_principal(users={"agent-a": "secret-a"}, plaintext=True,
+                                         extra=["--tls-handshake-timeout", "2s"])
+        for payload in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello"):
+            with socket.create_connection(("127.0.0.1", principal.port), timeout=10) as s:
+                s.sendall(payload)
+                s.settimeout(10)
+                self.assertEqual(s.recv(100), b"", "the garbage got an answer")
+        with socket.create_connection(("127.0.0.1", principal.port), timeout=10) as s:
+            s.settimeout(10)
+            self.assertEqual(s.recv(100), b"", "a silent connection stayed open")
+        detail = front_door(principal)
+        self.assertIn("plaintext connections closed before grpc: 2 not HTTP/2, 1 no request in "
+                      "time", detail)
+        principal.wait_log(r"plaintext connection from \S+ closed: not HTTP/2")
+        principal.wait_log(r"plaintext connection from \S+ closed: a TLS handshake on the "
+                           r"plaintext port")
+        agent = self.start_agent(principal, user="agent-a", password="secret-a")
+        self.assertAlive(agent)
 
 
 if __name__ == "__main__":

@@ -442,6 +442,21 @@ std::vector<Option> principalOptions(Config& c) {
              "HTTP/2 streams (RPCs) at once per connection, advertised in SETTINGS and enforced "
              "(REFUSED_STREAM)",
              &p.maxConcurrentStreams, 1, 1000000),
+      intOpt("max-unauthenticated-bytes", "ARGOCD_PRINCIPAL_MAX_UNAUTHENTICATED_BYTES",
+             "bytes a TLS connection may send before it has an authenticated event stream; then "
+             "it is read no further until it has one (0: no limit)",
+             &p.maxUnauthenticatedBytes, 0, 1 << 30),
+      intOpt("max-header-block-bytes", "ARGOCD_PRINCIPAL_MAX_HEADER_BLOCK_BYTES",
+             "HTTP/2 header block of one request as sent (HPACK-compressed) on a TLS connection; "
+             "a larger one ends the connection with GOAWAY ENHANCE_YOUR_CALM (0: no limit)",
+             &p.maxHeaderBlockBytes, 0, 1 << 30),
+      intOpt("stream-reset-burst", "ARGOCD_PRINCIPAL_STREAM_RESET_BURST",
+             "HTTP/2 streams a client may reset (RST_STREAM) at once on a TLS connection; beyond "
+             "it and --stream-reset-rate the connection ends with GOAWAY ENHANCE_YOUR_CALM (rapid "
+             "reset; 0: no limit)",
+             &p.streamResetBurst, 0, 1000000),
+      intOpt("stream-reset-rate", "ARGOCD_PRINCIPAL_STREAM_RESET_RATE",
+             "of those, how many per second come back", &p.streamResetRate, 1, 1000000),
       durationOpt("tls-client-hello-timeout", "ARGOCD_PRINCIPAL_TLS_CLIENT_HELLO_TIMEOUT",
                   "close a TLS connection whose ClientHello has not arrived by then",
                   &p.clientHelloTimeout),

@@ -75,6 +75,11 @@ struct PrincipalConfig {
   int maxPendingAuthenticationsPerSource = 8;
   int maxPendingAuthentications = 64;
   int maxConcurrentStreams = 100;
+  // The TLS relay's limits (workers/listener/http2_guard.h); 0 turns one off.
+  int maxUnauthenticatedBytes = 64 * 1024;
+  int maxHeaderBlockBytes = 64 * 1024;
+  int streamResetBurst = 100;
+  int streamResetRate = 10;
   std::chrono::nanoseconds clientHelloTimeout{std::chrono::seconds(2)};
   std::chrono::nanoseconds unauthenticatedTimeout{std::chrono::seconds(30)};
   // gRPC over WebSocket (grpc-ws) on the same port as native gRPC

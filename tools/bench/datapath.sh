@@ -30,6 +30,9 @@ MAX_CONNECTING=${MAX_CONNECTING:-0}
 PER_SOURCE=${PER_SOURCE:-0}
 # PLAINTEXT=1: --insecure-plaintext principal and plaintext agents (the mesh-sidecar setup).
 PLAINTEXT=${PLAINTEXT:-0}
+# PRINCIPAL_EXTRA: more principal flags, e.g. the edge limits off for a side-by-side run:
+# PRINCIPAL_EXTRA="--max-unauthenticated-bytes 0 --max-header-block-bytes 0 --stream-reset-burst 0"
+read -r -a PRINCIPAL_EXTRA <<< "${PRINCIPAL_EXTRA:-}"
 if [ "$PLAINTEXT" = 1 ]; then SECURITY=(--insecure-plaintext); else SECURITY=(--insecure-tls-generate); fi
 ulimit -n "$(ulimit -Hn)"
 
@@ -42,7 +45,7 @@ start_principal "$BENCH_TMP/principal.log" --auth "userpass:$BENCH_TMP/users" \
   "${SECURITY[@]}" --insecure-jwt-generate --listener-workers "$LISTENERS" \
   --max-unauthenticated-per-source "$PER_SOURCE" \
   --max-pending-authentications-per-source "$PER_SOURCE" \
-  --metrics-port 0 --healthz-port 0 "${EXTRA[@]}"
+  --metrics-port 0 --healthz-port 0 "${EXTRA[@]}" "${PRINCIPAL_EXTRA[@]}"
 SOCK=$(ls "$BENCH_TMP"/p.*.sock)
 for _ in $(seq 100); do
   [ "$(grep -c 'is ready' "$BENCH_TMP/principal.log")" -ge $((4 + LISTENERS)) ] && break

@@ -255,9 +255,10 @@ SessionInfo TlsStream::sessionInfo() const {
   return info;
 }
 
-kj::Promise<void> TlsStream::relay(kj::AutoCloseFd local, Scratch& scratch) {
+kj::Promise<void> TlsStream::relay(kj::AutoCloseFd local, Scratch& scratch, RelayGuard* guard) {
   local_ = kj::mv(local);
   scratch_ = &scratch;
+  guard_ = guard;
   localObserver_ = kj::heap<kj::UnixEventPort::FdObserver>(
       port_, local_.get(),
       kj::UnixEventPort::FdObserver::OBSERVE_READ | kj::UnixEventPort::FdObserver::OBSERVE_WRITE);
@@ -278,11 +279,19 @@ kj::Promise<void> TlsStream::pump() {
     if (!toLocal_.empty()) {
       if (!sendLocal(toLocal_.data(), toLocal_.size(), progress)) return kj::READY_NOW;
     }
-    while (toLocal_.empty() && !tlsEof_ && !localWriteBlocked_) {
+    while (toLocal_.empty() && !tlsEof_ && !localWriteBlocked_ && !held_ && !closing_) {
       ERR_clear_error();
       int n = SSL_read(ssl_.get(), buf, static_cast<int>(kBuf));
       if (n > 0) {
         progress = true;
+        if (guard_) {
+          auto v = guard_->fromPeer(buf, static_cast<size_t>(n));
+          if (v == RelayGuard::Verdict::kClose) {
+            closing_ = true;
+            break;
+          }
+          held_ = v == RelayGuard::Verdict::kHold;
+        }
         if (!sendLocal(buf, static_cast<size_t>(n), progress)) return kj::READY_NOW;
         continue;
       }
@@ -306,11 +315,13 @@ kj::Promise<void> TlsStream::pump() {
     if (!toTls_.empty()) {
       if (!writeTls(toTls_.data(), toTls_.size(), progress)) return kj::READY_NOW;
     }
-    while (toTls_.empty() && !localEof_ && tlsWriteWait_ == Wait::kNone) {
+    while (toTls_.empty() && !localEof_ && tlsWriteWait_ == Wait::kNone &&
+           !(closing_ && guard_->toPeerAtBoundary())) {
       ssize_t n = recv(local_.get(), buf, kBuf, MSG_DONTWAIT);
       if (n > 0) {
         progress = true;
-        if (!writeTls(buf, static_cast<size_t>(n), progress)) return kj::READY_NOW;
+        size_t k = guard_ ? guard_->toPeer(buf, static_cast<size_t>(n)) : static_cast<size_t>(n);
+        if (k > 0 && !writeTls(buf, k, progress)) return kj::READY_NOW;
         continue;
       }
       if (n == 0) {
@@ -325,6 +336,20 @@ kj::Promise<void> TlsStream::pump() {
         return kj::READY_NOW;
       }
       break;
+    }
+    if (closing_ && (gaveUp_ || (toTls_.empty() && tlsWriteWait_ == Wait::kNone &&
+                                 guard_->toPeerAtBoundary()))) {
+      // The guard ended the connection: its farewell (at a boundary of grpc's output), then
+      // close_notify; localClosed() says so, for the caller's linger.
+      if (!farewellSent_ && !gaveUp_) {
+        farewellSent_ = true;
+        std::string f = guard_->farewell();
+        if (!f.empty() && !writeTls(f.data(), f.size(), progress)) return kj::READY_NOW;
+        continue;  // written, or waiting in toTls_
+      }
+      localEof_ = true;
+      SSL_shutdown(ssl_.get());
+      return kj::READY_NOW;
     }
     if (tlsEof_ && localEof_) return kj::READY_NOW;
     if (!progress) break;
@@ -346,6 +371,8 @@ kj::Promise<void> TlsStream::pump() {
   }
   if (localReadBlocked_) add(localObserver_->whenBecomesReadable());
   if (localWriteBlocked_) add(localObserver_->whenBecomesWritable());
+  if (held_ && !closing_) add(guard_->resumed().then([this]() { held_ = false; }));
+  if (closing_ && !gaveUp_) add(guard_->closeDeadline().then([this]() { gaveUp_ = true; }));
   KJ_IF_MAYBE (w, waits) {
     return w->then([this]() { return pump(); });
   }

@@ -75,6 +75,26 @@ struct Scratch {
   char data[kSize];
 };
 
+// Optional, for relay(): what the principal's edge does with the bytes it relays (the HTTP/2
+// limits of workers/listener/http2_guard.h behind it). Called on the stream's thread.
+class RelayGuard {
+ public:
+  enum class Verdict { kPass, kHold, kClose };
+  virtual ~RelayGuard() = default;
+  // `size` bytes read from the TLS peer. kPass: forward them. kHold: forward them, then read no
+  // more from the peer until resumed() resolves. kClose: forward none and end the connection.
+  virtual Verdict fromPeer(const char* data, size_t size) = 0;
+  virtual kj::Promise<void> resumed() = 0;
+  // `size` bytes from the local side: how many of them may go to the peer. All, until kClose;
+  // then those that complete the local protocol's unit in progress (0 once at a boundary).
+  virtual size_t toPeer(const char* data, size_t size) = 0;
+  virtual bool toPeerAtBoundary() const = 0;
+  // After kClose, at a boundary: sent before close_notify ("" for nothing).
+  virtual std::string farewell() = 0;
+  // After kClose: resolves when waiting for that boundary should stop (then close_notify only).
+  virtual kj::Promise<void> closeDeadline() = 0;
+};
+
 class TlsStream {
  public:
   // Takes the connected, non-blocking socket and an SSL object already set to accept or connect
@@ -93,7 +113,8 @@ class TlsStream {
   // Moves bytes between this TLS stream and `local` (our end of the socketpair whose other end
   // grpc reads and writes) until either side closes or fails. A close by the TLS peer reaches grpc
   // as end of stream; a close by grpc sends close_notify and ends the connection.
-  kj::Promise<void> relay(kj::AutoCloseFd local, Scratch& scratch);
+  // With `guard`, each direction passes through it (it outlives the relay).
+  kj::Promise<void> relay(kj::AutoCloseFd local, Scratch& scratch, RelayGuard* guard = nullptr);
 
   // After relay() ended because the local side closed (close_notify sent): half-closes the TCP
   // connection, then reads and discards what the peer still sends until it closes too, at most
@@ -101,6 +122,7 @@ class TlsStream {
   // the kernel answer with a reset, and a peer that has not read our last bytes yet (grpc-ws
   // trailers written just before the close) would lose them.
   kj::Promise<void> linger(size_t budget = 64 * 1024);
+  // The local side closed, or the guard ended the connection (close_notify sent either way).
   bool localClosed() const { return localEof_; }
 
   const std::string& peer() const { return peer_; }
@@ -120,6 +142,8 @@ class TlsStream {
   kj::AutoCloseFd local_;
   kj::Own<kj::UnixEventPort::FdObserver> localObserver_;
   Scratch* scratch_ = nullptr;
+  RelayGuard* guard_ = nullptr;
+  bool held_ = false, closing_ = false, farewellSent_ = false, gaveUp_ = false;
   std::string toLocal_, toTls_;
   bool tlsEof_ = false, localEof_ = false, lingering_ = false;
   Wait tlsReadWait_ = Wait::kNone, tlsWriteWait_ = Wait::kNone;

@@ -210,6 +210,10 @@ std::shared_ptr<SSL_CTX> makeServerTlsContext(const PrincipalConfig& p, const st
 
 // ---------------------------------------------------------------- the loop
 
+const char* describe(PlaintextRefusal r) {
+  return r == kNotHttp2 ? "not HTTP/2" : "no request in time";
+}
+
 namespace {
 
 std::string formatAddress(const sockaddr_storage& ss) {
@@ -282,6 +286,15 @@ class FrontDoor::Loop {
   // rejects when the peer closes, or sends nothing, within --tls-handshake-timeout.
   kj::Promise<bool> isHttp2(int fd);
   kj::Promise<bool> peekPreface(int fd, kj::UnixEventPort::FdObserver& observer);
+  void refusePlaintext(int cause, const std::string& address, const std::string& why) {
+    ++stats_.plaintextRefused[cause];
+    // A peer that closes before saying anything is often a TCP probe: debug, counted.
+    if (cause == kNoRequest) {
+      spdlog::debug("plaintext connection from {} closed: {}", address, why);
+    } else if (limiter_.allow()) {
+      spdlog::warn("plaintext connection from {} closed: {}", address, why);
+    }
+  }
 
   const Options& options_;
   int listenFd_;
@@ -298,6 +311,74 @@ class FrontDoor::Loop {
   tls::Scratch scratch_;
 };
 
+// The relay's guard for one connection: Http2Guard's verdicts, counted and logged (rate-limited)
+// when they end or hold a connection.
+class EdgeGuard final : public tls::RelayGuard {
+ public:
+  EdgeGuard(const GuardLimits& limits, kj::Timer& timer, const PeerInfo& peer,
+            FrontDoorStats& stats, log::Limiter& limiter)
+      : guard_(limits, Http2Guard::Clock::now()),
+        timer_(timer),
+        peer_(peer),
+        stats_(stats),
+        limiter_(limiter) {}
+
+  Verdict fromPeer(const char* data, size_t size) override {
+    auto v = guard_.inbound(reinterpret_cast<const uint8_t*>(data), size, peer_.authenticated(),
+                            Http2Guard::Clock::now());
+    if (v == Http2Guard::Verdict::kClose) {
+      ended_ = true;
+      ++stats_.guardClosed[static_cast<int>(guard_.abuse())];
+      if (limiter_.allow()) {
+        spdlog::warn("TLS connection from {} closed{}: {}", peer_.address,
+                     guard_.http2() ? " with GOAWAY ENHANCE_YOUR_CALM" : "", guard_.why());
+      }
+      return Verdict::kClose;
+    }
+    if (v == Http2Guard::Verdict::kHold) {
+      if (!counted_) {
+        counted_ = true;
+        ++stats_.unauthenticatedHeld;
+        if (limiter_.allow()) {
+          spdlog::warn(
+              "TLS connection from {} sent more than --max-unauthenticated-bytes without an "
+              "authenticated event stream: read no further until it has one",
+              peer_.address);
+        }
+      }
+      return Verdict::kHold;
+    }
+    return Verdict::kPass;
+  }
+
+  // The authenticated flag is set by grpc's thread: looked at every 10 ms while held (only
+  // connections over their budget are).
+  kj::Promise<void> resumed() override {
+    if (peer_.authenticated()) return kj::READY_NOW;
+    return timer_.afterDelay(10 * kj::MILLISECONDS).then([this]() { return resumed(); });
+  }
+
+  size_t toPeer(const char* data, size_t size) override {
+    return guard_.outbound(reinterpret_cast<const uint8_t*>(data), size);
+  }
+  bool toPeerAtBoundary() const override { return guard_.outboundAtBoundary(); }
+  bool ended() const { return ended_; }
+  std::string farewell() override { return guard_.goaway(); }
+  kj::Promise<void> closeDeadline() override {
+    if (closeBy_ == kj::origin<kj::TimePoint>()) closeBy_ = timer_.now() + kj::SECONDS;
+    return timer_.atTime(closeBy_);
+  }
+
+ private:
+  Http2Guard guard_;
+  kj::Timer& timer_;
+  const PeerInfo& peer_;
+  FrontDoorStats& stats_;
+  log::Limiter& limiter_;
+  bool counted_ = false, ended_ = false;
+  kj::TimePoint closeBy_ = kj::origin<kj::TimePoint>();
+};
+
 // One TLS connection: handshake, registration, hand-off to grpc, relay until either side closes.
 class FrontDoor::Loop::Connection {
  public:
@@ -305,7 +386,8 @@ class FrontDoor::Loop::Connection {
   Connection(Loop& loop, kj::AutoCloseFd fd, tls::SslPtr ssl, std::shared_ptr<PeerInfo> info)
       : loop_(loop),
         info_(std::move(info)),
-        stream_(*loop.eventPort_, kj::mv(fd), std::move(ssl), info_->address) {}
+        stream_(*loop.eventPort_, kj::mv(fd), std::move(ssl), info_->address),
+        guard_(loop.options_.guard, *loop.timer_, *info_, loop.stats_, loop.limiter_) {}
 
   ~Connection() {
     if (registeredFd_ >= 0) loop_.options_.registry->remove(registeredFd_, info_.get());
@@ -383,13 +465,16 @@ class FrontDoor::Loop::Connection {
             });
     // grpc or libwebsockets closed its side first: linger (bounded) so that the agent reads
     // everything we sent before the TCP connection goes (tls_stream.h).
-    auto relay =
-        stream_.relay(kj::mv(ours), loop_.scratch_)
-            .then([this]() -> kj::Promise<void> {
-              if (!stream_.localClosed()) return kj::READY_NOW;
-              return stream_.linger().exclusiveJoin(loop_.timer_->afterDelay(kLingerAfterClose));
-            })
-            .exclusiveJoin(kj::mv(unauthenticated));
+    auto relay = stream_.relay(kj::mv(ours), loop_.scratch_, &guard_)
+                     .then([this]() -> kj::Promise<void> {
+                       if (!stream_.localClosed()) return kj::READY_NOW;
+                       // A connection the guard ended may still be sending what it was refused for
+                       // (a 1 MiB header block): read more of it, or the reset of a close with
+                       // unread input would destroy the GOAWAY before the client reads it.
+                       return stream_.linger(guard_.ended() ? 4 << 20 : 64 << 10)
+                           .exclusiveJoin(loop_.timer_->afterDelay(kLingerAfterClose));
+                     })
+                     .exclusiveJoin(kj::mv(unauthenticated));
     const auto& o = loop_.options_;
     if (!o.handOffHttp1 || session.alpn == "h2") {
       toGrpc(theirs.release());
@@ -423,6 +508,7 @@ class FrontDoor::Loop::Connection {
   Loop& loop_;
   std::shared_ptr<PeerInfo> info_;
   tls::TlsStream stream_;
+  EdgeGuard guard_;  // the relay's; after stream_, destroyed before it
   bool handshaking_ = true;
   int registeredFd_ = -1;  // grpc's end of the socketpair (grpc owns and closes it)
 };
@@ -451,24 +537,33 @@ kj::Promise<void> FrontDoor::Loop::acceptLoop() {
       close(fd);
       continue;
     }
-    if (!options_.tls && !options_.handOffHttp1) {
-      options_.registry->add(fd, std::move(info));
-      options_.handOff(fd);  // plaintext: grpc reads the socket itself
-      continue;
-    }
     if (!options_.tls) {
-      // Plaintext with WebSocket on: h2c prior knowledge or an HTTP/1.1 upgrade, by the first
-      // bytes. Either way the protocol's owner then reads the socket itself.
+      // Plaintext: h2c prior knowledge, or (WebSocket on) an HTTP/1.1 upgrade, by the first
+      // bytes; the protocol's owner then reads the socket itself. Anything else, or nothing in
+      // time, is counted and closed here (grpc would close it without a word).
+      auto own = std::make_shared<kj::AutoCloseFd>(fd);  // closed if the loop stops first
+      auto address = info->address;
       tasks_->add(isHttp2(fd).then(
-          [this, own = kj::AutoCloseFd(fd), info = std::move(info)](bool h2) mutable {
+          [this, own, info = std::move(info)](bool h2) mutable {
             if (stopped_.load()) return;
-            int raw = own.release();
             if (h2) {
+              int raw = own->release();
               options_.registry->add(raw, info);
               options_.handOff(raw);
+            } else if (options_.handOffHttp1) {
+              options_.handOffHttp1(own->release(), std::move(info));
             } else {
-              options_.handOffHttp1(raw, std::move(info));
+              char first[4096];  // read, so that the close is a FIN, not a reset
+              bool tls = recv(own->get(), first, sizeof first, MSG_DONTWAIT) > 0 &&
+                         static_cast<unsigned char>(first[0]) == 0x16;
+              refusePlaintext(kNotHttp2, info->address,
+                              tls ? "a TLS handshake on the plaintext port (--insecure-plaintext: "
+                                    "the client must not use TLS)"
+                                  : "not HTTP/2 (no connection preface)");
             }
+          },
+          [this, own, address](kj::Exception&& e) {
+            refusePlaintext(kNoRequest, address, e.getDescription().cStr());
           }));
       continue;
     }

@@ -31,6 +31,7 @@
 #include "ipc/config/config.h"
 #include "workers/common/tls_stream.h"
 #include "workers/listener/admission.h"
+#include "workers/listener/http2_guard.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct ssl_st SSL;
@@ -108,6 +109,9 @@ std::shared_ptr<SSL_CTX> makeServerTlsContext(const PrincipalConfig& config,
                                               const std::string& keyPath,
                                               TicketKeyring* tickets = nullptr);
 
+enum PlaintextRefusal { kNotHttp2 = 0, kNoRequest = 1 };
+const char* describe(PlaintextRefusal r);
+
 // What the front door did, for status lines and metrics (read from any thread).
 struct FrontDoorStats {
   std::atomic<uint64_t> handshakes{0};  // completed TLS handshakes
@@ -115,6 +119,12 @@ struct FrontDoorStats {
   std::atomic<uint64_t> failed{0};      // handshakes that failed or timed out
   std::atomic<uint64_t> noHello{0};     // ... of which sent no ClientHello in time
   std::atomic<uint64_t> unauthenticatedTimeouts{0};  // closed: no authenticated stream in time
+  // Held: read no further for sending more than --max-unauthenticated-bytes unauthenticated.
+  std::atomic<uint64_t> unauthenticatedHeld{0};
+  // Plaintext connections closed before grpc saw them, by cause (kNotHttp2, kNoRequest).
+  std::atomic<uint64_t> plaintextRefused[2] = {};
+  // Ended by the relay's guard (http2_guard.h), by Http2Guard::Abuse (index), kNone unused.
+  std::atomic<uint64_t> guardClosed[3] = {};
   // Connections closed at accept, by admission.h's Refusal (index), kNone unused.
   std::atomic<uint64_t> refused[kRefusals] = {};
 };
@@ -130,6 +140,7 @@ class FrontDoor {
     kj::Duration unauthenticatedTimeout = 30 * kj::SECONDS;  // hand-off -> authenticated stream
     AdmissionLimits admission{0, 0, 0, 0, 1024};             // see admission.h
     bool perSource = true;  // apply admission.maxPerSource by source address
+    GuardLimits guard;      // the relay's limits (http2_guard.h)
     size_t loops = 1;       // accepting/handshaking/relaying threads
     // Takes ownership of a connected, non-blocking descriptor carrying plaintext HTTP/2.
     std::function<void(int fd)> handOff;

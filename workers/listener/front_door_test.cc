@@ -49,6 +49,7 @@ class FrontDoorTest : public ::testing::Test {
     o.port = 0;
     o.tls = makeServerTlsContext(p, dir_ + "/tls.crt", dir_ + "/tls.key");
     o.registry = &registry_;
+    o.guard = GuardLimits{0, 0, 0, 0};  // raw bytes, never authenticated: no edge limits
     o.handOff = [this](int fd) {
       std::lock_guard<std::mutex> lock(mu_);
       handed_.push_back(fd);

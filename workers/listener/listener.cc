@@ -598,6 +598,16 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
         ctx_, e_.key, p.namespace_,
         p.clientCertSubjectMatch && p.requireClientCerts && !p.insecurePlaintext, e_.peers);
     if (!claims) {
+      // Any serving thread; rate-limited, as a flood of token-less streams must not flood the log.
+      static std::mutex mu;
+      static log::Limiter limiter("Subscribe streams refused for their token");
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (limiter.allow()) {
+          spdlog::warn("Subscribe from {} refused: no valid token (UNAUTHENTICATED)",
+                       peerOf(e_.peers, ctx_)->address);
+        }
+      }
       finishStream(invalidAuth());
       return;
     }
@@ -1234,6 +1244,10 @@ class ListenerRole final : public Role {
     front.admission.earlyDropStart = front.admission.maxUnauthenticated / 2;
     front.admission.maxPerSource = static_cast<size_t>(p.maxUnauthenticatedPerSource);
     front.admission.maxHandshakes = static_cast<size_t>(p.maxHandshakes);
+    front.guard.unauthenticatedBytes = static_cast<size_t>(p.maxUnauthenticatedBytes);
+    front.guard.maxHeaderBlock = static_cast<size_t>(p.maxHeaderBlockBytes);
+    front.guard.resetBurst = p.streamResetBurst;
+    front.guard.resetRate = p.streamResetRate;
     if (!p.insecurePlaintext) {
       front.tls = makeServerTlsContext(p, p.tlsCert.empty() ? dir + "/tls.crt" : p.tlsCert,
                                        p.tlsKey.empty() ? dir + "/tls.key" : p.tlsKey, &tickets_);
@@ -1433,6 +1447,17 @@ class ListenerRole final : public Role {
                      {},
                      static_cast<double>(w.badInput.load())});
     }
+    if (front_ && env_.config.principal.insecurePlaintext) {
+      const auto& t = front_->stats();
+      for (auto r : {kNotHttp2, kNoRequest}) {
+        out.push_back({"argocd_principal_plaintext_refused_total",
+                       "plaintext connections closed by the front door before grpc saw them, by "
+                       "cause",
+                       true,
+                       {{"cause", aa::describe(r)}},
+                       static_cast<double>(t.plaintextRefused[r].load())});
+      }
+    }
     if (front_ && !env_.config.principal.insecurePlaintext) {
       const auto& t = front_->stats();
       const char* help = "TLS handshakes completed by the front door, by whether a session resumed";
@@ -1463,6 +1488,20 @@ class ListenerRole final : public Role {
                      true,
                      {},
                      static_cast<double>(t.unauthenticatedTimeouts.load())});
+      out.push_back({"argocd_principal_unauthenticated_held_total",
+                     "TLS connections read no further for sending more than "
+                     "--max-unauthenticated-bytes before an authenticated event stream",
+                     true,
+                     {},
+                     static_cast<double>(t.unauthenticatedHeld.load())});
+      for (auto a : {Http2Guard::Abuse::kHeaderBlock, Http2Guard::Abuse::kResets}) {
+        out.push_back({"argocd_principal_connections_closed_total",
+                       "TLS connections ended with GOAWAY ENHANCE_YOUR_CALM by the front door, "
+                       "by cause",
+                       true,
+                       {{"cause", aa::describe(a)}},
+                       static_cast<double>(t.guardClosed[static_cast<int>(a)].load())});
+      }
     }
     return out;
   }
@@ -1505,6 +1544,12 @@ class ListenerRole final : public Role {
   }
 
   std::string tlsSummary() const {
+    if (front_ && env_.config.principal.insecurePlaintext) {
+      const auto& t = front_->stats();
+      return ", plaintext connections closed before grpc: " +
+             std::to_string(t.plaintextRefused[kNotHttp2].load()) + " not HTTP/2, " +
+             std::to_string(t.plaintextRefused[kNoRequest].load()) + " no request in time";
+    }
     if (!front_ || env_.config.principal.insecurePlaintext) return "";
     const auto& t = front_->stats();
     auto a = front_->admissionCounts();
@@ -1522,7 +1567,13 @@ class ListenerRole final : public Role {
            "), connections: " + std::to_string(a.connections) + " (" +
            std::to_string(a.unauthenticated) + " unauthenticated), closed unauthenticated " +
            "after --unauthenticated-timeout: " + std::to_string(t.unauthenticatedTimeouts.load()) +
-           ", refused at accept: " + (refused.empty() ? std::string("none") : refused);
+           ", refused at accept: " + (refused.empty() ? std::string("none") : refused) +
+           ", held over --max-unauthenticated-bytes: " +
+           std::to_string(t.unauthenticatedHeld.load()) + ", closed with GOAWAY: " +
+           std::to_string(t.guardClosed[static_cast<int>(Http2Guard::Abuse::kHeaderBlock)].load()) +
+           " (header block too large), " +
+           std::to_string(t.guardClosed[static_cast<int>(Http2Guard::Abuse::kResets)].load()) +
+           " (too many streams reset)";
   }
 
   std::pair<bool, std::string> serving() override {
