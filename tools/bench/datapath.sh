@@ -98,13 +98,16 @@ echo "connect: agents=$AGENTS listeners=$LISTENERS ramp_ms=$RAMP_MS max_connecti
 
 if [ -n "${EVENTS:-}" ]; then
   total=$(( ${EVENTS%%:*} * AGENTS ))
+  events_at_connect=$(field events)
   until [ "$(field acks_sent)" -ge "$total" ]; do
     sleep 0.25
     if (( $(echo "$(date +%s.%N) - $t0 > 600" | bc) )); then echo "events timeout: $(last)"; exit 1; fi
   done
   all_s=$(echo "$(date +%s.%N) - $t0" | bc)
   echo "events: agents=$AGENTS per_agent=${EVENTS%%:*} total=$total seconds_from_start=$all_s" \
-    "events_per_s=$(echo "$total / $all_s" | bc) principal_cpu_ms=$(cpu_all) $(last)"
+    "events_per_s=$(echo "$total / $all_s" | bc)" \
+    "events_per_s_after_connect=$(echo "($total - $events_at_connect) / ($all_s - $connect_s)" | bc)" \
+    "principal_cpu_ms=$(cpu_all) $(last)"
   exit 0
 fi
 

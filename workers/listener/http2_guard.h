@@ -56,6 +56,7 @@ class FrameCursor {
   bool atBoundary() const { return have_ == 0 && left_ == 0; }
 
  private:
+  static Header parse(const uint8_t* h);
   std::array<uint8_t, 9> head_{};
   size_t have_ = 0;    // bytes of the current frame header seen
   uint64_t left_ = 0;  // payload bytes of the current frame still to come
@@ -114,6 +115,14 @@ const char* describe(Http2Guard::Abuse a);
 
 // ---------------------------------------------------------------- implementation
 
+inline FrameCursor::Header FrameCursor::parse(const uint8_t* h) {
+  return Header{static_cast<uint32_t>(h[0]) << 16 | static_cast<uint32_t>(h[1]) << 8 | h[2], h[3],
+                h[4],
+                (static_cast<uint32_t>(h[5]) << 24 | static_cast<uint32_t>(h[6]) << 16 |
+                 static_cast<uint32_t>(h[7]) << 8 | h[8]) &
+                    0x7fffffffu};
+}
+
 template <typename F>
 size_t FrameCursor::advance(const uint8_t* p, size_t n, F&& onHeader, bool toBoundary) {
   size_t i = 0;
@@ -125,15 +134,16 @@ size_t FrameCursor::advance(const uint8_t* p, size_t n, F&& onHeader, bool toBou
       i += take;
       continue;
     }
-    head_[have_++] = p[i++];
-    if (have_ < head_.size()) continue;
-    have_ = 0;
-    Header h{
-        static_cast<uint32_t>(head_[0]) << 16 | static_cast<uint32_t>(head_[1]) << 8 | head_[2],
-        head_[3], head_[4],
-        (static_cast<uint32_t>(head_[5]) << 24 | static_cast<uint32_t>(head_[6]) << 16 |
-         static_cast<uint32_t>(head_[7]) << 8 | head_[8]) &
-            0x7fffffffu};
+    Header h;
+    if (have_ == 0 && n - i >= head_.size()) {  // the usual case: read in place
+      h = parse(p + i);
+      i += head_.size();
+    } else {  // a header cut by the chunk's end
+      head_[have_++] = p[i++];
+      if (have_ < head_.size()) continue;
+      have_ = 0;
+      h = parse(head_.data());
+    }
     left_ = h.length;
     if (!onHeader(h)) return i;
   }
