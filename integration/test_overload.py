@@ -17,8 +17,10 @@ line counts each refusal by cause, and the principal's log stays bounded (rate-l
 """
 
 import collections
+import os
 import re
 import resource
+import signal
 import socket
 import ssl
 import threading
@@ -602,6 +604,31 @@ class OverloadTest(h.IntegrationTestCase):
                            r"ENHANCE_YOUR_CALM: header block of more than 65536 bytes")
         self.assertIn("1 (header block too large)", front_door(principal))
         self.assertUnharmed(principal, lines_before, max(10, time.monotonic() - t0))
+
+    def test_authentications_past_their_deadline_are_dropped_unchecked(self):
+        """A slow auth worker (fault switch: every answer 1.5 s late) and callers that give up
+        after 0.3 s: each call is answered DEADLINE_EXCEEDED, the auth worker drops it without
+        checking the password (logged, rate-limited), and none counts as a failure of its
+        source: 25 of them (more than --auth-failure-burst-per-source) and a caller with the
+        right password and patience still gets in."""
+        users = {"agent-a": "secret-a", "agent-b": "secret-b"}
+        principal = self.start_principal(
+            users=users, prefix=("env", "AA_TEST_FAULTS=1", "AA_TEST_AUTH_DELAY_MS=1500"))
+        os.kill(principal.worker("auth")["pid"], signal.SIGUSR2)
+        principal.wait_log(r"fault switch: auth answers are delayed by 1500ms")
+        codes = collections.Counter()
+        for i in range(25):
+            r = h.authenticate(principal.port, "agent-b", f"wrong-{i}", timeout=0.3)
+            codes[r.code] += 1
+        self.assertEqual(codes[h.grpc.StatusCode.DEADLINE_EXCEEDED], 25, codes)
+        principal.wait_log(r"authentication dropped unchecked: its caller's deadline passed "
+                           r"\d+ ms ago while it waited", timeout=10)
+        self.assertEqual(principal.count(r"authentication failed from "), 0,
+                         "a dropped call was checked")
+        r = h.authenticate(principal.port, "agent-b", "secret-b", timeout=10)
+        self.assertEqual(r.code, h.grpc.StatusCode.OK, r)
+        for w in principal.wait_all_ready()["workers"]:
+            self.assertEqual((w["generation"], w["restarts"]), (1, 0), w)
 
     def test_garbage_on_the_plaintext_port_is_counted_and_logged(self):
         """Behind a mesh sidecar (plaintext): an HTTP/1.1 request, a TLS ClientHello and a

@@ -25,6 +25,7 @@ struct AuthRequest {
   agentNamespace @4 :Text;
   headers @5 :List(KeyValue); # the configured identity header's values (header/xfcc auth), capped as above
   peerCertificate @6 :Data;   # PEM text of the verified client leaf certificate, if any (mtls)
+  notAfterMonoNs @7 :UInt64;  # CLOCK_MONOTONIC: nobody waits for the answer after this (0: no bound)
 }
 
 enum DenialCode {
@@ -32,6 +33,7 @@ enum DenialCode {
   invalidMode @1;             # -> UNKNOWN "unknown or missing operation mode: '<mode>'"
   versionRequired @2;         # -> INVALID_ARGUMENT "agent version is required"
   versionMismatch @3;         # -> FAILED_PRECONDITION "version mismatch"
+  expired @4;                 # notAfterMonoNs had passed before any work: dropped unchecked
 }
 
 struct Grant {
@@ -55,5 +57,5 @@ struct AuthResult {
 
 interface Auth {
   authenticate @0 (request :AuthRequest) -> (result :AuthResult);
-  refreshToken @1 (refreshToken :Text) -> (result :AuthResult);
+  refreshToken @1 (refreshToken :Text, notAfterMonoNs :UInt64) -> (result :AuthResult);
 }

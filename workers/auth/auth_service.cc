@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <fstream>
@@ -169,6 +170,7 @@ class AuthImpl final : public ipc::Auth::Server {
   kj::Promise<void> authenticateNow(AuthenticateContext context) {
     auto req = context.getParams().getRequest();
     auto result = context.getResults().initResult();
+    if (expired(req.getNotAfterMonoNs(), result, "authentication")) return kj::READY_NOW;
     std::string mode = req.getMode();
     std::string method = req.getMethod();
     auto deny = [&](ipc::DenialCode code, std::string reason) {
@@ -272,9 +274,35 @@ class AuthImpl final : public ipc::Auth::Server {
     return kj::READY_NOW;
   }
 
+  // A call that waited (behind bcrypt on this thread) past its caller's deadline is answered
+  // `expired` unchecked: nobody reads the answer, and a flood must not cost a check per call.
+  static bool expired(uint64_t notAfterMonoNs, ipc::AuthResult::Builder result, const char* what) {
+    if (notAfterMonoNs == 0) return false;
+    auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                   std::chrono::steady_clock::now().time_since_epoch())
+                   .count();
+    if (static_cast<uint64_t>(now) <= notAfterMonoNs) return false;
+    {
+      static std::mutex mu;  // any serving thread
+      static log::Limiter limiter("calls dropped for their deadline");
+      std::lock_guard<std::mutex> lock(mu);
+      if (limiter.allow()) {
+        spdlog::warn("{} dropped unchecked: its caller's deadline passed {} ms ago while it waited",
+                     what, (static_cast<uint64_t>(now) - notAfterMonoNs) / 1000000);
+      }
+    }
+    auto d = result.initDenied();
+    d.setCode(ipc::DenialCode::EXPIRED);
+    d.setReason("the caller's deadline passed before the check");
+    return true;
+  }
+
   kj::Promise<void> refreshTokenNow(RefreshTokenContext context) {
     std::string token = context.getParams().getRefreshToken();
     auto result = context.getResults().initResult();
+    if (expired(context.getParams().getNotAfterMonoNs(), result, "token refresh")) {
+      return kj::READY_NOW;
+    }
     auto now = std::chrono::system_clock::now();
     auto v = jwt::verify(*key_, token, jwt::kAudienceRefresh, now);
     if (!v.claims) {

@@ -61,10 +61,20 @@ kj::Promise<AuthOutcome> AuthBridge::call(
   });
 }
 
+uint64_t AuthBridge::notAfterMonoNs(std::chrono::steady_clock::time_point notAfter) const {
+  // steady_clock is CLOCK_MONOTONIC on Linux, one clock for every process of the machine.
+  auto own =
+      std::chrono::steady_clock::now() + std::chrono::nanoseconds(deadline_ / kj::NANOSECONDS);
+  auto t = std::min(notAfter, own);
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
+}
+
 kj::Promise<AuthOutcome> AuthBridge::authenticate(const AuthInput& in) {
-  return call([in](ipc::Auth::Client auth) {
+  return call([in, notAfter = notAfterMonoNs(in.notAfter)](ipc::Auth::Client auth) {
     auto req = auth.authenticateRequest();
     auto r = req.initRequest();
+    r.setNotAfterMonoNs(notAfter);
     r.setMethod(in.method);
     r.setMode(in.mode);
     r.setVersion(in.version);
@@ -88,10 +98,12 @@ kj::Promise<AuthOutcome> AuthBridge::authenticate(const AuthInput& in) {
   });
 }
 
-kj::Promise<AuthOutcome> AuthBridge::refresh(const std::string& token) {
-  return call([token](ipc::Auth::Client auth) {
+kj::Promise<AuthOutcome> AuthBridge::refresh(const std::string& token,
+                                             std::chrono::steady_clock::time_point notAfter) {
+  return call([token, notAfter = notAfterMonoNs(notAfter)](ipc::Auth::Client auth) {
     auto req = auth.refreshTokenRequest();
     req.setRefreshToken(token);
+    req.setNotAfterMonoNs(notAfter);
     return req.send().then([](auto resp) { return fromResult(resp.getResult()); });
   });
 }

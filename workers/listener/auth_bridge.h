@@ -7,6 +7,7 @@
 // its threads (bcrypt and RSA are CPU work), so one link would serialise them.
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,6 +28,9 @@ struct AuthInput {
   std::vector<std::pair<std::string, std::string>> headers;  // identity header values, capped
   std::string peerCertificate;                               // verified client leaf (PEM), capped
   std::string source;  // the listener's per-source key (auth_limiter.h); not sent to the worker
+  // The caller's deadline (steady clock; max: none). The worker drops the call unchecked once it,
+  // or the bridge's own deadline, has passed: nobody would read the answer.
+  std::chrono::steady_clock::time_point notAfter = std::chrono::steady_clock::time_point::max();
 };
 
 struct AuthOutcome {
@@ -45,10 +49,14 @@ class AuthBridge {
 
   // KJ thread only. Never throw: failures resolve as kUnavailable.
   kj::Promise<AuthOutcome> authenticate(const AuthInput& input);
-  kj::Promise<AuthOutcome> refresh(const std::string& refreshToken);
+  kj::Promise<AuthOutcome> refresh(const std::string& refreshToken,
+                                   std::chrono::steady_clock::time_point notAfter =
+                                       std::chrono::steady_clock::time_point::max());
 
  private:
   kj::Promise<AuthOutcome> call(kj::Function<kj::Promise<AuthOutcome>(ipc::Auth::Client)> fn);
+  // The earlier of `notAfter` and this bridge's own deadline, as CLOCK_MONOTONIC nanoseconds.
+  uint64_t notAfterMonoNs(std::chrono::steady_clock::time_point notAfter) const;
 
   kj::Timer& timer_;
   kj::Duration deadline_;

@@ -209,8 +209,8 @@ class Hub {
   virtual ~Hub() noexcept(false) = default;
   virtual void post(std::function<void()> job) = 0;
   virtual void authenticate(std::function<void(AuthOutcome)> done, AuthInput in) = 0;
-  virtual void refresh(std::function<void(AuthOutcome)> done, std::string token,
-                       std::string source) = 0;
+  virtual void refresh(std::function<void(AuthOutcome)> done, std::string token, std::string source,
+                       std::chrono::steady_clock::time_point notAfter) = 0;
   virtual void opened(std::shared_ptr<StreamCall> call) = 0;  // serving thread: post()s itself
   // KJ thread only (a serving thread post()s a job that calls them).
   virtual void ack(StreamCall* c, std::string resourceId, std::string eventId) = 0;
@@ -367,7 +367,8 @@ class AuthCall final : public Call {
         gQueues.run([&] { responder_.Finish(resp_, status_, &tag_); });
         return;
       }
-      e_.hub.refresh(done, req_.refreshtoken(), authSource(e_.config.principal, *peer));
+      e_.hub.refresh(done, req_.refreshtoken(), authSource(e_.config.principal, *peer),
+                     callerDeadline());
     } else {
       e_.hub.authenticate(done, input(*peer));
     }
@@ -380,6 +381,7 @@ class AuthCall final : public Call {
     in.version = req_.version();
     in.agentNamespace = req_.agentnamespace();
     in.source = authSource(e_.config.principal, peer);
+    in.notAfter = callerDeadline();
     for (const auto& [k, v] : req_.credentials()) in.credentials.emplace_back(k, v);
     const auto& md = ctx_.client_metadata();
     if (spdlog::should_log(spdlog::level::debug)) {
@@ -412,6 +414,18 @@ class AuthCall final : public Call {
     return in;
   }
 
+  // The client's deadline (grpc-timeout) on the steady clock; max when it set none.
+  std::chrono::steady_clock::time_point callerDeadline() const {
+    auto d = ctx_.deadline();
+    if (d == std::chrono::system_clock::time_point::max()) {
+      return std::chrono::steady_clock::time_point::max();
+    }
+    auto left = d - std::chrono::system_clock::now();
+    if (left > std::chrono::hours(24)) return std::chrono::steady_clock::time_point::max();
+    return std::chrono::steady_clock::now() +
+           std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
+  }
+
   // KJ thread; the serving thread reads resp_/status_ only after the alarm fired.
   void conclude(const AuthOutcome& out) {
     const char* what = kRefresh ? "token refresh" : "authentication";
@@ -426,6 +440,11 @@ class AuthCall final : public Call {
         status_ = grpc::Status::OK;
         return;
       case AuthOutcome::Kind::kDenied: {
+        if (out.code == ipc::DenialCode::EXPIRED) {  // nobody is waiting for this answer
+          status_ = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                 "deadline exceeded before the credentials were checked");
+          return;
+        }
         // KJ thread only. A flood of wrong credentials must not flood the log too.
         static log::Limiter limiter(kRefresh ? "failed token refreshes" : "failed authentications",
                                     20);  // 20 per 10 s: a burst of mistakes stays visible
@@ -845,15 +864,16 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
           }));
     });
   }
-  void refresh(std::function<void(AuthOutcome)> done, std::string token,
-               std::string source) override {
-    post([this, done = std::move(done), token = std::move(token), source]() mutable {
+  void refresh(std::function<void(AuthOutcome)> done, std::string token, std::string source,
+               std::chrono::steady_clock::time_point notAfter) override {
+    post([this, done = std::move(done), token = std::move(token), source, notAfter]() mutable {
       if (closing_) return;
       if (!admitAuth(source, done)) return;
-      tasks_.add(auth_.refresh(token).then([this, done = std::move(done), source](AuthOutcome out) {
-        authDone(source, out);
-        if (!closing_) done(std::move(out));
-      }));
+      tasks_.add(auth_.refresh(token, notAfter)
+                     .then([this, done = std::move(done), source](AuthOutcome out) {
+                       authDone(source, out);
+                       if (!closing_) done(std::move(out));
+                     }));
     });
   }
   void opened(std::shared_ptr<StreamCall> call) override {
@@ -1164,8 +1184,10 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
     return false;
   }
   void authDone(const std::string& source, const AuthOutcome& out) {
-    authLimiter_.done(source, out.kind == AuthOutcome::Kind::kDenied,
-                      std::chrono::steady_clock::now());
+    // A call dropped for its deadline was never checked: no failure against its source.
+    authLimiter_.done(
+        source, out.kind == AuthOutcome::Kind::kDenied && out.code != ipc::DenialCode::EXPIRED,
+        std::chrono::steady_clock::now());
   }
 
   WorkerEnv& env_;
