@@ -91,8 +91,8 @@ TEST(Http2Guard, TheBudgetCountsEveryProtocol) {
 TEST(Http2Guard, HeaderBlockOverTheLimitEndsTheConnectionWhereverTheBytesAreCut) {
   auto t = Clock::now();
   const std::string ok = kPreface + settings() + headers(1, 40, false) + continuation(1, 24, true);
-  const std::string big = kPreface + settings() + headers(3, 40, false) + continuation(3, 20, false) +
-                          continuation(3, 5, true) + data(3, 10);
+  const std::string big = kPreface + settings() + headers(3, 40, false) +
+                          continuation(3, 20, false) + continuation(3, 5, true) + data(3, 10);
   for (size_t chunk : {1, 2, 7, 9, 10, 1000}) {
     Http2Guard a(limits(0, 64, 0, 0), t);
     EXPECT_EQ(feed(a, ok + headers(5, 64), true, t, chunk), V::kPass) << chunk;  // 64 is fine
