@@ -197,7 +197,10 @@ class DataPathTest(h.IntegrationTestCase):
         self.assertFalse(client.connect(), "a ticket older than two rotations resumed")
         self.assertTrue(client.connect(), "the fresh ticket did not resume")
 
-    def test_cut_cache_link_closes_streams_and_loses_nothing(self):
+    def test_cut_cache_link_keeps_streams_and_loses_nothing(self):
+        """The listener's link to the cache worker breaks mid-stream (fault switch): the agent
+        keeps its stream, the listener opens the agent's state again on a new link, and the
+        stream converges with nothing lost or regenerated."""
         principal = self.start(listeners=1, load_agents=0, env={"AA_TEST_FAULTS": "1"})
         agent = self.start_real_agent()
         applied = h.LineCounter(self.event_log)
@@ -205,13 +208,16 @@ class DataPathTest(h.IntegrationTestCase):
         listener = principal.worker("listener-1")
         os.kill(listener["pid"], signal.SIGUSR2)
         principal.wait_log(r"fault switch: cutting the link to the cache worker")
-        agent.wait_log(r"Stream closed after \d+ms")
+        principal.wait_log(r"cache worker link back: the state of 1 stream\(s\) opened again "
+                           r"after \d+ms")
         principal.wait_log(rf"synthetic source: {TOTAL} events acknowledged by agent agent-a",
                            timeout=90)
         h.assert_converged(self, self.event_log, TOTAL, RESOURCES)
+        self.assertEqual(agent.count(r"Stream closed after"), 0, "the agent lost its stream")
+        self.assertEqual(agent.count(r"Event stream to \S+ opened"), 1)
         self.assertEqual(principal.worker("listener-1")["pid"], listener["pid"],
                          "the listener was restarted")
-        self.assertGreaterEqual(agents_view(principal)["agent-a"]["streams"], 2)
+        self.assertIn("kept over cache-link losses: 1", principal.worker("listener-1")["detail"])
 
     def test_listener_threads_do_not_grow_with_agents(self):
         principal = self.start(listeners=1, load_agents=500, synthetic=False)

@@ -318,10 +318,14 @@ class AgentStateInRedisTest(RedisCase):
         self.assertEqual(second.worker("cache")["restarts"], 0)
 
     def test_a_killed_cache_worker_restores_its_state_and_the_stream_converges(self):
+        """kill -9 of the cache worker mid-stream: the agent keeps its stream (the listener
+        opens its state again on the next cache generation, which restored it from Redis), and
+        the stream converges: nothing acknowledged is lost, nothing regenerated."""
         redis = Redis(self).start()
         principal = self.synthetic_principal(redis)
         event_log = self.path("agent-events.log")
-        self.start_agent(principal, extra=["--event-log", event_log, "--heartbeat-interval", "1s"])
+        agent = self.start_agent(principal, extra=["--event-log", event_log,
+                                                   "--heartbeat-interval", "1s"])
         applied = h.LineCounter(event_log)
         h.wait_for(lambda: applied() >= 1000, h.EVENT_TIMEOUT, "a third of the stream applied")
         cache = principal.worker("cache")
@@ -329,9 +333,12 @@ class AgentStateInRedisTest(RedisCase):
         h.wait_for(lambda: (lambda w: w["state"] == "READY" and w["pid"] != cache["pid"])(
             principal.worker("cache")), h.EVENT_TIMEOUT, "the cache worker restarted")
         principal.wait_log(r"agent state: restored 1 agent\(s\) from Redis")
+        principal.wait_log(r"cache worker link back: the state of 1 stream\(s\) opened again")
         principal.wait_log(rf"synthetic source: {self.TOTAL} events acknowledged by agent "
                            r"agent-r", timeout=90)
         h.assert_converged(self, event_log, self.TOTAL, self.RESOURCES)
+        self.assertEqual(agent.count(r"Stream closed after"), 0, "the agent lost its stream")
+        self.assertEqual(agent.count(r"Event stream to .* opened"), 1)
 
     def test_a_corrupted_value_is_skipped_with_its_key_and_the_rest_restored(self):
         redis = Redis(self).start()

@@ -461,7 +461,9 @@ kj::Promise<void> SessionImpl::next(NextContext context) {
   // left, the session goes (and Argo CD's cluster info says disconnected) without waiting for
   // the idle answer.
   context.allowCancellation();
-  if (superseded_) return KJ_EXCEPTION(DISCONNECTED, "a newer stream of this agent took over");
+  // FAILED, not DISCONNECTED: the listener keeps a stream whose cache link broke (DISCONNECTED)
+  // and re-opens its state, but ends one that was superseded.
+  if (superseded_) return KJ_EXCEPTION(FAILED, "a newer stream of this agent took over");
   uint32_t max = std::max<uint32_t>(1, context.getParams().getMax());
   if (fill(context, max)) return kj::READY_NOW;
   // Wait for input, the next re-send or the idle limit, whichever comes first.
@@ -474,9 +476,7 @@ kj::Promise<void> SessionImpl::next(NextContext context) {
   return paf.promise.exclusiveJoin(store_.timer().afterDelay(wait))
       .then([this, context, max]() mutable -> kj::Promise<void> {
         waiting_ = nullptr;
-        if (superseded_) {
-          return KJ_EXCEPTION(DISCONNECTED, "a newer stream of this agent took over");
-        }
+        if (superseded_) return KJ_EXCEPTION(FAILED, "a newer stream of this agent took over");
         // Woken with nothing due (an ACK that freed nothing) or idle: an empty answer, and the
         // listener asks again.
         if (!fill(context, max)) context.getResults(capnp::MessageSize{4, 0}).initEvents(0);

@@ -64,6 +64,11 @@ constexpr auto kAuthDeadline = 2 * kj::SECONDS;
 constexpr size_t kMaxAuthorization = 16 * 1024;
 constexpr auto kOpenDeadline = 5 * kj::SECONDS;  // the cache worker's answer to a new stream
 constexpr uint32_t kBatch = 256;                 // events leased from the cache per call
+// After the cache link broke: first retry of the streams' re-open, the longest wait between
+// retries, and how long streams wait for a cache worker before they are closed.
+constexpr auto kReopenFirst = 100 * kj::MILLISECONDS;
+constexpr auto kReopenMax = 2 * kj::SECONDS;
+constexpr auto kReopenGiveUp = std::chrono::seconds(30);
 constexpr auto kLivenessPeriod = 500 * kj::MILLISECONDS;  // how often "heard" is reported
 constexpr const char* kSubscribeMethod = "/eventstreamapi.EventStream/Subscribe";
 
@@ -198,7 +203,8 @@ class StreamCall;
 
 struct Counters {
   std::atomic<uint64_t> streams{0}, refusedNoState{0};
-  std::atomic<uint64_t> authRefused[4] = {};  // before any work, by AuthLimiter::Verdict
+  std::atomic<uint64_t> keptOverCacheLoss{0};  // streams re-opened after the cache link broke
+  std::atomic<uint64_t> authRefused[4] = {};   // before any work, by AuthLimiter::Verdict
   // Per RPC (rpc_metrics.h); Subscribe's messages are upstream's principal_events_received/sent.
   RpcCounters rpc;
 };
@@ -831,6 +837,10 @@ struct Live {
   std::vector<std::pair<std::string, std::string>> acks;  // to report to the cache
   std::vector<std::tuple<std::string, std::string, std::string, delivery::Event>> received;
   bool opening = true, leasing = false, wantMore = true, liveOpening = false;
+  // The cache link broke: the stream stays and its state is opened again (reopenLoop);
+  // `epoch` tells a lease of the old session from one of the new.
+  bool reopen = false, reopening = false;
+  uint64_t epoch = 0;
   uint64_t reportedMessages = 0, reportedHeartbeats = 0, reportedRtt = 0;
   std::chrono::steady_clock::time_point opened = std::chrono::steady_clock::now();
 };
@@ -936,10 +946,7 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
     spdlog::warn("fault switch: cutting the link to the cache worker");
     cache_.reset();
     for (auto& [c, l] : live_) {
-      if (l->session != nullptr) {
-        l->session = nullptr;
-        c->deliver([](Inbox& in) { in.cancel = true; });
-      }
+      if (l->session != nullptr) keepForReopen(*l);
     }
   }
   size_t streams() const { return live_.size(); }
@@ -956,6 +963,39 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
     auto l = std::make_unique<Live>();
     l->call = call;
     live_[c] = std::move(l);
+    tasks_.add(openState(c).then(
+        [this, c](auto resp) {
+          Live* l = find(c);
+          if (l == nullptr) return;  // gone meanwhile
+          l->session = resp.getSession();
+          l->opening = false;
+          counters_.streams.fetch_add(1);
+          spdlog::info("agent {} subscribed (mode {}, peer {})", c->agent(), c->mode(), c->peer());
+          l->call->deliver([](Inbox& in) { in.opened = true; });
+          openLive(*l);
+          flushOne(c, *l);
+          lease(*l);
+        },
+        [this, c](kj::Exception&& e) {
+          Live* l = find(c);
+          if (l == nullptr) return;
+          counters_.refusedNoState.fetch_add(1);
+          spdlog::error(
+              "agent {}: stream refused: the cache worker holding its delivery "
+              "state is unavailable ({})",
+              c->agent(), e.getDescription().cStr());
+          l->call->deliver([](Inbox& in) {
+            in.finish =
+                grpc::Status(grpc::StatusCode::UNAVAILABLE, "agent state unavailable, retry later");
+          });
+        }));
+  }
+
+  ipc::StreamControl::Client makeControl(StreamCall* c);
+
+  // Asks the cache worker for the agent's state (a session): a new stream, or one kept over a
+  // broken cache link.
+  kj::Promise<capnp::Response<ipc::AgentStore::OpenResults>> openState(StreamCall* c) {
     auto control = makeControl(c);
     auto opening = cache_.get().then([this, c, control](capnp::Capability::Client cap) mutable {
       auto req = cap.castAs<ipc::AgentStore>().openRequest();
@@ -964,37 +1004,82 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
       req.setControl(kj::mv(control));
       return req.send();
     });
-    tasks_.add(env_.timer.timeoutAfter(kOpenDeadline, kj::mv(opening))
-                   .then(
-                       [this, c](auto resp) {
-                         Live* l = find(c);
-                         if (l == nullptr) return;  // gone meanwhile
-                         l->session = resp.getSession();
-                         l->opening = false;
-                         counters_.streams.fetch_add(1);
-                         spdlog::info("agent {} subscribed (mode {}, peer {})", c->agent(),
-                                      c->mode(), c->peer());
-                         l->call->deliver([](Inbox& in) { in.opened = true; });
-                         openLive(*l);
-                         flushOne(c, *l);
-                         lease(*l);
-                       },
-                       [this, c](kj::Exception&& e) {
-                         Live* l = find(c);
-                         if (l == nullptr) return;
-                         counters_.refusedNoState.fetch_add(1);
-                         spdlog::error(
-                             "agent {}: stream refused: the cache worker holding its delivery "
-                             "state is unavailable ({})",
-                             c->agent(), e.getDescription().cStr());
-                         l->call->deliver([](Inbox& in) {
-                           in.finish = grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                                    "agent state unavailable, retry later");
-                         });
-                       }));
+    return env_.timer.timeoutAfter(kOpenDeadline, kj::mv(opening));
   }
 
-  ipc::StreamControl::Client makeControl(StreamCall* c);
+  // The cache link broke under a live stream: the agent keeps its stream (it sees events pause),
+  // what arrived on it waits here, and its state is opened again on the cache worker's next
+  // generation (restored from Redis when there is one). Not inside the lease's own continuation
+  // for the old session: `epoch` makes that one a no-op instead.
+  void keepForReopen(Live& l) {
+    l.session = nullptr;
+    l.leasing = false;
+    ++l.epoch;
+    if (l.reopen) return;
+    l.reopen = true;
+    if (!reopenScheduled_) {
+      reopenScheduled_ = true;
+      cacheLostAt_ = std::chrono::steady_clock::now();
+      reopened_ = 0;
+      spdlog::warn(
+          "the link to the cache worker broke: keeping the agents' streams and opening their "
+          "state again when it is back");
+      tasks_.add(reopenLoop(kReopenFirst));
+    }
+  }
+
+  kj::Promise<void> reopenLoop(kj::Duration delay) {
+    return env_.timer.afterDelay(delay).then([this, delay]() -> kj::Promise<void> {
+      if (closing_) return kj::READY_NOW;
+      size_t pending = 0;
+      bool giveUp = std::chrono::steady_clock::now() - cacheLostAt_ > kReopenGiveUp;
+      for (auto& [c, l] : live_) {
+        if (!l->reopen) continue;
+        ++pending;
+        if (giveUp) {
+          l->reopen = false;
+          spdlog::error(
+              "agent {}: stream closed: the cache worker holding its delivery state did not come "
+              "back within {}s",
+              c->agent(), kReopenGiveUp.count());
+          c->deliver([](Inbox& in) { in.cancel = true; });
+        } else if (!l->reopening) {
+          reopenOne(c, *l);
+        }
+      }
+      if (pending == 0 || giveUp) {
+        reopenScheduled_ = false;
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::steady_clock::now() - cacheLostAt_);
+        spdlog::info("cache worker link back: the state of {} stream(s) opened again after {}ms",
+                     reopened_, ms.count());
+        return kj::READY_NOW;
+      }
+      return reopenLoop(std::min(delay * 2, kReopenMax));
+    });
+  }
+
+  void reopenOne(StreamCall* c, Live& l) {
+    l.reopening = true;
+    tasks_.add(openState(c).then(
+        [this, c](auto resp) {
+          Live* l = find(c);
+          if (l == nullptr || !l->reopen) return;
+          l->session = resp.getSession();
+          l->reopen = l->reopening = false;
+          ++l->epoch;
+          ++reopened_;
+          counters_.keptOverCacheLoss.fetch_add(1);
+          spdlog::debug("agent {}: state opened again on the cache worker", c->agent());
+          flushOne(c, *l);
+          lease(*l);
+        },
+        [this, c](kj::Exception&& e) {
+          if (Live* l = find(c)) l->reopening = false;  // the loop tries again
+          spdlog::debug("agent {}: its state is not open again yet: {}", c->agent(),
+                        e.getDescription().cStr());
+        }));
+  }
 
   void openLive(Live& l) {
     if (l.liveOpening || l.live != nullptr || l.opening) return;
@@ -1029,14 +1114,15 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
     KJ_IF_MAYBE (s, l.session) {
       l.leasing = true;
       StreamCall* c = l.call.get();
+      uint64_t epoch = l.epoch;
       auto req = s->nextRequest();
       req.setMax(kBatch);
       l.leaseCall =
           req.send()
               .then(
-                  [this, c](auto resp) {
+                  [this, c, epoch](auto resp) {
                     Live* l = find(c);
-                    if (l == nullptr) return;
+                    if (l == nullptr || l->epoch != epoch) return;
                     l->leasing = false;
                     auto list = resp.getEvents();
                     spdlog::trace("agent {}: leased {} events", c->agent(), list.size());
@@ -1057,12 +1143,16 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
                       for (auto& e : events) in.events.push_back(std::move(e));
                     });
                   },
-                  [this, c](kj::Exception&& e) {
+                  [this, c, epoch](kj::Exception&& e) {
                     Live* l = find(c);
-                    if (l == nullptr) return;
+                    if (l == nullptr || l->epoch != epoch) return;
                     l->leasing = false;
-                    // Superseded by a newer stream, or the cache link broke: nothing is lost (what
-                    // this stream did not get ACKed is re-sent on the next), so close the stream.
+                    if (e.getType() == kj::Exception::Type::DISCONNECTED && !closing_) {
+                      keepForReopen(*l);  // the cache worker went away, not the agent
+                      return;
+                    }
+                    // Superseded by a newer stream: nothing is lost (what this stream did not get
+                    // ACKed is re-sent on the newer one), so close this one.
                     spdlog::info("agent {}: stream closed by {}: {}", c->agent(), name_,
                                  e.getDescription().cStr());
                     l->session = nullptr;
@@ -1083,6 +1173,7 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
   void flushOne(StreamCall*, Live& l) {
     if (l.opening) return;  // sent once the lease exists
     auto* s = kj::_::readMaybe(l.session);
+    if (s == nullptr && l.reopen) return;  // kept for the state's next session
     if (s == nullptr) {
       l.acks.clear();  // the stream is closing; the cache re-sends what is unacknowledged
       l.received.clear();
@@ -1200,6 +1291,10 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
   std::map<StreamCall*, std::unique_ptr<Live>> live_;
   std::set<StreamCall*> dirty_;
   bool closing_ = false;
+  // The cache link broke at cacheLostAt_; reopenLoop runs until every kept stream has a session.
+  bool reopenScheduled_ = false;
+  std::chrono::steady_clock::time_point cacheLostAt_;
+  size_t reopened_ = 0;
   kj::TaskSet tasks_;
 };
 
@@ -1407,6 +1502,7 @@ class ListenerRole final : public Role {
            ", serving threads: " + std::to_string(threads_) +
            ", cache link: " + (hub_->cacheConnected() ? "up" : "down") +
            ", refused (no agent state): " + std::to_string(counters_.refusedNoState.load()) +
+           ", kept over cache-link losses: " + std::to_string(counters_.keptOverCacheLoss.load()) +
            tlsSummary() + webSocketSummary() + authRefusedSummary();
   }
 
