@@ -35,6 +35,7 @@ import unittest
 
 import harness as h
 import proxies as px
+from test_ops import free_port, scrape, value
 
 ATTACKER = "127.0.0.2"
 
@@ -261,7 +262,11 @@ class OverloadTest(h.IntegrationTestCase):
         super().setUp()
         raise_fd_limit()
 
-    def start(self, extra=()):
+    def start(self, extra=(), metrics=False):
+        """With `metrics`, the principal serves /metrics on self.metrics_port."""
+        if metrics:
+            self.metrics_port = free_port()
+            extra = [*extra, "--metrics-port", str(self.metrics_port)]
         users = {"agent-a": "secret-a", "agent-b": "secret-b"}
         self.principal = self.start_principal(users=users, extra=list(extra))
         self.early = self.start_agent(self.principal, name="early", user="agent-a",
@@ -462,7 +467,7 @@ class OverloadTest(h.IntegrationTestCase):
         relays --max-unauthenticated-bytes (64 KiB) of it and then reads no more, so the
         listener's memory stays near where it was (it grew by a gigabyte before), the
         connection is counted as held, and a new agent gets in meanwhile."""
-        principal = self.start()
+        principal = self.start(metrics=True)
         pid = principal.worker("listener-1")["pid"]
         rss_before = rss_kib(pid)
         lines_before = len(principal.text().splitlines())
@@ -526,6 +531,8 @@ class OverloadTest(h.IntegrationTestCase):
             late = self.start_agent(principal, name="late", user="agent-b", password="secret-b",
                                     wait=False)
             late.wait_log(r"Event stream to \S+ opened", timeout=10)
+            samples, _ = scrape(self.metrics_port)
+            self.assertEqual(value(samples, "argocd_principal_unauthenticated_held_total"), 1)
         finally:
             conn.close()
         self.assertUnharmed(principal, lines_before, max(10, time.monotonic() - t0))
@@ -535,7 +542,7 @@ class OverloadTest(h.IntegrationTestCase):
         (CVE-2023-44487): each gets GOAWAY ENHANCE_YOUR_CALM naming the cause after
         --stream-reset-burst resets and is closed; memory stays bounded, the count shows 20,
         and a new agent gets in."""
-        principal = self.start()
+        principal = self.start(metrics=True)
         pid = principal.worker("listener-1")["pid"]
         rss_before = rss_kib(pid)
         lines_before = len(principal.text().splitlines())
@@ -561,6 +568,11 @@ class OverloadTest(h.IntegrationTestCase):
         detail = front_door(principal)
         m = re.search(r"(\d+) \(too many streams reset\)", detail)
         self.assertTrue(m and int(m.group(1)) == 20, detail)
+        samples, _ = scrape(self.metrics_port)
+        closed = lambda cause: value(samples, "argocd_principal_connections_closed_total",  # noqa: E731
+                                     cause=cause)
+        self.assertEqual((closed("too many streams reset"), closed("header block too large")),
+                         (20, 0))
         grown = rss_kib(pid) - rss_before
         self.assertLess(grown, 64 * 1024, f"the listener grew by {grown} KiB")
         late.wait_log(r"Event stream to \S+ opened", timeout=10)
@@ -649,8 +661,10 @@ class OverloadTest(h.IntegrationTestCase):
         """Behind a mesh sidecar (plaintext): an HTTP/1.1 request, a TLS ClientHello and a
         connection that says nothing are each closed by the front door, counted by cause in the
         status line (and argocd_principal_plaintext_refused_total), and logged (rate-limited); an agent still connects."""
+        metrics = free_port()
         principal = self.start_principal(users={"agent-a": "secret-a"}, plaintext=True,
-                                         extra=["--tls-handshake-timeout", "2s"])
+                                         extra=["--tls-handshake-timeout", "2s",
+                                                "--metrics-port", str(metrics)])
         for payload in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello"):
             with socket.create_connection(("127.0.0.1", principal.port), timeout=10) as s:
                 s.sendall(payload)
@@ -662,6 +676,10 @@ class OverloadTest(h.IntegrationTestCase):
         detail = front_door(principal)
         self.assertIn("plaintext connections closed before grpc: 2 not HTTP/2, 1 no request in "
                       "time", detail)
+        samples, _ = scrape(metrics)
+        refused = lambda cause: value(samples, "argocd_principal_plaintext_refused_total",  # noqa: E731
+                                      cause=cause)
+        self.assertEqual((refused("not HTTP/2"), refused("no request in time")), (2, 1))
         principal.wait_log(r"plaintext connection from \S+ closed: not HTTP/2")
         principal.wait_log(r"plaintext connection from \S+ closed: a TLS handshake on the "
                            r"plaintext port")
