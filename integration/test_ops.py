@@ -8,6 +8,8 @@
   worker is killed and restarted.
 """
 
+import collections
+import json
 import os
 import random
 import signal
@@ -192,6 +194,57 @@ class OpsTest(h.IntegrationTestCase):
         self.assertEqual(value(asamples, "argocd_agent_auth_failures_total"), 0, abody)
         self.assertGreaterEqual(value(asamples, "agent_events_sent"), 2, abody)
         self.assertRegex(abody, r"(?m)^agent_events_received [0-9]")
+
+    def test_metrics_add_up_listener_workers_and_never_go_down(self):
+        """Two listener workers share the port: the principal's figures are their sum, and a
+        listener killed with kill -9 takes nothing back from a counter (Prometheus reads any
+        decrease as a reset and would count everything again)."""
+        agents = 30
+        _, metrics, flags = self.ops_flags()
+        users_file = h.write_load_users(self.path("users"), agents)
+        principal = self.start_principal(users_file=users_file,
+                                         extra=flags + ["--listener-workers", "2"])
+        principal.wait_all_ready(roles=("listener-1", "listener-2"))
+        load = self.start_load(principal, agents, extra=["--heartbeat-ms", "500"])
+        load.wait(lambda r: r["subscribed"] == agents, 60, "every load agent subscribed")
+        view = {a["name"]: a for a in json.loads(principal.ctl("agents", "--json").stdout)}
+        held = collections.Counter(a["listener"] for a in view.values())
+        self.assertEqual(sum(held.values()), agents, view)
+
+        def counters():
+            samples, body = scrape(metrics)
+            return {k: v for k, (kind, v) in samples.items() if kind == "counter"}, samples, body
+
+        before, samples, body = counters()
+        self.assertEqual(value(samples, "argocd_principal_connected_agents"), agents, body)
+        sub = dict(grpc_service="eventstreamapi.EventStream", grpc_method="Subscribe",
+                   grpc_type="bidi_stream")
+        self.assertEqual(value(samples, "grpc_server_started_total", **sub), agents, body)
+        h.wait_for(lambda: value(scrape(metrics)[0], "principal_events_received") >= agents,
+                   h.EVENT_TIMEOUT, "a heartbeat from every agent counted")
+        before, samples, body = counters()
+
+        victim = held.most_common(1)[0][0]
+        pid = principal.worker(victim)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        principal.wait_log(rf"worker {victim} \(pid {pid}, generation 1\) exited")
+        previous = before
+
+        def recovered():
+            nonlocal previous
+            now, samples, body = counters()
+            for key, v in previous.items():
+                self.assertGreaterEqual(now.get(key, -1), v, f"{key} went down:\n{body}")
+            previous = now
+            return (value(samples, "argocd_principal_connected_agents") == agents
+                    and principal.worker(victim)["state"] == "READY")
+        h.wait_for(recovered, 60, "every agent connected again, the listener back")
+        load.wait(lambda r: r["subscribed"] == agents, 60, "every load agent subscribed again")
+        after, samples, body = counters()
+        started = value(samples, "grpc_server_started_total", **sub)
+        self.assertGreaterEqual(started, agents + held[victim], "the reconnects were counted")
+        self.assertEqual(value(samples, "aa_worker_restarts_total", role=victim, cause="signal"),
+                         1, body)
 
     def build_revision(self, body):
         for line in body.splitlines():

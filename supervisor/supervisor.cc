@@ -85,6 +85,26 @@ struct Supervisor::Slot {
   bool pingInFlight = false;
   bool everReady = false;  // some generation reported ready (dependents may start)
   std::map<std::string, uint64_t> restartsByCause;  // crash, hang, signal, exit, requested
+
+  // The counters this slot's workers reported, so that the side's sums never go down when a
+  // worker dies or restarts (Prometheus reads any decrease as a reset and counts the whole value
+  // again): `retired` is what earlier generations counted, `last` the current one's latest value.
+  // A dead or silent worker's counters stay in the sum at their last value.
+  struct Counted {
+    std::string name, help;
+    std::vector<std::pair<std::string, std::string>> labels;
+    double retired = 0, last = 0;
+  };
+  std::map<std::string, Counted> counted;  // key: name + labels
+  unsigned countedGeneration = 0;
+  void countedFrom(unsigned generation) {
+    if (generation == countedGeneration) return;
+    for (auto& [key, c] : counted) {
+      c.retired += c.last;
+      c.last = 0;
+    }
+    countedGeneration = generation;
+  }
 };
 
 // Read access to the side (ipc/observe.capnp), shared by the control socket and the ops worker.
@@ -569,25 +589,36 @@ ipc::Observe::Client Supervisor::observer() {
 kj::Promise<void> Supervisor::fillSamples(ipc::Observe::SamplesResults::Builder results) {
   // Samples with the same name and labels from several workers are added up (listener workers
   // sharing the port count their own agents). Key: name + labels, in the order the role gave.
+  // Counters are remembered per slot (Slot::counted) so the sums stay monotonic.
   struct Merged {
     std::string help;
     ipc::Sample::Kind kind;
     std::vector<std::pair<std::string, std::string>> labels;
     double value = 0;
   };
-  auto merged = kj::heap<std::map<std::string, Merged>>();
-  auto add = [](std::map<std::string, Merged>& m, const std::string& name, const std::string& help,
-                ipc::Sample::Kind kind, std::vector<std::pair<std::string, std::string>> labels,
-                double value) {
+  using MergedMap = std::map<std::string, Merged>;
+  auto merged = kj::heap<MergedMap>();
+  auto keyOf = [](const std::string& name,
+                  const std::vector<std::pair<std::string, std::string>>& labels) {
     std::string key = name;
     for (const auto& [k, v] : labels) key += '\0' + k + '=' + v;
-    auto& e = m[key];
+    return key;
+  };
+  auto add = [keyOf](MergedMap& m, const std::string& name, const std::string& help,
+                     ipc::Sample::Kind kind,
+                     std::vector<std::pair<std::string, std::string>> labels, double value) {
+    auto& e = m[keyOf(name, labels)];
     if (e.help.empty()) {
       e.help = help;
       e.kind = kind;
       e.labels = std::move(labels);
     }
     e.value += value;
+  };
+  auto addCounted = [add](MergedMap& m, const Slot& slot) {
+    for (const auto& [key, c] : slot.counted) {
+      add(m, c.name, c.help, ipc::Sample::Kind::COUNTER, c.labels, c.retired + c.last);
+    }
   };
   for (auto& s : slots_) {
     for (const auto& [cause, n] : s->restartsByCause) {
@@ -601,21 +632,44 @@ kj::Promise<void> Supervisor::fillSamples(ipc::Observe::SamplesResults::Builder 
   }
   kj::Vector<kj::Promise<void>> asks;
   for (auto& s : slots_) {
-    if (s->machine.state() != WorkerState::kReady) continue;
-    KJ_IF_MAYBE (link, s->link) {
-      asks.add(timer_.timeoutAfter(kDescribeDeadline, (*link)->worker.samplesRequest().send())
+    Slot& slot = *s;
+    kj::Maybe<ipc::Worker::Client> worker;
+    if (slot.machine.state() == WorkerState::kReady) {
+      KJ_IF_MAYBE (link, slot.link) {
+        worker = (*link)->worker;
+      }
+    }
+    KJ_IF_MAYBE (w, worker) {
+      unsigned generation = slot.machine.generation();
+      asks.add(timer_.timeoutAfter(kDescribeDeadline, w->samplesRequest().send())
                    .then(
-                       [&m = *merged, add](auto r) {
+                       [&m = *merged, add, addCounted, keyOf, &slot, generation](auto r) {
+                         slot.countedFrom(generation);
                          for (auto sample : r.getSamples()) {
                            std::vector<std::pair<std::string, std::string>> labels;
                            for (auto l : sample.getLabels()) {
                              labels.emplace_back(l.getName(), l.getValue());
                            }
-                           add(m, sample.getName(), sample.getHelp(), sample.getKind(),
-                               std::move(labels), sample.getValue());
+                           if (sample.getKind() != ipc::Sample::Kind::COUNTER) {
+                             add(m, sample.getName(), sample.getHelp(), sample.getKind(),
+                                 std::move(labels), sample.getValue());
+                             continue;
+                           }
+                           auto& c = slot.counted[keyOf(sample.getName(), labels)];
+                           if (c.name.empty()) {
+                             c.name = sample.getName();
+                             c.help = sample.getHelp();
+                             c.labels = std::move(labels);
+                           }
+                           c.last = sample.getValue();
                          }
+                         addCounted(m, slot);
                        },
-                       [](kj::Exception&&) {}));
+                       [&m = *merged, addCounted, &slot](kj::Exception&&) {
+                         addCounted(m, slot);  // no answer: its last values
+                       }));
+    } else {
+      addCounted(*merged, slot);  // down or restarting: its last values
     }
   }
   return kj::joinPromises(asks.releaseAsArray()).then([results, merged = kj::mv(merged)]() mutable {
