@@ -21,6 +21,7 @@ import grpc
 
 import harness as h
 import proxies as px
+from test_ops import free_port, scrape, value
 
 MAX_MESSAGE = 65536
 USERS = {"agent-a": "secret-a"}
@@ -66,6 +67,7 @@ class BadEventsTest(h.IntegrationTestCase):
                            capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.event_log = self.path("principal-events.log")
+        self.metrics_port = free_port()
         self.principal = self.start_principal_with_key()
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.principal.port}")
         self.addCleanup(self.channel.close)
@@ -79,7 +81,8 @@ class BadEventsTest(h.IntegrationTestCase):
                 "--listen-port", "0", "--auth", f"userpass:{users_file}", "--insecure-plaintext",
                 "--jwt-key", self.jwt_key, "--control-socket", sock,
                 "--shutdown-timeout", h.SHUTDOWN_TIMEOUT, "--event-log", self.event_log,
-                f"--grpc-max-message-size={MAX_MESSAGE}"]
+                f"--grpc-max-message-size={MAX_MESSAGE}", "--healthz-port", "0",
+                "--metrics-port", str(self.metrics_port)]
         p, log = self.spawn(argv, "principal.log", grace=10.0)
         d = h.Daemon("principal", p, log, sock, argv)
         d.tls, d.users = False, dict(USERS)
@@ -160,6 +163,18 @@ class BadEventsTest(h.IntegrationTestCase):
         self.roundtrip_ok(call, "good-f_1")
         self.assertIsNone(call.error)
         self.assertAlive(self.principal)
+
+        # Upstream's principal_errors{resource_type} and event_processing_time by outcome: the
+        # four rejected (two with no ce_uri target), the two applied through the cache worker.
+        samples, body = scrape(self.metrics_port)
+        self.assertEqual(value(samples, "principal_errors", resource_type="application"), 2, body)
+        self.assertEqual(value(samples, "principal_errors", resource_type=""), 2, body)
+        failed = sum(v for (n, labels), (_, v) in samples.items()
+                     if n == "principal_event_processing_time_count"
+                     and ("status", "failure") in labels)
+        self.assertEqual(failed, 4, body)
+        self.assertEqual(value(samples, "principal_event_processing_time_count", status="success",
+                               agent_name="agent-a", resource_type="application"), 2, body)
 
     # -- message size ------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import unittest
 import urllib.error
 import urllib.request
@@ -117,9 +118,11 @@ class OpsTest(h.IntegrationTestCase):
     def test_principal_metrics_scenario(self):
         healthz, metrics, flags = self.ops_flags()
         users = {"agent-a": "secret-a", "agent-b": "secret-b"}
-        principal = self.start_principal(users=users, plaintext=True, extra=flags)
+        principal = self.start_principal(users=users, plaintext=True,
+                                         extra=flags + ["--synthetic-events", "3:3:64:agent-a"])
         self.assertEqual(get(healthz, "/healthz"), (200, ""), "principal ready: listener serving")
         _, agent_metrics, agent_flags = self.ops_flags()
+        connect_started = time.time()
         a = self.start_agent(principal, name="a", user="agent-a", password="secret-a",
                              extra=agent_flags + ["--heartbeat-interval", "1s"])
         b = self.start_agent(principal, name="b", user="agent-b", password="secret-b")
@@ -181,7 +184,27 @@ class OpsTest(h.IntegrationTestCase):
         self.assertEqual(value(samples, "grpc_server_msg_received_total", **sub),
                          value(samples, "principal_events_received"), body)
 
+        # Upstream's event histograms (principal/event.go, agent/inbound.go): agent-a's heartbeats
+        # handled by the principal; the 3 synthetic applications applied by the agent.
+        families = {f.name: f for f in text_string_to_metric_families(body)}
+        self.assertEqual(families["principal_event_processing_time"].type, "histogram", body)
+        hb = dict(status="success", agent_name="agent-a", resource_type="heartbeat")
+        count = value(samples, "principal_event_processing_time_count", **hb)
+        self.assertGreaterEqual(count, 2, body)
+        self.assertEqual(value(samples, "principal_event_processing_time_bucket", le="+Inf", **hb),
+                         count, body)
+        self.assertEqual(value(samples, "principal_agent_avg_connection_time"), 0, body)
+        self.assertRegex(body, r"(?m)^principal_agent_avg_connection_time 0")
+
+        h.wait_for(lambda: value(scrape(agent_metrics)[0], "agent_event_processing_time_count",
+                                 status="success", agent_mode="autonomous",
+                                 resource_type="application") == 3,
+                   h.EVENT_TIMEOUT, "the agent's 3 applied events in its histogram")
         asamples, abody = scrape(agent_metrics)
+        started = value(asamples, "argocd_agent_connection_start_timestamp_seconds")
+        self.assertGreaterEqual(started, connect_started - 1, abody)
+        self.assertLessEqual(started, time.time() + 1, abody)
+        self.assertIsNone(value(asamples, "agent_errors", resource_type="application"), abody)
         self.assertEqual(value(asamples, "grpc_client_started_total", **auth), 1, abody)
         self.assertEqual(value(asamples, "grpc_client_handled_total", grpc_code="OK", **auth), 1)
         self.assertEqual(value(asamples, "grpc_client_msg_received_total", **auth), 1, abody)
@@ -213,7 +236,8 @@ class OpsTest(h.IntegrationTestCase):
 
         def counters():
             samples, body = scrape(metrics)
-            return {k: v for k, (kind, v) in samples.items() if kind == "counter"}, samples, body
+            return ({k: v for k, (kind, v) in samples.items() if kind in ("counter", "histogram")},
+                    samples, body)
 
         before, samples, body = counters()
         self.assertEqual(value(samples, "argocd_principal_connected_agents"), agents, body)

@@ -42,11 +42,17 @@ struct Sample {
   help @1 :Text;
   kind @2 :Kind;
   labels @3 :List(Label);
-  value @4 :Float64;
+  value @4 :Float64;             # histogram: the number of observations
   enum Kind {
     counter @0;
     gauge @1;
+    histogram @2;
   }
+  # Histogram only: the buckets' upper bounds (ascending, +Inf implied), the cumulative count of
+  # observations at or below each, and the sum of all observations.
+  bounds @5 :List(Float64);
+  cumulative @6 :List(Float64);
+  sum @7 :Float64;
 }
 
 interface Observe {

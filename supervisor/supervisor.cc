@@ -86,24 +86,30 @@ struct Supervisor::Slot {
   bool everReady = false;  // some generation reported ready (dependents may start)
   std::map<std::string, uint64_t> restartsByCause;  // crash, hang, signal, exit, requested
 
-  // The counters this slot's workers reported, so that the side's sums never go down when a
-  // worker dies or restarts (Prometheus reads any decrease as a reset and counts the whole value
-  // again): `retired` is what earlier generations counted, `last` the current one's latest value.
-  // A dead or silent worker's counters stay in the sum at their last value.
+  // The counters (and histograms) this slot's workers reported, so that the side's sums never go
+  // down when a worker dies or restarts (Prometheus reads any decrease as a reset and counts the
+  // whole value again): `retired` is what earlier generations counted, `last` the current one's
+  // latest values. A dead or silent worker's counters stay in the sum at their last value.
+  // Values: {value} for a counter; {count, sum, cumulative bucket counts...} for a histogram.
   struct Counted {
     std::string name, help;
+    ipc::Sample::Kind kind;
     std::vector<std::pair<std::string, std::string>> labels;
-    double retired = 0, last = 0;
+    std::vector<double> bounds, retired, last;
   };
   std::map<std::string, Counted> counted;  // key: name + labels
   unsigned countedGeneration = 0;
   void countedFrom(unsigned generation) {
     if (generation == countedGeneration) return;
     for (auto& [key, c] : counted) {
-      c.retired += c.last;
-      c.last = 0;
+      addInto(c.retired, c.last);
+      c.last.assign(c.last.size(), 0);
     }
     countedGeneration = generation;
+  }
+  static void addInto(std::vector<double>& to, const std::vector<double>& from) {
+    if (to.size() < from.size()) to.resize(from.size(), 0);
+    for (size_t i = 0; i < from.size(); ++i) to[i] += from[i];
   }
 };
 
@@ -589,46 +595,49 @@ ipc::Observe::Client Supervisor::observer() {
 kj::Promise<void> Supervisor::fillSamples(ipc::Observe::SamplesResults::Builder results) {
   // Samples with the same name and labels from several workers are added up (listener workers
   // sharing the port count their own agents). Key: name + labels, in the order the role gave.
-  // Counters are remembered per slot (Slot::counted) so the sums stay monotonic.
+  // Counters and histograms are remembered per slot (Slot::counted) so the sums stay monotonic.
+  using Labels = std::vector<std::pair<std::string, std::string>>;
   struct Merged {
     std::string help;
     ipc::Sample::Kind kind;
-    std::vector<std::pair<std::string, std::string>> labels;
-    double value = 0;
+    Labels labels;
+    std::vector<double> bounds, values;  // values as in Slot::Counted
   };
   using MergedMap = std::map<std::string, Merged>;
   auto merged = kj::heap<MergedMap>();
-  auto keyOf = [](const std::string& name,
-                  const std::vector<std::pair<std::string, std::string>>& labels) {
+  auto keyOf = [](const std::string& name, const Labels& labels) {
     std::string key = name;
     for (const auto& [k, v] : labels) key += '\0' + k + '=' + v;
     return key;
   };
   auto add = [keyOf](MergedMap& m, const std::string& name, const std::string& help,
-                     ipc::Sample::Kind kind,
-                     std::vector<std::pair<std::string, std::string>> labels, double value) {
+                     ipc::Sample::Kind kind, Labels labels, const std::vector<double>& bounds,
+                     const std::vector<double>& values) {
     auto& e = m[keyOf(name, labels)];
     if (e.help.empty()) {
       e.help = help;
       e.kind = kind;
       e.labels = std::move(labels);
+      e.bounds = bounds;
     }
-    e.value += value;
+    if (e.bounds == bounds) Slot::addInto(e.values, values);
   };
   auto addCounted = [add](MergedMap& m, const Slot& slot) {
     for (const auto& [key, c] : slot.counted) {
-      add(m, c.name, c.help, ipc::Sample::Kind::COUNTER, c.labels, c.retired + c.last);
+      std::vector<double> v = c.retired;
+      Slot::addInto(v, c.last);
+      add(m, c.name, c.help, c.kind, c.labels, c.bounds, v);
     }
   };
   for (auto& s : slots_) {
     for (const auto& [cause, n] : s->restartsByCause) {
       add(*merged, "aa_worker_restarts_total",
           "Worker restarts by role and cause (crash, hang, signal, exit, requested)",
-          ipc::Sample::Kind::COUNTER, {{"role", s->spec.role}, {"cause", cause}},
-          static_cast<double>(n));
+          ipc::Sample::Kind::COUNTER, {{"role", s->spec.role}, {"cause", cause}}, {},
+          {static_cast<double>(n)});
     }
     add(*merged, "aa_worker_up", "1 while the worker is READY", ipc::Sample::Kind::GAUGE,
-        {{"role", s->spec.role}}, s->machine.state() == WorkerState::kReady ? 1 : 0);
+        {{"role", s->spec.role}}, {}, {s->machine.state() == WorkerState::kReady ? 1.0 : 0.0});
   }
   kj::Vector<kj::Promise<void>> asks;
   for (auto& s : slots_) {
@@ -646,22 +655,30 @@ kj::Promise<void> Supervisor::fillSamples(ipc::Observe::SamplesResults::Builder 
                        [&m = *merged, add, addCounted, keyOf, &slot, generation](auto r) {
                          slot.countedFrom(generation);
                          for (auto sample : r.getSamples()) {
-                           std::vector<std::pair<std::string, std::string>> labels;
+                           Labels labels;
                            for (auto l : sample.getLabels()) {
                              labels.emplace_back(l.getName(), l.getValue());
                            }
-                           if (sample.getKind() != ipc::Sample::Kind::COUNTER) {
+                           std::vector<double> values = {sample.getValue()}, bounds;
+                           if (sample.getKind() == ipc::Sample::Kind::GAUGE) {
                              add(m, sample.getName(), sample.getHelp(), sample.getKind(),
-                                 std::move(labels), sample.getValue());
+                                 std::move(labels), bounds, values);
                              continue;
+                           }
+                           if (sample.getKind() == ipc::Sample::Kind::HISTOGRAM) {
+                             values.push_back(sample.getSum());
+                             for (double b : sample.getBounds()) bounds.push_back(b);
+                             for (double c : sample.getCumulative()) values.push_back(c);
                            }
                            auto& c = slot.counted[keyOf(sample.getName(), labels)];
                            if (c.name.empty()) {
                              c.name = sample.getName();
                              c.help = sample.getHelp();
+                             c.kind = sample.getKind();
                              c.labels = std::move(labels);
+                             c.bounds = bounds;
                            }
-                           c.last = sample.getValue();
+                           if (c.bounds == bounds) c.last = std::move(values);
                          }
                          addCounted(m, slot);
                        },
@@ -680,7 +697,16 @@ kj::Promise<void> Supervisor::fillSamples(ipc::Observe::SamplesResults::Builder 
       out.setName(key.substr(0, key.find('\0')));
       out.setHelp(e.help);
       out.setKind(e.kind);
-      out.setValue(e.value);
+      out.setValue(e.values.empty() ? 0 : e.values[0]);
+      if (e.kind == ipc::Sample::Kind::HISTOGRAM) {
+        out.setSum(e.values.size() > 1 ? e.values[1] : 0);
+        auto bounds = out.initBounds(e.bounds.size());
+        auto cumulative = out.initCumulative(e.bounds.size());
+        for (size_t j = 0; j < e.bounds.size(); ++j) {
+          bounds.set(j, e.bounds[j]);
+          cumulative.set(j, j + 2 < e.values.size() ? e.values[j + 2] : 0);
+        }
+      }
       auto labels = out.initLabels(e.labels.size());
       for (size_t j = 0; j < e.labels.size(); ++j) {
         labels[j].setName(e.labels[j].first);

@@ -100,4 +100,55 @@ CloudEvent makeHeartbeat(std::string_view source, const std::string& uuid) {
   return e;
 }
 
+std::optional<int64_t> parseRfc3339Nanos(std::string_view t) {
+  // YYYY-MM-DDTHH:MM:SS[.fraction](Z|+hh:mm|-hh:mm)
+  auto digits = [&](size_t at, size_t n) -> std::optional<int> {
+    if (at + n > t.size()) return std::nullopt;
+    int v = 0;
+    for (size_t i = at; i < at + n; ++i) {
+      if (t[i] < '0' || t[i] > '9') return std::nullopt;
+      v = v * 10 + (t[i] - '0');
+    }
+    return v;
+  };
+  auto year = digits(0, 4), month = digits(5, 2), day = digits(8, 2), hour = digits(11, 2),
+       minute = digits(14, 2), second = digits(17, 2);
+  if (!year || !month || !day || !hour || !minute || !second || t[4] != '-' || t[7] != '-' ||
+      (t[10] != 'T' && t[10] != 't') || t[13] != ':' || t[16] != ':' || *month < 1 || *month > 12 ||
+      *day < 1 || *day > 31 || *hour > 23 || *minute > 59 || *second > 60) {
+    return std::nullopt;
+  }
+  size_t i = 19;
+  int64_t nanos = 0;
+  if (i < t.size() && t[i] == '.') {
+    size_t start = ++i;
+    int64_t scale = 100000000;
+    while (i < t.size() && t[i] >= '0' && t[i] <= '9') {
+      nanos += (t[i] - '0') * scale;
+      scale /= 10;
+      ++i;
+    }
+    if (i == start || i - start > 9) return std::nullopt;
+  }
+  int64_t offset = 0;
+  if (i < t.size() && (t[i] == 'Z' || t[i] == 'z') && i + 1 == t.size()) {
+  } else if (i + 6 == t.size() && (t[i] == '+' || t[i] == '-') && t[i + 3] == ':') {
+    auto oh = digits(i + 1, 2), om = digits(i + 4, 2);
+    if (!oh || !om || *oh > 23 || *om > 59) return std::nullopt;
+    offset = (t[i] == '+' ? 1 : -1) * (*oh * 3600 + *om * 60);
+  } else {
+    return std::nullopt;
+  }
+  // Days since the epoch of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+  int y = *year - (*month <= 2 ? 1 : 0);
+  int era = (y >= 0 ? y : y - 399) / 400;
+  unsigned yoe = static_cast<unsigned>(y - era * 400);
+  unsigned mp = static_cast<unsigned>((*month + 9) % 12);
+  unsigned doy = (153 * mp + 2) / 5 + static_cast<unsigned>(*day) - 1;
+  unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  int64_t days = static_cast<int64_t>(era) * 146097 + static_cast<int64_t>(doe) - 719468;
+  int64_t secs = days * 86400 + *hour * 3600 + *minute * 60 + *second - offset;
+  return secs * 1000000000 + nanos;
+}
+
 }  // namespace aa::ce

@@ -3,6 +3,7 @@
 // binary_data, spec_version "1.0". Used by the listener (principal) and transport (agent).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -39,6 +40,10 @@ bool isContextAttribute(std::string_view name);
 std::string stringAttr(const io::cloudevents::v1::CloudEvent& e, const std::string& name);
 // The dataschema (target) when it is a ce_uri, "" otherwise.
 std::string target(const io::cloudevents::v1::CloudEvent& e);
+
+// Go's time.RFC3339Nano as upstream stamps `sentat` ("2026-11-26T10:00:00.000000001Z", or an
+// offset instead of Z), as nanoseconds since the Unix epoch; nullopt if it is not that form.
+std::optional<int64_t> parseRfc3339Nanos(std::string_view text);
 
 // The `processed` ACK for `acked`: all of its extensions copied (resourceid+eventid identify it).
 io::cloudevents::v1::CloudEvent makeAck(const io::cloudevents::v1::CloudEvent& acked,

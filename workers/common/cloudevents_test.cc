@@ -230,3 +230,18 @@ TEST(EventValidation, UpstreamCatalogueIsRecognised) {
 
 }  // namespace
 }  // namespace aa::ce
+
+TEST(CloudEvents, ParsesSentatAsGoFormatsIt) {
+  // time.RFC3339Nano drops trailing zeros of the fraction, and the fraction when it is zero.
+  EXPECT_EQ(aa::ce::parseRfc3339Nanos("1970-01-01T00:00:00Z"), 0);
+  EXPECT_EQ(aa::ce::parseRfc3339Nanos("2026-11-26T10:00:00.000000001Z"), 1795687200000000001);
+  EXPECT_EQ(aa::ce::parseRfc3339Nanos("2026-11-26T10:00:00.5Z"), 1795687200500000000);
+  EXPECT_EQ(aa::ce::parseRfc3339Nanos("2026-11-26T11:30:00+01:30"), 1795687200000000000);
+  EXPECT_EQ(aa::ce::parseRfc3339Nanos("2024-02-29T23:59:59.999999999-00:00"), 1709251199999999999);
+  for (const char* bad :
+       {"", "2026-11-26", "2026-11-26T10:00:00", "2026-13-26T10:00:00Z", "2026-11-26T10:00:00.Z",
+        "2026-11-26T10:00:00.0000000001Z", "2026-11-26T10:00:00Zx", "2026-11-26 10:00:00Z",
+        "2026-11-26T10:00:00+0100", "20x6-11-26T10:00:00Z"}) {
+    EXPECT_EQ(aa::ce::parseRfc3339Nanos(bad), std::nullopt) << bad;
+  }
+}

@@ -35,9 +35,12 @@ struct WorkerEnv {
 // reads counters its other threads update atomically.
 struct MetricSample {
   std::string name, help;
-  bool counter = true;  // false: gauge
+  bool counter = true;  // false: gauge (or a histogram, when `bounds` is not empty)
   std::vector<std::pair<std::string, std::string>> labels;
-  double value = 0;
+  double value = 0;  // histogram: the number of observations
+  // Histogram only: upper bounds (ascending, +Inf implied), cumulative counts, sum.
+  std::vector<double> bounds = {}, cumulative = {};
+  double sum = 0;
 };
 
 class Role {

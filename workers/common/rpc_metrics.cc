@@ -56,4 +56,75 @@ std::vector<MetricSample> rpcSamples(const RpcCounters& c, bool server) {
   return out;
 }
 
+namespace {
+std::string joined(std::initializer_list<std::string_view> values) {
+  std::string key;
+  for (auto v : values) {
+    key.append(v);
+    key.push_back('\0');
+  }
+  return key;
+}
+std::vector<std::pair<std::string, std::string>> labelled(const std::vector<std::string>& names,
+                                                          const std::vector<std::string>& values) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (size_t i = 0; i < names.size() && i < values.size(); ++i) {
+    out.emplace_back(names[i], values[i]);
+  }
+  return out;
+}
+}  // namespace
+
+LabelledHistogram::LabelledHistogram(std::string name, std::string help,
+                                     std::vector<std::string> labelNames)
+    : name_(std::move(name)), help_(std::move(help)), labelNames_(std::move(labelNames)) {}
+
+void LabelledHistogram::observe(std::initializer_list<std::string_view> values, double seconds) {
+  size_t bucket = 0;
+  while (bucket < kBuckets && seconds > kBounds[bucket]) ++bucket;
+  std::string key = joined(values);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto [it, fresh] = cells_.try_emplace(std::move(key));
+  Cell& c = it->second;
+  if (fresh) c.values.assign(values.begin(), values.end());
+  if (bucket < kBuckets) c.buckets[bucket]++;
+  c.count++;
+  c.sum += seconds;
+}
+
+void LabelledHistogram::samples(std::vector<MetricSample>& out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [key, c] : cells_) {
+    MetricSample s{name_, help_, true, labelled(labelNames_, c.values),
+                   static_cast<double>(c.count)};
+    s.bounds.assign(std::begin(kBounds), std::end(kBounds));
+    uint64_t running = 0;
+    for (uint64_t n : c.buckets) {
+      running += n;
+      s.cumulative.push_back(static_cast<double>(running));
+    }
+    s.sum = c.sum;
+    out.push_back(std::move(s));
+  }
+}
+
+LabelledCounter::LabelledCounter(std::string name, std::string help,
+                                 std::vector<std::string> labelNames)
+    : name_(std::move(name)), help_(std::move(help)), labelNames_(std::move(labelNames)) {}
+
+void LabelledCounter::add(std::initializer_list<std::string_view> values, double n) {
+  std::string key = joined(values);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto [it, fresh] = cells_.try_emplace(std::move(key));
+  if (fresh) it->second.first.assign(values.begin(), values.end());
+  it->second.second += n;
+}
+
+void LabelledCounter::samples(std::vector<MetricSample>& out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [key, c] : cells_) {
+    out.push_back({name_, help_, true, labelled(labelNames_, c.first), c.second});
+  }
+}
+
 }  // namespace aa

@@ -6,6 +6,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <initializer_list>
+#include <map>
+#include <mutex>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "workers/common/role.h"
@@ -44,5 +49,47 @@ struct RpcCounters {
 // The samples, named grpc_server_* (server) or grpc_client_* with go-grpc-middleware's labels
 // (grpc_service, grpc_method, grpc_type; grpc_code as Go spells it).
 std::vector<MetricSample> rpcSamples(const RpcCounters& c, bool server);
+
+// A histogram family with labels, in seconds, on Prometheus client_golang's default buckets
+// (upstream's event_processing_time and propagation latency use them). Observed from any thread;
+// the series of a label set exists from its first observation on and is never dropped (as
+// client_golang's vectors).
+class LabelledHistogram {
+ public:
+  static constexpr double kBounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  static constexpr size_t kBuckets = sizeof(kBounds) / sizeof(kBounds[0]);
+
+  LabelledHistogram(std::string name, std::string help, std::vector<std::string> labelNames);
+  // `values`: one per label name, in their order.
+  void observe(std::initializer_list<std::string_view> values, double seconds);
+  void samples(std::vector<MetricSample>& out) const;
+
+ private:
+  struct Cell {
+    std::vector<std::string> values;
+    uint64_t buckets[kBuckets] = {};  // not cumulative
+    uint64_t count = 0;
+    double sum = 0;
+  };
+  std::string name_, help_;
+  std::vector<std::string> labelNames_;
+  mutable std::mutex mu_;
+  std::map<std::string, Cell> cells_;  // key: the values joined by '\0'
+};
+
+// A counter family with labels, observed from any thread (upstream's principal_errors and
+// agent_errors{resource_type}).
+class LabelledCounter {
+ public:
+  LabelledCounter(std::string name, std::string help, std::vector<std::string> labelNames);
+  void add(std::initializer_list<std::string_view> values, double n = 1);
+  void samples(std::vector<MetricSample>& out) const;
+
+ private:
+  std::string name_, help_;
+  std::vector<std::string> labelNames_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::pair<std::vector<std::string>, double>> cells_;
+};
 
 }  // namespace aa

@@ -110,15 +110,29 @@ std::optional<std::string> validateEvent(const Event& e) {
   return std::nullopt;
 }
 
+const char* toString(Processed p) {
+  switch (p) {
+    case Processed::kSuccess:
+      return "success";
+    case Processed::kFailure:
+      return "failure";
+    case Processed::kDiscarded:
+      return "discarded";
+  }
+  return "failure";
+}
+
 namespace detail {
 
 std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                                 std::mutex& ledgerMu, std::string_view source,
                                 const std::string& peer, PumpStats& stats,
-                                const EventObserver& observer) {
+                                const EventObserver& observer, Processed& outcome, bool& isAck) {
   ++stats.received;
   if (observer) observer(e);
+  outcome = Processed::kFailure;
   if (e.type() == ce::kProcessed) {
+    isAck = true;
     ++stats.acksReceived;
     outbox.ack(ce::stringAttr(e, "resourceid"), ce::stringAttr(e, "eventid"));
     return std::nullopt;
@@ -135,8 +149,10 @@ std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, Rece
   switch (ce::classify(e.type())) {
     case ce::Kind::kHeartbeat:
       spdlog::debug("{}: received heartbeat", peer);
+      outcome = Processed::kSuccess;
       return ce::makeAck(e, source);
     case ce::Kind::kUnsupported:
+      outcome = Processed::kDiscarded;
       ++stats.unsupported;
       if (stats.unsupportedTypes.insert(e.type()).second) {
         spdlog::debug(
@@ -153,6 +169,7 @@ std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, Rece
     std::lock_guard<std::mutex> lock(ledgerMu);
     if (ledger.seen(resource, eventId)) {
       ++stats.duplicates;
+      outcome = Processed::kDiscarded;
       return ce::makeAck(e, source);
     }
   }
@@ -162,6 +179,7 @@ std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, Rece
       std::lock_guard<std::mutex> lock(ledgerMu);
       ledger.record(resource, eventId);
       ++stats.applied;
+      outcome = Processed::kSuccess;
       return ce::makeAck(e, source);
     }
     case Sink::Result::kRetry:

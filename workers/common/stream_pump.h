@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -69,9 +70,19 @@ struct PumpStats {
 // Optional observer of every event received, before it is handled (ACKs and heartbeats included).
 using EventObserver = std::function<void(const Event& event)>;
 
+// How a received event other than an ACK was handled, as upstream's event_processing_time
+// labels it: success (applied, or a heartbeat), failure (malformed, refused by the sink, or to
+// be retried) or discarded (a duplicate, or a type this implementation does not act on).
+enum class Processed { kSuccess, kFailure, kDiscarded };
+const char* toString(Processed p);
+// Optional observer told of each such event after it was handled, with the time it took.
+using ProcessedObserver =
+    std::function<void(const Event& event, Processed outcome, std::chrono::nanoseconds took)>;
+
 // Runs until the stream ends (Read fails) or a Write fails. `Stream` is a grpc++ sync
 // ReaderWriter (client or server side). `peer` names the other side in logs. `sent`, if given,
-// counts every event written (ACKs and heartbeats included), for metrics.
+// counts every event written (ACKs and heartbeats included), for metrics. `processed`, if given,
+// is told how each received event other than an ACK was handled and how long it took.
 // Messages smaller than this are never compressed (ACKs and heartbeats are ~100 bytes; gzip
 // makes them larger, and grpc would deflate each one only to send it as it is).
 inline constexpr size_t kCompressMinBytes = 512;
@@ -79,22 +90,24 @@ inline constexpr size_t kCompressMinBytes = 512;
 template <class Stream>
 PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                      std::mutex& ledgerMu, std::string_view source, const std::string& peer,
-                     const EventObserver& observer = nullptr,
-                     std::atomic<uint64_t>* sent = nullptr);
+                     const EventObserver& observer = nullptr, std::atomic<uint64_t>* sent = nullptr,
+                     const ProcessedObserver& processed = nullptr);
 
 // --- implementation helpers (stream_pump.cc) ---
 namespace detail {
-// Handles one received event; returns an ACK to send (or nullopt).
+// Handles one received event; returns an ACK to send (or nullopt). `outcome` is set for every
+// event but an ACK (then it is left alone and `isAck` set).
 std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                                 std::mutex& ledgerMu, std::string_view source,
                                 const std::string& peer, PumpStats& stats,
-                                const EventObserver& observer);
+                                const EventObserver& observer, Processed& outcome, bool& isAck);
 }  // namespace detail
 
 template <class Stream>
 PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                      std::mutex& ledgerMu, std::string_view source, const std::string& peer,
-                     const EventObserver& observer, std::atomic<uint64_t>* sent) {
+                     const EventObserver& observer, std::atomic<uint64_t>* sent,
+                     const ProcessedObserver& processed) {
   std::atomic<bool> done{false};
   outbox.onReconnect();
   std::thread writer([&] {
@@ -120,10 +133,16 @@ PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& 
   PumpStats stats;
   eventstreamapi::Event in;
   while (!done.load() && stream.Read(&in)) {
-    if (auto ack = detail::onReceived(in.event(), outbox, sink, ledger, ledgerMu, source, peer,
-                                      stats, observer)) {
-      outbox.enqueueUntracked(std::move(*ack));
+    auto began =
+        processed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+    Processed outcome = Processed::kSuccess;
+    bool isAck = false;
+    auto ack = detail::onReceived(in.event(), outbox, sink, ledger, ledgerMu, source, peer, stats,
+                                  observer, outcome, isAck);
+    if (processed && !isAck) {
+      processed(in.event(), outcome, std::chrono::steady_clock::now() - began);
     }
+    if (ack) outbox.enqueueUntracked(std::move(*ack));
   }
   done = true;
   outbox.wake();

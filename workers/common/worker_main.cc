@@ -61,8 +61,20 @@ class WorkerImpl : public Base {
         auto out = list[i];
         out.setName(samples[i].name);
         out.setHelp(samples[i].help);
-        out.setKind(samples[i].counter ? ipc::Sample::Kind::COUNTER : ipc::Sample::Kind::GAUGE);
-        out.setValue(samples[i].value);
+        const auto& sample = samples[i];
+        out.setKind(!sample.bounds.empty() ? ipc::Sample::Kind::HISTOGRAM
+                    : sample.counter       ? ipc::Sample::Kind::COUNTER
+                                           : ipc::Sample::Kind::GAUGE);
+        out.setValue(sample.value);
+        if (!sample.bounds.empty()) {
+          auto bounds = out.initBounds(sample.bounds.size());
+          auto cumulative = out.initCumulative(sample.cumulative.size());
+          for (size_t j = 0; j < sample.bounds.size(); ++j) bounds.set(j, sample.bounds[j]);
+          for (size_t j = 0; j < sample.cumulative.size(); ++j) {
+            cumulative.set(j, sample.cumulative[j]);
+          }
+          out.setSum(sample.sum);
+        }
         auto labels = out.initLabels(samples[i].labels.size());
         for (size_t j = 0; j < samples[i].labels.size(); ++j) {
           labels[j].setName(samples[i].labels[j].first);

@@ -129,6 +129,26 @@ class HeartbeatRole final : public Role, public AgentDirectory {
            ", reconnects: " + std::to_string(dir_.reconnects);
   }
 
+  // Upstream's principal_agent_avg_connection_time: the connected agents' mean time connected,
+  // in whole minutes, each rounded to the minute first (as upstream computes it; upstream
+  // recomputes it every 3 minutes, this is computed at each scrape).
+  std::vector<MetricSample> samples() override {
+    if (env_.args.side != Side::kPrincipal) return {};
+    auto now = Clock::now();
+    int64_t minutes = 0, connected = 0;
+    for (auto& [n, e] : dir_.agents) {
+      if (e.active == nullptr) continue;
+      auto s = std::chrono::duration_cast<std::chrono::seconds>(now - e.connectedSince).count();
+      minutes += (s + 30) / 60;
+      connected++;
+    }
+    return {{"principal_agent_avg_connection_time",
+             "The average time all agents are connected for (in minutes)",
+             false,
+             {},
+             connected == 0 ? 0.0 : static_cast<double>(minutes / connected)}};
+  }
+
   std::vector<AgentView> agents() override {
     auto now = Clock::now();
     auto ms = [](auto d) {

@@ -207,6 +207,21 @@ struct Counters {
   std::atomic<uint64_t> authRefused[4] = {};   // before any work, by AuthLimiter::Verdict
   // Per RPC (rpc_metrics.h); Subscribe's messages are upstream's principal_events_received/sent.
   RpcCounters rpc;
+  // Upstream's principal/event.go series for each event received from an agent (not ACKs):
+  // the time from its arrival until it was handled (objects: until the cache worker's verdict),
+  // by outcome; failures by target.
+  LabelledHistogram processingTime{"principal_event_processing_time",
+                                   "Histogram of time taken to process events (in seconds)",
+                                   {"status", "agent_name", "resource_type"}};
+  LabelledCounter errors{
+      "principal_errors", "The total number of errors occurred in principal", {"resource_type"}};
+  void processed(delivery::Processed outcome, const std::string& agent, const std::string& target,
+                 std::chrono::steady_clock::time_point arrived) {
+    processingTime.observe(
+        {delivery::toString(outcome), agent, target},
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - arrived).count());
+    if (outcome == delivery::Processed::kFailure) errors.add({target});
+  }
 };
 
 // Everything the KJ thread does for the calls (defined after the calls).
@@ -221,7 +236,8 @@ class Hub {
   // KJ thread only (a serving thread post()s a job that calls them).
   virtual void ack(StreamCall* c, std::string resourceId, std::string eventId) = 0;
   virtual void received(StreamCall* c, std::string resourceId, std::string eventId,
-                        std::string bytes, delivery::Event event) = 0;
+                        std::string bytes, delivery::Event event,
+                        std::chrono::steady_clock::time_point arrived) = 0;
   virtual void wantMore(StreamCall* c) = 0;  // the leased batch is written: lease the next
   virtual void closed(StreamCall* c) = 0;    // the call ended on the grpc side
 };
@@ -652,6 +668,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
   }
 
   void onMessage() {
+    auto arrived = std::chrono::steady_clock::now();
     e_.counters.rpc.receive(Rpc::kSubscribe);
     messages.fetch_add(1, std::memory_order_relaxed);
     eventstreamapi::Event msg;
@@ -673,6 +690,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
       spdlog::error("agent {}: rejected event type '{}' for resource '{}': {}", agent_,
                     e.type().substr(0, 64), resource.empty() ? "(none)" : resource.substr(0, 128),
                     *problem);
+      e_.counters.processed(delivery::Processed::kFailure, agent_, ce::target(e), arrived);
       writeAck(e);  // re-sending a malformed event cannot make it valid
       return;
     }
@@ -686,6 +704,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
         }
         spdlog::debug("agent {}: received heartbeat", agent_);
         writeAck(e);
+        e_.counters.processed(delivery::Processed::kSuccess, agent_, ce::target(e), arrived);
         return;
       }
       case ce::Kind::kUnsupported:
@@ -696,6 +715,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
               agent_, e.type(), ce::target(e).substr(0, 64));
         }
         writeAck(e);
+        e_.counters.processed(delivery::Processed::kDiscarded, agent_, ce::target(e), arrived);
         return;
       default:
         break;
@@ -705,9 +725,9 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     e.SerializeToString(&bytes);
     e_.hub.post([self = shared_from_this(), resource = std::move(resource),
                  id = ce::stringAttr(e, "eventid"), bytes = std::move(bytes),
-                 event = std::move(*msg.mutable_event())]() mutable {
+                 event = std::move(*msg.mutable_event()), arrived]() mutable {
       self->e_.hub.received(self.get(), std::move(resource), std::move(id), std::move(bytes),
-                            std::move(event));
+                            std::move(event), arrived);
     });
   }
 
@@ -835,7 +855,10 @@ struct Live {
   kj::Promise<void> leaseCall = nullptr;
   kj::Maybe<ipc::LiveStream::Client> live;
   std::vector<std::pair<std::string, std::string>> acks;  // to report to the cache
-  std::vector<std::tuple<std::string, std::string, std::string, delivery::Event>> received;
+  // resource, event id, the event's bytes, the event, when it arrived
+  std::vector<std::tuple<std::string, std::string, std::string, delivery::Event,
+                         std::chrono::steady_clock::time_point>>
+      received;
   bool opening = true, leasing = false, wantMore = true, liveOpening = false;
   // The cache link broke: the stream stays and its state is opened again (reopenLoop);
   // `epoch` tells a lease of the old session from one of the new.
@@ -901,10 +924,11 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
       dirty_.insert(c);
     }
   }
-  void received(StreamCall* c, std::string r, std::string id, std::string bytes,
-                delivery::Event e) override {
+  void received(StreamCall* c, std::string r, std::string id, std::string bytes, delivery::Event e,
+                std::chrono::steady_clock::time_point arrived) override {
     if (Live* l = find(c)) {
-      l->received.emplace_back(std::move(r), std::move(id), std::move(bytes), std::move(e));
+      l->received.emplace_back(std::move(r), std::move(id), std::move(bytes), std::move(e),
+                               arrived);
       dirty_.insert(c);
     }
   }
@@ -1193,19 +1217,31 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
       auto req = s->receivedRequest();
       auto list = req.initEvents(l.received.size());
       auto events = kj::heap<std::vector<delivery::Event>>();
+      auto arrivals = kj::heap<std::vector<std::chrono::steady_clock::time_point>>();
       for (size_t i = 0; i < l.received.size(); ++i) {
-        auto& [r, id, bytes, e] = l.received[i];
+        auto& [r, id, bytes, e, arrived] = l.received[i];
         list[i].setResourceId(r);
         list[i].setEventId(id);
         list[i].setEvent(
             kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
         events->push_back(std::move(e));
+        arrivals->push_back(arrived);
       }
       l.received.clear();
       auto call = l.call;
       tasks_.add(req.send()
-                     .then([call, events = kj::mv(events)](auto resp) mutable {
+                     .then([this, call, events = kj::mv(events),
+                            arrivals = kj::mv(arrivals)](auto resp) mutable {
                        auto verdicts = resp.getVerdicts();
+                       for (size_t i = 0; i < verdicts.size() && i < events->size(); ++i) {
+                         auto outcome = verdicts[i] == ipc::Verdict::APPLIED
+                                            ? delivery::Processed::kSuccess
+                                        : verdicts[i] == ipc::Verdict::DUPLICATE
+                                            ? delivery::Processed::kDiscarded
+                                            : delivery::Processed::kFailure;
+                         counters_.processed(outcome, call->agent(), ce::target((*events)[i]),
+                                             (*arrivals)[i]);
+                       }
                        call->deliver([&](Inbox& in) {
                          for (size_t i = 0; i < verdicts.size() && i < events->size(); ++i) {
                            if (verdicts[i] != ipc::Verdict::RETRY) {
@@ -1538,6 +1574,8 @@ class ListenerRole final : public Role {
     };
     for (auto& sample : rpcSamples(counters_.rpc, /*server=*/true))
       out.push_back(std::move(sample));
+    counters_.processingTime.samples(out);
+    counters_.errors.samples(out);
     for (auto v : {AuthLimiter::Verdict::kSourcePending, AuthLimiter::Verdict::kSourceFailures,
                    AuthLimiter::Verdict::kBusy}) {
       out.push_back({"argocd_principal_auth_refused_total",

@@ -9,6 +9,7 @@
 #include <prometheus/exposer.h>
 #include <prometheus/metric_family.h>
 
+#include <limits>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -51,6 +52,26 @@ class Families {
     } else {
       m.gauge.value = value;
     }
+    out_[it->second].metric.push_back(std::move(m));
+  }
+  void addHistogram(const std::string& name, const std::string& help,
+                    std::vector<ClientMetric::Label> labels, ipc::Sample::Reader sample) {
+    auto it = index_.find(name);
+    if (it == index_.end()) {
+      it = index_.emplace(name, out_.size()).first;
+      out_.push_back(MetricFamily{name, help, MetricType::Histogram, {}});
+    }
+    ClientMetric m;
+    m.label = std::move(labels);
+    auto count = static_cast<uint64_t>(sample.getValue());
+    m.histogram.sample_count = count;
+    m.histogram.sample_sum = sample.getSum();
+    auto bounds = sample.getBounds();
+    auto cumulative = sample.getCumulative();
+    for (size_t i = 0; i < bounds.size() && i < cumulative.size(); ++i) {
+      m.histogram.bucket.push_back({static_cast<uint64_t>(cumulative[i]), bounds[i]});
+    }
+    m.histogram.bucket.push_back({count, std::numeric_limits<double>::infinity()});
     out_[it->second].metric.push_back(std::move(m));
   }
   std::vector<MetricFamily> take() { return std::move(out_); }
@@ -106,6 +127,10 @@ class SideCollector final : public prometheus::Collectable {
         for (auto sample : s.getSamples()) {
           std::vector<ClientMetric::Label> labels;
           for (auto l : sample.getLabels()) labels.push_back({l.getName(), l.getValue()});
+          if (sample.getKind() == ipc::Sample::Kind::HISTOGRAM) {
+            f.addHistogram(sample.getName(), sample.getHelp(), std::move(labels), sample);
+            continue;
+          }
           f.add(sample.getName(), sample.getHelp(),
                 sample.getKind() == ipc::Sample::Kind::COUNTER ? MetricType::Counter
                                                                : MetricType::Gauge,

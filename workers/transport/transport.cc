@@ -172,6 +172,24 @@ class TransportRole final : public Role {
     return kj::READY_NOW;
   }
 
+  // Upstream's agent/inbound.go metrics for an event received from the principal: the time
+  // it took to handle (validate, de-duplicate, apply, ACK), by outcome; the time since the
+  // principal stamped `sentat` when it first sent it (upstream's principals stamp it, this
+  // project's do not yet); failures by target.
+  void observeProcessed(const delivery::Event& e, delivery::Processed outcome,
+                        std::chrono::nanoseconds took) {
+    std::string target = ce::target(e);
+    if (auto sent = ce::parseRfc3339Nanos(ce::stringAttr(e, "sentat"))) {
+      auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                     std::chrono::system_clock::now().time_since_epoch())
+                     .count();
+      propagation_.observe({target}, std::max<int64_t>(0, now - *sent) / 1e9);
+    }
+    processingTime_.observe({delivery::toString(outcome), config_.agentMode, target},
+                            std::chrono::duration<double>(took).count());
+    if (outcome == delivery::Processed::kFailure) errors_.add({target});
+  }
+
   // Upstream's agent metrics that the transport counts (ipc/observe.capnp Sample).
   std::vector<MetricSample> samples() override {
     auto n = [](const std::atomic<uint64_t>& a) { return static_cast<double>(a.load()); };
@@ -202,7 +220,16 @@ class TransportRole final : public Role {
          {},
          n(rpc_.sent[RpcCounters::index(Rpc::kSubscribe)])},
     };
+    out.push_back({"argocd_agent_connection_start_timestamp_seconds",
+                   "Unix timestamp of when the current connection to the principal was "
+                   "established (0 while disconnected)",
+                   false,
+                   {},
+                   connectedSinceUnix_.load()});
     for (auto& sample : rpcSamples(rpc_, /*server=*/false)) out.push_back(std::move(sample));
+    processingTime_.samples(out);
+    propagation_.samples(out);
+    errors_.samples(out);
     return out;
   }
 
@@ -503,6 +530,9 @@ class TransportRole final : public Role {
       spdlog::info("Event stream to {} opened", target_);
       setState("connected to " + target_ + " (" + vresp.version() + ")");
       connections_.fetch_add(1, std::memory_order_relaxed);
+      connectedSinceUnix_ =
+          std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+              .count();
       connected_ = true;
       HeartbeatMonitor monitor(config_.heartbeatMaxMissed);
       std::atomic<bool> streamDone{false};
@@ -523,8 +553,11 @@ class TransportRole final : public Role {
               heartbeatRtt_ = *rtt;
             }
           },
-          &rpc_.sent[RpcCounters::index(Rpc::kSubscribe)]);
+          &rpc_.sent[RpcCounters::index(Rpc::kSubscribe)],
+          [&](const delivery::Event& e, delivery::Processed outcome,
+              std::chrono::nanoseconds took) { observeProcessed(e, outcome, took); });
       connected_ = false;
+      connectedSinceUnix_ = 0;
       {
         // Under mu_: the heartbeat and refresh threads check streamDone under mu_ before they
         // wait, so a store outside it could fall between their check and their wait and leave
@@ -588,6 +621,16 @@ class TransportRole final : public Role {
   std::atomic<bool> connected_{false};
   std::atomic<uint64_t> connections_{0}, authFailures_{0};
   RpcCounters rpc_;  // grpc_client_* (rpc_metrics.h); Subscribe's messages are agent_events_*
+  std::atomic<double> connectedSinceUnix_{0};  // argocd_agent_connection_start_timestamp_seconds
+  LabelledHistogram processingTime_{"agent_event_processing_time",
+                                    "Histogram of time taken to process events (in seconds)",
+                                    {"status", "agent_mode", "resource_type"}};
+  LabelledHistogram propagation_{
+      "agent_event_propagation_latency_seconds",
+      "Histogram of time from principal send to agent processing (in seconds)",
+      {"resource_type"}};
+  LabelledCounter errors_{
+      "agent_errors", "The total number of errors occurred in agent", {"resource_type"}};
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
