@@ -219,6 +219,46 @@ class DataPathTest(h.IntegrationTestCase):
                          "the listener was restarted")
         self.assertIn("kept over cache-link losses: 1", principal.worker("listener-1")["detail"])
 
+    def test_kill9_of_the_agent_transport_loses_and_repeats_nothing(self):
+        """The agent's delivery state is in its cache worker: kill -9 of its transport mid-stream
+        loses nothing and applies nothing twice (what the principal re-sends meets the same
+        receive ledger), and the cache worker is not restarted."""
+        principal = self.start(listeners=1, load_agents=0)
+        agent = self.start_real_agent()
+        applied = h.LineCounter(self.event_log)
+        h.wait_for(lambda: applied() >= 300, h.EVENT_TIMEOUT, "the synthetic stream flowing")
+        cache, transport = agent.worker("cache"), agent.worker("transport")
+        os.kill(transport["pid"], signal.SIGKILL)
+        agent.wait_log(rf"worker transport \(pid {transport['pid']}, generation 1\) exited "
+                       r"unexpectedly: signal KILL")
+        self.assertLess(applied(), TOTAL, "the stream ended before the kill")
+        principal.wait_log(rf"synthetic source: {TOTAL} events acknowledged by agent agent-a",
+                           timeout=90)
+        h.assert_converged(self, self.event_log, TOTAL, RESOURCES)
+        self.assertEqual(agent.worker("cache")["pid"], cache["pid"], "the cache worker restarted")
+        self.assertEqual(agent.worker("transport")["generation"], 2)
+        self.assertRegex(agent.worker("transport")["detail"],
+                         r"state in the cache worker: \d+ applied, \d+ duplicates")
+
+    def test_kill9_of_the_agent_cache_worker_keeps_the_stream_and_converges(self):
+        """kill -9 of the agent's cache worker (its state in memory): the transport keeps its
+        stream and holds the ACKs until the new cache worker answers; every resource reaches
+        its last version and none goes back (events whose ACK was lost are applied again, at
+        the same version)."""
+        principal = self.start(listeners=1, load_agents=0)
+        agent = self.start_real_agent()
+        applied = h.LineCounter(self.event_log)
+        h.wait_for(lambda: applied() >= 300, h.EVENT_TIMEOUT, "the synthetic stream flowing")
+        cache = agent.worker("cache")
+        os.kill(cache["pid"], signal.SIGKILL)
+        agent.wait_log(rf"worker cache \(pid {cache['pid']}, generation 1\) exited")
+        principal.wait_log(rf"synthetic source: {TOTAL} events acknowledged by agent agent-a",
+                           timeout=90)
+        self.assertEqual(agent.count(r"Stream closed after"), 0, "the agent lost its stream")
+        again = h.assert_converges(self, self.event_log, TOTAL, RESOURCES)
+        self.assertLessEqual(again, 1000, "more applied again than the send queue holds")
+        self.assertAlive(agent)
+
     def test_listener_threads_do_not_grow_with_agents(self):
         principal = self.start(listeners=1, load_agents=500, synthetic=False)
         pid = principal.worker("listener-1")["pid"]

@@ -90,6 +90,10 @@ UPSTREAM_KEYS = {
     "agent.log.format": "ARGOCD_AGENT_LOG_FORMAT",
     "agent.metrics.port": "ARGOCD_AGENT_METRICS_PORT",
     "agent.healthz.port": "ARGOCD_AGENT_HEALTH_CHECK_PORT",
+    "agent.redis.address": "REDIS_ADDR",
+    "agent.redis.tls.enabled": "ARGOCD_AGENT_REDIS_TLS_ENABLED",
+    "agent.redis.tls.ca-path": "ARGOCD_AGENT_REDIS_TLS_CA_PATH",
+    "agent.redis.tls.insecure": "ARGOCD_AGENT_REDIS_TLS_INSECURE",
 }
 
 # Ports of the mesh's own proxies that a NetworkPolicy must admit besides the app's.

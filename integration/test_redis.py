@@ -362,3 +362,58 @@ class AgentStateInRedisTest(RedisCase):
         fields = dict(zip(state[::2], state[1::2]))
         self.assertNotIn(b"out|res-1", fields, "the unreadable value was replaced")
         self.assertGreaterEqual(int(fields[b"source"]), 42, "the source went on from 42")
+
+
+class AgentSideStateInRedisTest(RedisCase):
+    """The agent's own delivery state (what it received and applied: its receive ledger) kept by
+    its cache worker in the agent's Redis (--redis-addr, upstream's flag)."""
+
+    TOTAL, RESOURCES = 3000, 20
+
+    def test_the_agents_cache_worker_killed_mid_stream_restores_its_ledger_from_redis(self):
+        redis = Redis(self, password="agent-pw").start()
+        principal = self.start_principal(
+            users=USERS, plaintext=True,
+            extra=[f"--synthetic-events={self.TOTAL}:{self.RESOURCES}:512:agent-r"])
+        event_log = self.path("agent-events.log")
+        agent = self.start_agent(principal, user="agent-r", password=USERS["agent-r"],
+                                 extra=["--event-log", event_log, "--heartbeat-interval", "1s",
+                                        "--redis-addr", f"127.0.0.1:{redis.port}",
+                                        "--redis-password", "agent-pw"])
+        agent.wait_log(r"delivery state in memory, kept in Redis at 127\.0\.0\.1:\d+ too")
+        applied = h.LineCounter(event_log)
+        h.wait_for(lambda: applied() >= 1000, h.EVENT_TIMEOUT, "a third of the stream applied")
+        state = redis.command("HGETALL", "argocd-agent|state|principal")
+        fields = dict(zip(state[::2], state[1::2]))
+        self.assertTrue(any(k.startswith(b"in|") for k in fields), f"no ledger in Redis: {fields}")
+        cache = agent.worker("cache")
+        os.kill(cache["pid"], signal.SIGKILL)
+        h.wait_for(lambda: (lambda w: w["state"] == "READY" and w["pid"] != cache["pid"])(
+            agent.worker("cache")), h.EVENT_TIMEOUT, "the agent's cache worker restarted")
+        agent.wait_log(r"agent state: restored 1 agent\(s\) from Redis")
+        principal.wait_log(rf"synthetic source: {self.TOTAL} events acknowledged by agent "
+                           r"agent-r", timeout=90)
+        # Converged; applied again at most what was applied but not yet in Redis when the
+        # worker died (the apply and the ledger's write cannot be one step; the ACK waits for
+        # Redis, so nothing acknowledged is applied twice).
+        again = h.assert_converges(self, event_log, self.TOTAL, self.RESOURCES)
+        self.assertLessEqual(again, 1000, "more applied again than the send queue holds")
+        self.assertEqual(agent.count(r"Stream closed after"), 0, "the agent lost its stream")
+        self.assertEqual(agent.count("agent-pw"), 0, "the Redis password was logged")
+
+    def test_a_wrong_password_is_one_clear_message_and_the_stream_still_flows(self):
+        redis = Redis(self, password="right").start()
+        principal = self.start_principal(users=USERS, plaintext=True,
+                                         extra=["--synthetic-events=50:5:64:agent-r"])
+        event_log = self.path("agent-events.log")
+        agent = self.start_agent(principal, user="agent-r", password=USERS["agent-r"],
+                                 extra=["--event-log", event_log,
+                                        "--redis-addr", f"127.0.0.1:{redis.port}",
+                                        "--redis-password", "wr0ng-pw-7"])
+        agent.wait_log(r"Redis at 127\.0\.0\.1:\d+: the password was refused .*: WRONGPASS")
+        principal.wait_log(r"synthetic source: 50 events acknowledged by agent agent-r",
+                           timeout=60)
+        self.assertEqual(len(h.applied_lines(event_log)), 50)
+        self.assertIn("Redis: degraded", agent.worker("cache")["detail"])
+        self.assertEqual(agent.count(r"Redis at 127\.0\.0\.1:\d+: "), 1, "once, not per retry")
+        self.assertEqual(agent.count("wr0ng-pw-7"), 0, "the Redis password was logged")

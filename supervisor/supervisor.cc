@@ -33,7 +33,7 @@ const std::vector<WorkerSpec>& workerSpecs(Side side) {
                                                     {"heartbeat", false, true},
                                                     {"listener", true, false, "auth"},
                                                     {"ops", false, false}};
-  static const std::vector<WorkerSpec> agent = {{"cache", false, false},
+  static const std::vector<WorkerSpec> agent = {{"cache", false, true},
                                                 {"heartbeat", false, false},
                                                 {"transport", true, false},
                                                 {"ops", false, false}};

@@ -271,6 +271,73 @@ std::vector<Option> commonOptions(Side side, Config& c) {
   };
 }
 
+// The Redis flags, with upstream's names for the side: the principal's Argo CD Redis
+// (--redis-server-address, --redis-ca-path) and the agent's (--redis-addr, --redis-username,
+// --redis-tls-ca-path).
+std::vector<Option> redisOptions(Side side, RedisConfig& r) {
+  bool principal = side == Side::kPrincipal;
+  std::string envTls = principal ? "ARGOCD_PRINCIPAL_REDIS_" : "ARGOCD_AGENT_REDIS_";
+  std::vector<Option> o = {
+      Option{principal ? "redis-server-address" : "redis-addr", 0,
+             principal ? "ARGOCD_PRINCIPAL_REDIS_SERVER_ADDRESS" : "REDIS_ADDR",
+             principal ? "Argo CD's Redis (host:port) for the agents' cluster info and delivery "
+                         "state; empty: no Redis (upstream's default is argocd-redis:6379)"
+                       : "Redis (host:port) where the agent's cache worker keeps its delivery "
+                         "state; empty: in memory only (upstream's default is argocd-redis:6379)",
+             "", false,
+             [&r](const std::string& v) -> std::optional<BadValue> {
+               if (v.empty()) {
+                 r.address.clear();
+                 return std::nullopt;
+               }
+               auto colon = v.rfind(':');
+               int port = 0;
+               const char* end = v.data() + v.size();
+               const char* digits = colon == std::string::npos ? end : v.data() + colon + 1;
+               auto [ptr, ec] = std::from_chars(digits, end, port);
+               if (colon == std::string::npos || colon == 0 || digits == end || ec != std::errc() ||
+                   ptr != end || port < 1 || port > 65535) {
+                 return BadValue{"must be host:port, e.g. argocd-redis:6379"};
+               }
+               r.address = v;
+               r.host = v.substr(0, colon);
+               if (r.host.size() > 2 && r.host.front() == '[' && r.host.back() == ']') {
+                 r.host = r.host.substr(1, r.host.size() - 2);
+               }
+               r.port = port;
+               return std::nullopt;
+             }},
+      Option{"redis-password", 0, "REDIS_PASSWORD",
+             principal ? "password for Argo CD's Redis (AUTH)" : "password for the Redis (AUTH)",
+             "", false,
+             [&r](const std::string& v) -> std::optional<BadValue> {
+               r.password = v;
+               return std::nullopt;
+             }},
+      stringOpt("redis-creds-dir-path", "REDIS_CREDS_DIR_PATH",
+                std::string("directory with the Redis password in file 'auth' (and optionally a "
+                            "user name in 'auth_username'), instead of --redis-password") +
+                    (principal ? "" : " and --redis-username"),
+                &r.credsDir),
+      boolOpt("redis-tls-enabled", envTls + "TLS_ENABLED",
+              std::string("connect to Redis over TLS (verified against ") +
+                  (principal ? "--redis-ca-path" : "--redis-tls-ca-path") +
+                  ", else the system's CAs)",
+              &r.tls),
+      stringOpt(principal ? "redis-ca-path" : "redis-tls-ca-path",
+                principal ? envTls + "CA_PATH" : envTls + "TLS_CA_PATH",
+                "CA certificate (PEM) that Redis's TLS certificate must verify against", &r.caPath),
+      boolOpt("redis-tls-insecure", envTls + "TLS_INSECURE",
+              "INSECURE: do not verify Redis's TLS certificate", &r.tlsInsecure),
+  };
+  if (!principal) {
+    o.insert(o.begin() + 1,
+             stringOpt("redis-username", "REDIS_USERNAME",
+                       "user name for the Redis (AUTH <user> <password>)", &r.username));
+  }
+  return o;
+}
+
 std::vector<Option> principalOptions(Config& c) {
   auto& p = c.principal;
   std::vector<Option> o = commonOptions(Side::kPrincipal, c);
@@ -318,58 +385,13 @@ std::vector<Option> principalOptions(Config& c) {
                   &p.tlsTicketRotation),
       boolOpt("insecure-plaintext", "ARGOCD_PRINCIPAL_INSECURE_PLAINTEXT",
               "serve without TLS (only behind a service-mesh sidecar)", &p.insecurePlaintext),
-      Option{
-          "redis-server-address", 0, "ARGOCD_PRINCIPAL_REDIS_SERVER_ADDRESS",
-          "Argo CD's Redis (host:port) for the agents' cluster info; empty: no Redis (upstream's "
-          "default is argocd-redis:6379)",
-          "", false,
-          [&p](const std::string& v) -> std::optional<BadValue> {
-            if (v.empty()) {
-              p.redisAddress.clear();
-              return std::nullopt;
-            }
-            auto colon = v.rfind(':');
-            int port = 0;
-            const char* end = v.data() + v.size();
-            const char* digits = colon == std::string::npos ? end : v.data() + colon + 1;
-            auto [ptr, ec] = std::from_chars(digits, end, port);
-            if (colon == std::string::npos || colon == 0 || digits == end || ec != std::errc() ||
-                ptr != end || port < 1 || port > 65535) {
-              return BadValue{"must be host:port, e.g. argocd-redis:6379"};
-            }
-            p.redisAddress = v;
-            p.redisHost = v.substr(0, colon);
-            if (p.redisHost.size() > 2 && p.redisHost.front() == '[' && p.redisHost.back() == ']') {
-              p.redisHost = p.redisHost.substr(1, p.redisHost.size() - 2);
-            }
-            p.redisPort = port;
-            return std::nullopt;
-          }},
-      Option{"redis-password", 0, "REDIS_PASSWORD", "password for Argo CD's Redis (AUTH)", "",
-             false,
-             [&p](const std::string& v) -> std::optional<BadValue> {
-               p.redisPassword = v;
-               return std::nullopt;
-             }},
-      stringOpt("redis-creds-dir-path", "REDIS_CREDS_DIR_PATH",
-                "directory with the Redis password in file 'auth' (and optionally a user name in "
-                "'auth_username'), instead of --redis-password",
-                &p.redisCredsDir),
-      boolOpt("redis-tls-enabled", "ARGOCD_PRINCIPAL_REDIS_TLS_ENABLED",
-              "connect to Redis over TLS (verified against --redis-ca-path, else the system's CAs)",
-              &p.redisTls),
-      stringOpt("redis-ca-path", "ARGOCD_PRINCIPAL_REDIS_CA_PATH",
-                "CA certificate (PEM) that Redis's TLS certificate must verify against",
-                &p.redisCaPath),
-      boolOpt("redis-tls-insecure", "ARGOCD_PRINCIPAL_REDIS_TLS_INSECURE",
-              "INSECURE: do not verify Redis's TLS certificate", &p.redisTlsInsecure),
       Option{"redis-compression-type", 0, "ARGOCD_PRINCIPAL_REDIS_COMPRESSION_TYPE",
              "compression of the values written to Redis, as Argo CD's server reads them: gzip "
              "or none",
              "gzip", false,
              [&p](const std::string& v) -> std::optional<BadValue> {
                if (v != "gzip" && v != "none") return BadValue{"must be gzip or none"};
-               p.redisGzip = v == "gzip";
+               p.redis.gzip = v == "gzip";
                return std::nullopt;
              }},
       stringOpt("resource-proxy-address", "ARGOCD_PRINCIPAL_RESOURCE_PROXY_ADDRESS",
@@ -477,6 +499,10 @@ std::vector<Option> principalOptions(Config& c) {
   };
   more[2].shortName = 'n';
   o.insert(o.end(), more.begin(), more.end());
+  auto redis = redisOptions(Side::kPrincipal, p.redis);
+  auto at = std::find_if(o.begin(), o.end(),
+                         [](const Option& x) { return x.name == "redis-compression-type"; });
+  o.insert(at, redis.begin(), redis.end());
   return o;
 }
 
@@ -533,6 +559,8 @@ std::vector<Option> agentOptions(Config& c) {
   };
   more[4].shortName = 'n';
   o.insert(o.end(), more.begin(), more.end());
+  auto redis = redisOptions(Side::kAgent, a.redis);
+  o.insert(o.end(), redis.begin(), redis.end());
   return o;
 }
 
@@ -609,35 +637,39 @@ std::optional<std::string> readTrimmed(const std::string& path) {
   return v;
 }
 
-std::string validateRedis(PrincipalConfig& p) {
-  if (!p.redisCredsDir.empty()) {
-    if (!p.redisPassword.empty()) {
-      return "--redis-creds-dir-path cannot be combined with --redis-password / REDIS_PASSWORD";
+std::string validateRedis(RedisConfig& r, Side side) {
+  const char* caFlag = side == Side::kPrincipal ? "--redis-ca-path" : "--redis-tls-ca-path";
+  if (!r.credsDir.empty()) {
+    if (!r.password.empty() || !r.username.empty()) {
+      return std::string(
+                 "--redis-creds-dir-path cannot be combined with --redis-password / "
+                 "REDIS_PASSWORD") +
+             (side == Side::kAgent ? " or --redis-username / REDIS_USERNAME" : "");
     }
-    std::string auth = p.redisCredsDir + "/auth";
+    std::string auth = r.credsDir + "/auth";
     auto password = readTrimmed(auth);
     if (!password) {
-      return "invalid value \"" + p.redisCredsDir +
+      return "invalid value \"" + r.credsDir +
              "\" for --redis-creds-dir-path: cannot read the password file " + auth;
     }
-    p.redisPassword = *password;
-    std::string user = p.redisCredsDir + "/auth_username";
+    r.password = *password;
+    std::string user = r.credsDir + "/auth_username";
     if (auto name = readTrimmed(user)) {
-      p.redisUsername = *name;
+      r.username = *name;
     } else if (access(user.c_str(), F_OK) == 0) {
-      return "invalid value \"" + p.redisCredsDir + "\" for --redis-creds-dir-path: cannot read " +
-             user;
+      return "invalid value \"" + r.credsDir + "\" for --redis-creds-dir-path: cannot read " + user;
     }
   }
-  if (p.redisTlsInsecure && !p.redisCaPath.empty()) {
-    return "Only one Redis TLS mode can be specified: --redis-tls-insecure or --redis-ca-path";
+  if (r.tlsInsecure && !r.caPath.empty()) {
+    return std::string("Only one Redis TLS mode can be specified: --redis-tls-insecure or ") +
+           caFlag;
   }
-  if (!p.redisTls && (p.redisTlsInsecure || !p.redisCaPath.empty())) {
-    return std::string(p.redisTlsInsecure ? "--redis-tls-insecure" : "--redis-ca-path") +
+  if (!r.tls && (r.tlsInsecure || !r.caPath.empty())) {
+    return std::string(r.tlsInsecure ? "--redis-tls-insecure" : caFlag) +
            " has no effect without --redis-tls-enabled";
   }
-  if (!p.redisCaPath.empty() && !readable(p.redisCaPath)) {
-    return "invalid value \"" + p.redisCaPath + "\" for --redis-ca-path: the file is not readable";
+  if (!r.caPath.empty() && !readable(r.caPath)) {
+    return "invalid value \"" + r.caPath + "\" for " + caFlag + ": the file is not readable";
   }
   return "";
 }
@@ -757,7 +789,7 @@ std::string validatePrincipal(PrincipalConfig& p) {
   if (p.tlsHandshakeTimeout.count() == 0) {
     return "--tls-handshake-timeout must be greater than 0";
   }
-  if (auto e = validateRedis(p); !e.empty()) return e;
+  if (auto e = validateRedis(p.redis, Side::kPrincipal); !e.empty()) return e;
   if (p.jwtKey.empty() == !p.insecureJwtGenerate) {
     return p.jwtKey.empty() ? "no JWT signing key: give --jwt-key <file> or --insecure-jwt-generate"
                             : "--jwt-key and --insecure-jwt-generate are mutually exclusive";
@@ -770,6 +802,7 @@ std::string validatePrincipal(PrincipalConfig& p) {
 
 std::string validateAgent(AgentConfig& a) {
   if (a.serverAddress.empty()) return "--server-address is required (the principal's address)";
+  if (auto e = validateRedis(a.redis, Side::kAgent); !e.empty()) return e;
   if (a.agentMode != "managed" && a.agentMode != "autonomous") {
     return "invalid value \"" + a.agentMode + "\" for --agent-mode: must be managed or autonomous";
   }

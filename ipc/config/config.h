@@ -33,6 +33,23 @@ struct CommonConfig {
   std::string eventLog;          // append one line per applied event (tests, debugging)
 };
 
+// A Redis server for a side's cache worker (workers/cache/redis_link.h). The address "" (the
+// default here, unlike upstream's argocd-redis:6379): no Redis, state in memory only.
+struct RedisConfig {
+  std::string address;
+  std::string host;  // parsed from address
+  int port = 0;
+  std::string password;
+  std::string credsDir;  // --redis-creds-dir-path: files `auth` and optional `auth_username`
+  std::string username;  // --redis-username (agent), or <creds dir>/auth_username
+  bool gzip = true;      // values gzip-compressed (principal: --redis-compression-type)
+  // TLS to Redis (workers/cache/redis_tls.h): verified against the CA path, else the system's
+  // CAs; tlsInsecure skips verification.
+  bool tls = false;
+  std::string caPath;
+  bool tlsInsecure = false;
+};
+
 struct PrincipalConfig {
   std::string listenHost;  // "" = all interfaces
   int listenPort = 8443;   // 0 = ephemeral (tests)
@@ -85,20 +102,9 @@ struct PrincipalConfig {
   // gRPC over WebSocket (grpc-ws) on the same port as native gRPC
   // (workers/listener/grpc_ws_server.h).
   bool enableWebsocket = false;
-  // Argo CD's Redis, where the cache worker writes each agent's cluster info. "" (the default
-  // here, unlike upstream's argocd-redis:6379): no Redis, state in memory only.
-  std::string redisAddress;
-  std::string redisHost;  // parsed from redisAddress
-  int redisPort = 0;
-  std::string redisPassword;
-  std::string redisCredsDir;  // --redis-creds-dir-path: files `auth` and optional `auth_username`
-  std::string redisUsername;  // from <creds dir>/auth_username ("" = AUTH <password>)
-  bool redisGzip = true;      // --redis-compression-type gzip (default) | none
-  // TLS to Redis (workers/cache/redis_tls.h): verified against --redis-ca-path, else the
-  // system's CAs; --redis-tls-insecure skips verification.
-  bool redisTls = false;
-  std::string redisCaPath;
-  bool redisTlsInsecure = false;
+  // Argo CD's Redis, where the cache worker writes each agent's cluster info and keeps the
+  // agents' delivery state.
+  RedisConfig redis;
   // Names the agent's cluster in Argo CD (https://<address>?agentName=<agent>), as upstream.
   std::string resourceProxyAddress = "argocd-agent-resource-proxy:9090";
 };
@@ -133,6 +139,9 @@ struct AgentConfig {
   bool insecurePlaintext = false;
   bool enableWebsocket = false;    // every RPC over its own WebSocket (grpc-ws)
   bool enableCompression = false;  // gzip on its RPCs (the principal answers in kind)
+  // The agent's own Redis (upstream's Argo CD Redis of the workload cluster), where its cache
+  // worker keeps the agent's delivery state.
+  RedisConfig redis;
   bool insecureTls = false;
   std::string rootCaPath;
   std::string tlsClientCert;

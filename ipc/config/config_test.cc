@@ -463,6 +463,25 @@ class FlagTableTest : public ConfigTest {
         {"control-socket", "ARGOCD_AGENT_CONTROL_SOCKET", "", dir_ + "/c.sock",
          "/tmp/" + std::string(120, 's') + ".sock"},
         {"shutdown-timeout", "ARGOCD_AGENT_SHUTDOWN_TIMEOUT", "10s", "3s", "3"},
+        {"redis-addr", "REDIS_ADDR", "", "argocd-redis:6379", "argocd-redis"},
+        {"redis-username", "REDIS_USERNAME", "", "agent", std::nullopt},
+        {"redis-password", "REDIS_PASSWORD", "", "s3cret", std::nullopt},
+        {"redis-creds-dir-path", "REDIS_CREDS_DIR_PATH", "", dir_, "/nonexistent/creds"},
+        {"redis-tls-enabled", "ARGOCD_AGENT_REDIS_TLS_ENABLED", "false", "true", "maybe"},
+        {"redis-tls-ca-path",
+         "ARGOCD_AGENT_REDIS_TLS_CA_PATH",
+         "",
+         f,
+         "/nonexistent/redis-ca.pem",
+         {},
+         {"--redis-tls-enabled"}},
+        {"redis-tls-insecure",
+         "ARGOCD_AGENT_REDIS_TLS_INSECURE",
+         "false",
+         "true",
+         "maybe",
+         {},
+         {"--redis-tls-enabled"}},
     };
   }
   std::vector<std::string> base(Side side) {
@@ -557,8 +576,8 @@ TEST_F(ConfigTest, RedisCredentialsDirectoryAndTlsModes) {
   auto r =
       parseConfig(Side::kPrincipal, principalArgs({"--redis-creds-dir-path=" + dir_}), env({}), 1);
   ASSERT_TRUE(r.config) << r.message;
-  EXPECT_EQ(r.config->principal.redisPassword, "r3dis-pw");  // trimmed, as upstream
-  EXPECT_EQ(r.config->principal.redisUsername, "");
+  EXPECT_EQ(r.config->principal.redis.password, "r3dis-pw");  // trimmed, as upstream
+  EXPECT_EQ(r.config->principal.redis.username, "");
   r = parseConfig(Side::kPrincipal,
                   principalArgs({"--redis-creds-dir-path=" + dir_, "--redis-password=x"}), env({}),
                   1);

@@ -35,6 +35,8 @@ using delivery::Clock;
 constexpr auto kIdleNext = 30 * kj::SECONDS;  // an empty answer keeps next() from ageing out
 constexpr uint32_t kMaxBatch = 1024;
 constexpr auto kRestoreWait = 10 * kj::SECONDS;  // streams wait this long for Redis at start
+// The agent's cache worker keeps one state, of its stream from the principal, under this name.
+constexpr const char* kPeer = "principal";
 
 kj::Duration toKj(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count() * kj::NANOSECONDS;
@@ -96,22 +98,28 @@ class StoreImpl;
 
 class Store {
  public:
+  // The principal's store holds every agent's state (and writes Argo CD's cluster info); the
+  // agent's holds its own, under the name "principal": what it received and applied.
   Store(const Config& config, kj::Timer& timer, kj::UnixEventPort& port,
         const std::string& runtimeDir)
-      : config_(config), timer_(timer), sink_(config.common.eventLog) {
-    if (!config.principal.syntheticEvents.empty()) {
+      : config_(config),
+        principal_(config.side == Side::kPrincipal),
+        redisConfig_(principal_ ? config.principal.redis : config.agent.redis),
+        timer_(timer),
+        sink_(config.common.eventLog) {
+    if (principal_ && !config.principal.syntheticEvents.empty()) {
       synthetic_ = delivery::parseSyntheticSpec(config.principal.syntheticEvents);
     }
-    const auto& p = config.principal;
-    if (!p.redisAddress.empty()) {
+    const RedisConfig& r = redisConfig_;
+    if (!r.address.empty()) {
       RedisLink::Options o;
-      o.host = p.redisHost;
-      o.port = p.redisPort;
-      o.password = p.redisPassword;
-      o.username = p.redisUsername;
-      o.tls = p.redisTls;
-      o.tlsCaPath = p.redisCaPath;
-      o.tlsInsecure = p.redisTlsInsecure;
+      o.host = r.host;
+      o.port = r.port;
+      o.password = r.password;
+      o.username = r.username;
+      o.tls = r.tls;
+      o.tlsCaPath = r.caPath;
+      o.tlsInsecure = r.tlsInsecure;
       o.tlsSocket = runtimeDir + "/redis-tls.sock";
       auto restored = kj::newPromiseAndFulfiller<void>();
       restored_ = restored.promise.fork();
@@ -160,7 +168,7 @@ class Store {
         hdel.push_back(journal::outField(r));
       } else {
         hset.push_back(journal::outField(r));
-        hset.push_back(journal::encodeEvents(events, config_.principal.redisGzip));
+        hset.push_back(journal::encodeEvents(events, redisConfig_.gzip));
       }
     }
     if (withSource) {
@@ -180,7 +188,7 @@ class Store {
     for (const auto& r : resources) {
       if (const auto* ids = a.ledger.recent(r)) {
         hset.push_back(journal::inField(r));
-        hset.push_back(journal::encodeIds(*ids, config_.principal.redisGzip));
+        hset.push_back(journal::encodeIds(*ids, redisConfig_.gzip));
       }
     }
     return redis_->command(std::move(hset)).ignoreResult();
@@ -202,12 +210,11 @@ class Store {
                                        "streams", std::to_string(a->streams)};
       for (const auto& r : a->writer.trackedResources()) {
         hset.push_back(journal::outField(r));
-        hset.push_back(
-            journal::encodeEvents(a->writer.trackedEvents(r), config_.principal.redisGzip));
+        hset.push_back(journal::encodeEvents(a->writer.trackedEvents(r), redisConfig_.gzip));
       }
       a->ledger.forEach([&](const std::string& r, const std::deque<std::string>& ids) {
         hset.push_back(journal::inField(r));
-        hset.push_back(journal::encodeIds(ids, config_.principal.redisGzip));
+        hset.push_back(journal::encodeIds(ids, redisConfig_.gzip));
       });
       redis_->send({"DEL", key});
       redis_->send(hset);
@@ -216,13 +223,13 @@ class Store {
 
   // Argo CD's cluster info for `a` (connected: it has a stream), when Redis is configured.
   void writeClusterInfo(const AgentState& a) {
-    if (!redis_ || !redis_->ready()) return;
+    if (!principal_ || !redis_ || !redis_->ready()) return;
     const auto& p = config_.principal;
     std::string value =
         clusterinfo::value(a.name, a.session != nullptr, std::chrono::system_clock::now());
-    if (p.redisGzip) value = gzip::compress(value);
+    if (p.redis.gzip) value = gzip::compress(value);
     redis_->setex(
-        clusterinfo::key(clusterinfo::serverUrl(p.resourceProxyAddress, a.name), p.redisGzip),
+        clusterinfo::key(clusterinfo::serverUrl(p.resourceProxyAddress, a.name), p.redis.gzip),
         value, static_cast<int>(clusterinfo::kTtl.count()));
   }
   // After every (re)connect: Redis may have lost everything.
@@ -308,6 +315,13 @@ class Store {
   }
 
   std::string describe() {
+    if (!principal_) {
+      auto it = agents_.find(kPeer);
+      return "events from the principal applied: " + std::to_string(sink_.applied()) + " (" +
+             std::to_string(sink_.resources()) + " resources), streams: " +
+             std::to_string(it == agents_.end() ? 0 : it->second->streams) +
+             " (in memory), Redis: " + (redis_ ? redis_->state() : "none configured");
+    }
     uint64_t tracked = 0, leased = 0;
     for (auto& [n, a] : agents_) {
       tracked += a->writer.tracked();
@@ -324,6 +338,8 @@ class Store {
 
  private:
   const Config& config_;
+  bool principal_;
+  const RedisConfig& redisConfig_;  // the side's
   kj::Timer& timer_;
   delivery::MemorySink sink_;
   std::optional<delivery::SyntheticSpec> synthetic_;
@@ -526,6 +542,9 @@ kj::Promise<void> SessionImpl::received(ReceivedContext context) {
         applied.insert(resource);
         verdicts.set(i, ipc::Verdict::APPLIED);
         break;
+      case delivery::Sink::Result::kDuplicate:
+        verdicts.set(i, ipc::Verdict::DUPLICATE);
+        break;
       case delivery::Sink::Result::kRetry:
         verdicts.set(i, ipc::Verdict::RETRY);
         break;
@@ -601,32 +620,39 @@ class CacheRole final : public Role, public AgentDirectory {
   explicit CacheRole(WorkerEnv& env) : env_(env) {}
 
   kj::Promise<void> start() override {
-    if (env_.args.side == Side::kPrincipal) {
-      store_ = std::make_shared<Store>(env_.config, env_.timer, env_.io.unixEventPort,
-                                       env_.args.runtimeDir);
-      const auto& p = env_.config.principal;
-      if (p.redisAddress.empty()) {
-        spdlog::info(
-            "agent state in memory; no Redis configured (--redis-server-address): "
-            "Argo CD's cluster info is not written");
-      } else {
+    bool principal = env_.args.side == Side::kPrincipal;
+    store_ = std::make_shared<Store>(env_.config, env_.timer, env_.io.unixEventPort,
+                                     env_.args.runtimeDir);
+    const RedisConfig& r = principal ? env_.config.principal.redis : env_.config.agent.redis;
+    const char* caFlag = principal ? "--redis-ca-path" : "--redis-tls-ca-path";
+    if (r.address.empty()) {
+      spdlog::info(principal
+                       ? "agent state in memory; no Redis configured (--redis-server-address): "
+                         "Argo CD's cluster info is not written"
+                       : "delivery state in memory (what the agent received and applied "
+                         "outlives its transport, not this worker); no Redis configured "
+                         "(--redis-addr)");
+    } else {
+      std::string tls = !r.tls             ? ""
+                        : r.tlsInsecure    ? ", TLS NOT VERIFIED (--redis-tls-insecure)"
+                        : r.caPath.empty() ? ", TLS verified against the system's CAs"
+                                           : std::string(", TLS verified against ") + caFlag;
+      if (principal) {
         spdlog::info(
             "agent state in memory, kept in Redis too; Argo CD's cluster info in Redis at {} "
             "({}{})",
-            p.redisAddress, p.redisGzip ? "gzip" : "no compression",
-            !p.redisTls             ? ""
-            : p.redisTlsInsecure    ? ", TLS NOT VERIFIED (--redis-tls-insecure)"
-            : p.redisCaPath.empty() ? ", TLS verified against the system's CAs"
-                                    : ", TLS verified against --redis-ca-path");
-        if (p.redisTls && p.redisTlsInsecure) {
-          spdlog::warn("INSECURE: not verifying Redis's TLS certificate (--redis-tls-insecure)");
-        }
+            r.address, r.gzip ? "gzip" : "no compression", tls);
+      } else {
+        spdlog::info("delivery state in memory, kept in Redis at {} too (gzip{})", r.address, tls);
       }
-      serving_ = serveServiceSocket(env_.io, kj::heap<StoreImpl>(store_))
-                     .eagerlyEvaluate([](kj::Exception&& e) {
-                       spdlog::error("agent store: {}", e.getDescription().cStr());
-                     });
+      if (r.tls && r.tlsInsecure) {
+        spdlog::warn("INSECURE: not verifying Redis's TLS certificate (--redis-tls-insecure)");
+      }
     }
+    serving_ = serveServiceSocket(env_.io, kj::heap<StoreImpl>(store_))
+                   .eagerlyEvaluate([](kj::Exception&& e) {
+                     spdlog::error("agent store: {}", e.getDescription().cStr());
+                   });
     return kj::READY_NOW;
   }
 
@@ -664,6 +690,7 @@ class CacheRole final : public Role, public AgentDirectory {
                      {},
                      static_cast<double>(r->failedWrites())});
     }
+    if (env_.args.side != Side::kPrincipal) return out;
     for (const auto& [name, a] : store_->agents()) {
       std::vector<std::pair<std::string, std::string>> agent = {{"agent_name", name}};
       const delivery::WriterStats& w = a->writer.stats();

@@ -127,7 +127,8 @@ namespace detail {
 std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                                 std::mutex& ledgerMu, std::string_view source,
                                 const std::string& peer, PumpStats& stats,
-                                const EventObserver& observer, Processed& outcome, bool& isAck) {
+                                const EventObserver& observer, Processed& outcome, bool& isAck,
+                                const ProcessedObserver& processed) {
   ++stats.received;
   if (observer) observer(e);
   outcome = Processed::kFailure;
@@ -164,6 +165,27 @@ std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, Rece
     default:
       break;
   }
+  if (sink.deferred()) {
+    // Applied (or found a duplicate) by the sink's owner; ACKed once it answered. The ACK goes
+    // to the Outbox, which outlives streams: an answer after this stream ended is sent on the
+    // next one (the sender may still track the event: it re-sent it meanwhile).
+    isAck = true;
+    ++stats.deferred;
+    auto began = std::chrono::steady_clock::now();
+    sink.applyLater(e, [&outbox, ack = ce::makeAck(e, source), target = ce::target(e), began,
+                        processed, peer, type = e.type(), resource](Sink::Result r) mutable {
+      Processed outcome = r == Sink::Result::kApplied     ? Processed::kSuccess
+                          : r == Sink::Result::kDuplicate ? Processed::kDiscarded
+                                                          : Processed::kFailure;
+      if (processed) processed(target, outcome, std::chrono::steady_clock::now() - began);
+      if (r == Sink::Result::kRejected) {
+        spdlog::error("{}: event type '{}' for resource '{}' not applied", peer, type,
+                      resource.substr(0, 128));
+      }
+      if (r != Sink::Result::kRetry) outbox.enqueueUntracked(std::move(ack));
+    });
+    return std::nullopt;
+  }
   std::string eventId = ce::stringAttr(e, "eventid");
   {
     std::lock_guard<std::mutex> lock(ledgerMu);
@@ -182,6 +204,7 @@ std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, Rece
       outcome = Processed::kSuccess;
       return ce::makeAck(e, source);
     }
+    case Sink::Result::kDuplicate:  // only a deferred sink knows of duplicates
     case Sink::Result::kRetry:
       return std::nullopt;  // no ACK: the sender re-sends later
     case Sink::Result::kRejected:

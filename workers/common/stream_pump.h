@@ -19,6 +19,7 @@
 #include <grpcpp/support/config.h>
 
 #include "eventstream.pb.h"
+#include "workers/common/cloudevents.h"
 #include "workers/common/event_writer.h"
 
 namespace aa::delivery {
@@ -52,10 +53,16 @@ class Outbox {
 // Where received business events go (a later issue plugs real stores in).
 class Sink {
  public:
-  enum class Result { kApplied, kRetry, kRejected };
-  virtual ~Sink() = default;
+  enum class Result { kApplied, kDuplicate, kRetry, kRejected };
+  virtual ~Sink() noexcept(false) = default;  // a sink may own KJ objects (state_link.h)
   // `problem` is set for kRejected (logged with the resource).
   virtual Result apply(const Event& event, std::string& problem) = 0;
+  // A deferred sink keeps its own receive ledger elsewhere (the agent's cache worker) and
+  // answers later, on another thread: applyLater instead of the pump's ledger and apply. `done`
+  // may run after the stream that received the event ended; it must not need the stream.
+  virtual bool deferred() const { return false; }
+  using Done = std::function<void(Result)>;
+  virtual void applyLater(const Event& /*event*/, Done done) { done(Result::kRetry); }
 };
 
 // Checks the §1.4 rules for a received event. Returns the problem, or nullopt if acceptable.
@@ -63,6 +70,7 @@ std::optional<std::string> validateEvent(const Event& event);
 
 struct PumpStats {
   uint64_t received = 0, applied = 0, duplicates = 0, rejected = 0, acksReceived = 0;
+  uint64_t deferred = 0;                   // handed to a deferred sink (answered later)
   uint64_t unsupported = 0;                // recognised upstream types ACKed without action
   std::set<std::string> unsupportedTypes;  // those already logged on this stream
 };
@@ -75,9 +83,10 @@ using EventObserver = std::function<void(const Event& event)>;
 // be retried) or discarded (a duplicate, or a type this implementation does not act on).
 enum class Processed { kSuccess, kFailure, kDiscarded };
 const char* toString(Processed p);
-// Optional observer told of each such event after it was handled, with the time it took.
-using ProcessedObserver =
-    std::function<void(const Event& event, Processed outcome, std::chrono::nanoseconds took)>;
+// Optional observer told of each such event after it was handled: its target (dataschema), the
+// outcome and the time it took.
+using ProcessedObserver = std::function<void(const std::string& target, Processed outcome,
+                                             std::chrono::nanoseconds took)>;
 
 // Runs until the stream ends (Read fails) or a Write fails. `Stream` is a grpc++ sync
 // ReaderWriter (client or server side). `peer` names the other side in logs. `sent`, if given,
@@ -96,11 +105,13 @@ PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& 
 // --- implementation helpers (stream_pump.cc) ---
 namespace detail {
 // Handles one received event; returns an ACK to send (or nullopt). `outcome` is set for every
-// event but an ACK (then it is left alone and `isAck` set).
+// event but an ACK (then it is left alone and `isAck` set). An event handed to a deferred sink
+// sets `isAck` too (it is reported when the sink answers, through `processed`).
 std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                                 std::mutex& ledgerMu, std::string_view source,
                                 const std::string& peer, PumpStats& stats,
-                                const EventObserver& observer, Processed& outcome, bool& isAck);
+                                const EventObserver& observer, Processed& outcome, bool& isAck,
+                                const ProcessedObserver& processed);
 }  // namespace detail
 
 template <class Stream>
@@ -138,9 +149,9 @@ PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& 
     Processed outcome = Processed::kSuccess;
     bool isAck = false;
     auto ack = detail::onReceived(in.event(), outbox, sink, ledger, ledgerMu, source, peer, stats,
-                                  observer, outcome, isAck);
+                                  observer, outcome, isAck, processed);
     if (processed && !isAck) {
-      processed(in.event(), outcome, std::chrono::steady_clock::now() - began);
+      processed(ce::target(in.event()), outcome, std::chrono::steady_clock::now() - began);
     }
     if (ack) outbox.enqueueUntracked(std::move(*ack));
   }

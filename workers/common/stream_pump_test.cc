@@ -7,6 +7,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -134,6 +135,82 @@ TEST(StreamPump, ProducersWaitForAcksWhileThePeerSendsToo) {
   EXPECT_EQ(sink.applied, kFromPeer);
   EXPECT_EQ(outbox.stats().acked, uint64_t{kProducers * kPerProducer});
   EXPECT_EQ(outbox.tracked(), 0u);
+}
+
+// A deferred sink answers later, from its own thread (as the agent's cache worker link does).
+class DeferredSink final : public Sink {
+ public:
+  Result apply(const Event&, std::string&) override { return Result::kRetry; }
+  bool deferred() const override { return true; }
+  void applyLater(const Event& e, Done done) override {
+    std::lock_guard<std::mutex> lock(mu);
+    pending.emplace_back(ce::stringAttr(e, "resourceid"), std::move(done));
+    cv.notify_all();
+  }
+  // Waits for `n` pending events and answers each with what `verdict` says for its resource.
+  void answer(size_t n, const std::function<Result(const std::string&)>& verdict) {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, kTimeout, [&] { return pending.size() >= n; }));
+    auto taken = std::move(pending);
+    pending.clear();
+    lock.unlock();
+    std::thread([&taken, &verdict] {
+      for (auto& [resource, done] : taken) done(verdict(resource));
+    }).join();
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::pair<std::string, Done>> pending;
+};
+
+TEST(StreamPump, ADeferredSinkIsAckedOnlyWhenItAnswersAndNeverForRetry) {
+  Outbox outbox;
+  FakeStream stream;
+  DeferredSink sink;
+  ReceiveLedger ledger;
+  std::mutex ledgerMu;
+  std::vector<std::tuple<std::string, Processed>> outcomes;
+  std::mutex outcomesMu;
+  PumpStats stats;
+  std::thread pump([&] {
+    stats = pumpStream(stream, outbox, sink, ledger, ledgerMu, "test", "peer", nullptr, nullptr,
+                       [&](const std::string& target, Processed p, std::chrono::nanoseconds) {
+                         std::lock_guard<std::mutex> lock(outcomesMu);
+                         outcomes.emplace_back(target, p);
+                       });
+  });
+  for (const char* r : {"applied", "duplicate", "retry", "rejected"}) stream.send(create(r, "e1"));
+  stream.send(create("applied", "e1"));  // the same event again: the sink decides, not the pump
+  sink.answer(5, [](const std::string& r) {
+    return r == "applied"     ? Sink::Result::kApplied
+           : r == "duplicate" ? Sink::Result::kDuplicate
+           : r == "retry"     ? Sink::Result::kRetry
+                              : Sink::Result::kRejected;
+  });
+  std::multiset<std::string> acked;
+  for (int i = 0; i < 4; ++i) {
+    auto e = stream.next();
+    ASSERT_TRUE(e) << "only " << acked.size() << " ACKs";
+    EXPECT_EQ(e->type(), ce::kProcessed);
+    acked.insert(ce::stringAttr(*e, "resourceid"));
+  }
+  stream.close();
+  pump.join();
+  EXPECT_EQ(acked, (std::multiset<std::string>{"applied", "applied", "duplicate", "rejected"}));
+  EXPECT_EQ(stats.deferred, 5u);
+  EXPECT_EQ(stats.applied, 0u);  // the pump applied nothing itself
+  std::lock_guard<std::mutex> lock(outcomesMu);
+  ASSERT_EQ(outcomes.size(), 5u);
+  int success = 0, discarded = 0, failure = 0;
+  for (const auto& [target, p] : outcomes) {
+    EXPECT_EQ(target, "application");
+    success += p == Processed::kSuccess;
+    discarded += p == Processed::kDiscarded;
+    failure += p == Processed::kFailure;
+  }
+  EXPECT_EQ(success, 2);
+  EXPECT_EQ(discarded, 1);
+  EXPECT_EQ(failure, 2);  // retry and rejected
 }
 
 }  // namespace

@@ -42,6 +42,7 @@
 #include "workers/common/cloudevents.h"
 #include "workers/common/grpc_ws.h"
 #include "workers/common/jwt.h"
+#include "workers/common/mailbox.h"
 #include "workers/common/queue_gate.h"
 #include "workers/common/role.h"
 #include "workers/common/rpc_metrics.h"
@@ -127,52 +128,7 @@ std::optional<jwt::Claims> checkToken(const grpc::ServerContext& ctx, const jwt:
 }
 
 // ---------------------------------------------------------------------------------------------
-// Serving threads -> KJ thread.
-
-class Mailbox {
- public:
-  explicit Mailbox(kj::UnixEventPort& port)
-      : fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-        observer_(port, fd_, kj::UnixEventPort::FdObserver::OBSERVE_READ) {}
-
-  // Any thread. Wakes the KJ thread only when the mailbox was empty.
-  void post(std::function<void()> job) {
-    bool wasEmpty;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      wasEmpty = jobs_.empty();
-      jobs_.push_back(std::move(job));
-    }
-    if (wasEmpty) {
-      uint64_t one = 1;
-      ssize_t n = ::write(fd_, &one, sizeof one);
-      (void)n;  // EAGAIN only when the counter is huge: the KJ thread is awake anyway
-    }
-  }
-
-  // KJ thread: runs jobs as they arrive, then `after` once per batch.
-  kj::Promise<void> run(std::function<void()> after) {
-    return observer_.whenBecomesReadable().then([this, after]() {
-      uint64_t v;
-      ssize_t n = ::read(fd_, &v, sizeof v);  // before taking the jobs: see post()
-      (void)n;
-      std::vector<std::function<void()>> jobs;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        jobs.swap(jobs_);
-      }
-      for (auto& j : jobs) j();
-      after();
-      return run(after);
-    });
-  }
-
- private:
-  kj::AutoCloseFd fd_;  // before observer_: closed after it left the epoll set
-  kj::UnixEventPort::FdObserver observer_;
-  std::mutex mu_;
-  std::vector<std::function<void()>> jobs_;
-};
+// Serving threads -> KJ thread: workers/common/mailbox.h.
 
 // The serving threads' queues (queue_gate.h).
 QueueGate gQueues;

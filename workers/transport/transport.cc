@@ -28,6 +28,7 @@
 #include "workers/common/synthetic.h"
 #include "workers/transport/agent_credentials.h"
 #include "workers/transport/grpc_ws_client.h"
+#include "workers/transport/state_link.h"
 #include "workers/transport/tls_connector.h"
 
 namespace aa {
@@ -88,8 +89,7 @@ class TransportRole final : public Role {
   explicit TransportRole(WorkerEnv& env)
       : env_(env),
         config_(env.config.agent),
-        outbox_(delivery::WriterOptions{static_cast<size_t>(env.config.common.sendQueueSize)}),
-        sink_(env.config.common.eventLog) {}
+        outbox_(delivery::WriterOptions{static_cast<size_t>(env.config.common.sendQueueSize)}) {}
 
   ~TransportRole() noexcept(false) override { stopAndJoin(); }
 
@@ -163,6 +163,7 @@ class TransportRole final : public Role {
           "INSECURE: Connecting without TLS - ensure Istio or similar service mesh "
           "provides mTLS");
     }
+    sink_ = std::make_unique<CacheSink>(env_.io, env_.timer, env_.args.runtimeDir + "/cache.sock");
     thread_ = std::thread([this] { run(); });
     return kj::READY_NOW;
   }
@@ -176,18 +177,22 @@ class TransportRole final : public Role {
   // it took to handle (validate, de-duplicate, apply, ACK), by outcome; the time since the
   // principal stamped `sentat` when it first sent it (upstream's principals stamp it, this
   // project's do not yet); failures by target.
-  void observeProcessed(const delivery::Event& e, delivery::Processed outcome,
+  void observeProcessed(const std::string& target, delivery::Processed outcome,
                         std::chrono::nanoseconds took) {
-    std::string target = ce::target(e);
-    if (auto sent = ce::parseRfc3339Nanos(ce::stringAttr(e, "sentat"))) {
-      auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                     std::chrono::system_clock::now().time_since_epoch())
-                     .count();
-      propagation_.observe({target}, std::max<int64_t>(0, now - *sent) / 1e9);
-    }
     processingTime_.observe({delivery::toString(outcome), config_.agentMode, target},
                             std::chrono::duration<double>(took).count());
     if (outcome == delivery::Processed::kFailure) errors_.add({target});
+  }
+  // Before an event is handled, as upstream measures it.
+  void observePropagation(const delivery::Event& e) {
+    auto it = e.attributes().find("sentat");
+    if (it == e.attributes().end() || !it->second.has_ce_string()) return;
+    if (auto sent = ce::parseRfc3339Nanos(it->second.ce_string())) {
+      auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                     std::chrono::system_clock::now().time_since_epoch())
+                     .count();
+      propagation_.observe({ce::target(e)}, std::max<int64_t>(0, now - *sent) / 1e9);
+    }
   }
 
   // Upstream's agent metrics that the transport counts (ipc/observe.capnp Sample).
@@ -246,6 +251,7 @@ class TransportRole final : public Role {
       auto us = std::chrono::duration_cast<std::chrono::microseconds>(*heartbeatRtt_).count();
       out += ", heartbeat RTT " + std::to_string(us) + "us";
     }
+    if (sink_) out += ", " + sink_->describe();
     return out;
   }
 
@@ -542,10 +548,13 @@ class TransportRole final : public Role {
       }
       std::thread refresher([&] { refreshLoop(channel, streamDone); });
       auto stats = delivery::pumpStream(
-          *stream, outbox_, sink_, ledger_, ledgerMu_, kSource, "principal",
+          *stream, outbox_, *sink_, ledger_, ledgerMu_, kSource, "principal",
           [&](const delivery::Event& ack) {
             rpc_.receive(Rpc::kSubscribe);
-            if (ack.type() != ce::kProcessed) return;
+            if (ack.type() != ce::kProcessed) {
+              observePropagation(ack);
+              return;
+            }
             if (auto rtt = monitor.acked(ce::stringAttr(ack, "eventid"),
                                          std::chrono::steady_clock::now())) {
               spdlog::debug("heartbeat ACK after {}us", rtt->count() / 1000);
@@ -554,8 +563,8 @@ class TransportRole final : public Role {
             }
           },
           &rpc_.sent[RpcCounters::index(Rpc::kSubscribe)],
-          [&](const delivery::Event& e, delivery::Processed outcome,
-              std::chrono::nanoseconds took) { observeProcessed(e, outcome, took); });
+          [this](const std::string& target, delivery::Processed outcome,
+                 std::chrono::nanoseconds took) { observeProcessed(target, outcome, took); });
       connected_ = false;
       connectedSinceUnix_ = 0;
       {
@@ -642,7 +651,9 @@ class TransportRole final : public Role {
   LifetimePattern lifetimes_;
   // Delivery state outlives streams: un-ACKed events are re-sent on the next stream.
   delivery::Outbox outbox_;
-  delivery::MemorySink sink_;
+  // Received events are applied in the cache worker (state_link.h), through its ledger: the
+  // pump's own ledger stays empty.
+  std::unique_ptr<CacheSink> sink_;
   delivery::ReceiveLedger ledger_;
   std::mutex ledgerMu_;
 };
