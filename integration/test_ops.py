@@ -205,6 +205,12 @@ class OpsTest(h.IntegrationTestCase):
         self.assertGreaterEqual(started, connect_started - 1, abody)
         self.assertLessEqual(started, time.time() + 1, abody)
         self.assertIsNone(value(asamples, "agent_errors", resource_type="application"), abody)
+        # The principal stamps sentat on each send: the agent measured all three (loopback, one
+        # clock: well under the 10 s bucket).
+        self.assertEqual(value(asamples, "agent_event_propagation_latency_seconds_count",
+                               resource_type="application"), 3, abody)
+        self.assertEqual(value(asamples, "agent_event_propagation_latency_seconds_bucket",
+                               resource_type="application", le="10"), 3, abody)
         self.assertEqual(value(asamples, "grpc_client_started_total", **auth), 1, abody)
         self.assertEqual(value(asamples, "grpc_client_handled_total", grpc_code="OK", **auth), 1)
         self.assertEqual(value(asamples, "grpc_client_msg_received_total", **auth), 1, abody)

@@ -151,4 +151,31 @@ std::optional<int64_t> parseRfc3339Nanos(std::string_view t) {
   return secs * 1000000000 + nanos;
 }
 
+std::string formatRfc3339Nanos(int64_t nanos) {
+  int64_t secs = nanos / 1000000000, frac = nanos % 1000000000;
+  if (frac < 0) {
+    frac += 1000000000;
+    secs -= 1;
+  }
+  time_t t = static_cast<time_t>(secs);
+  struct tm tm {};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::string out(buf, n);
+  if (frac != 0) {
+    char f[16];
+    snprintf(f, sizeof f, ".%09lld", static_cast<long long>(frac));
+    std::string fs(f);
+    fs.erase(fs.find_last_not_of('0') + 1);
+    out += fs;
+  }
+  out += 'Z';
+  return out;
+}
+
+void stampSentAt(io::cloudevents::v1::CloudEvent& e, int64_t nanos) {
+  (*e.mutable_attributes())["sentat"].set_ce_string(formatRfc3339Nanos(nanos));
+}
+
 }  // namespace aa::ce

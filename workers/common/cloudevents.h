@@ -44,6 +44,12 @@ std::string target(const io::cloudevents::v1::CloudEvent& e);
 // Go's time.RFC3339Nano as upstream stamps `sentat` ("2026-11-26T10:00:00.000000001Z", or an
 // offset instead of Z), as nanoseconds since the Unix epoch; nullopt if it is not that form.
 std::optional<int64_t> parseRfc3339Nanos(std::string_view text);
+// The other way, in UTC, as Go formats it: trailing zeros of the fraction dropped, and the
+// fraction with them when it is zero.
+std::string formatRfc3339Nanos(int64_t nanosSinceEpoch);
+// Stamps `sentat` (the time of this send) on an ACK-tracked event, as upstream's EventWriter
+// does on every send of one; the receiver's agent_event_propagation_latency_seconds reads it.
+void stampSentAt(io::cloudevents::v1::CloudEvent& e, int64_t nanosSinceEpoch);
 
 // The `processed` ACK for `acked`: all of its extensions copied (resourceid+eventid identify it).
 io::cloudevents::v1::CloudEvent makeAck(const io::cloudevents::v1::CloudEvent& acked,

@@ -238,6 +238,14 @@ TEST(CloudEvents, ParsesSentatAsGoFormatsIt) {
   EXPECT_EQ(aa::ce::parseRfc3339Nanos("2026-11-26T10:00:00.5Z"), 1795687200500000000);
   EXPECT_EQ(aa::ce::parseRfc3339Nanos("2026-11-26T11:30:00+01:30"), 1795687200000000000);
   EXPECT_EQ(aa::ce::parseRfc3339Nanos("2024-02-29T23:59:59.999999999-00:00"), 1709251199999999999);
+  // And back, as Go's time.Format(time.RFC3339Nano) writes them.
+  EXPECT_EQ(aa::ce::formatRfc3339Nanos(1795687200000000001), "2026-11-26T10:00:00.000000001Z");
+  EXPECT_EQ(aa::ce::formatRfc3339Nanos(1795687200500000000), "2026-11-26T10:00:00.5Z");
+  EXPECT_EQ(aa::ce::formatRfc3339Nanos(1795687200000000000), "2026-11-26T10:00:00Z");
+  EXPECT_EQ(aa::ce::formatRfc3339Nanos(0), "1970-01-01T00:00:00Z");
+  for (int64_t t : {int64_t{1709251199999999999}, int64_t{1795687200123456000}}) {
+    EXPECT_EQ(aa::ce::parseRfc3339Nanos(aa::ce::formatRfc3339Nanos(t)), t);
+  }
   for (const char* bad :
        {"", "2026-11-26", "2026-11-26T10:00:00", "2026-13-26T10:00:00Z", "2026-11-26T10:00:00.Z",
         "2026-11-26T10:00:00.0000000001Z", "2026-11-26T10:00:00Zx", "2026-11-26 10:00:00Z",

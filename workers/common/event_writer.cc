@@ -142,6 +142,14 @@ EnqueueResult EventWriter::enqueue(Event event) {
 
 void EventWriter::enqueueUntracked(Event event) { untracked_.push_back(std::move(event)); }
 
+namespace {
+int64_t wallNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
 std::vector<Event> EventWriter::takeDue(Clock::time_point now, size_t max) {
   std::vector<Event> out;
   while (!untracked_.empty() && out.size() < max) {
@@ -164,6 +172,7 @@ std::vector<Event> EventWriter::takeDue(Clock::time_point now, size_t max) {
     f.firstSent = now;
     f.resendAt = resends_.emplace(f.due, id);
     out.push_back(f.event);
+    ce::stampSentAt(out.back(), wallNanos());
     r.inFlight = std::move(f);
     ++stats_.sent;
   }
@@ -177,6 +186,7 @@ std::vector<Event> EventWriter::takeDue(Clock::time_point now, size_t max) {
     f.due = now + resendDelay(f.attempts);
     f.resendAt = resends_.emplace(f.due, id);
     out.push_back(f.event);
+    ce::stampSentAt(out.back(), wallNanos());
     ++stats_.resent;
   }
   return out;

@@ -117,6 +117,28 @@ TEST(EventWriter, UntrackedGoFirstAndAreNotTracked) {
   EXPECT_EQ(w.tracked(), 5u);
 }
 
+TEST(EventWriter, StampsSentatOnEverySendOfATrackedEventOnly) {
+  EventWriter w(noJitter(), 1);
+  w.enqueue(ev("create", "a", "a1"));
+  Event hb;
+  hb.set_type(std::string(ce::kPing));
+  w.enqueueUntracked(hb);
+  auto before = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+  auto out = w.takeDue(t0);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(ce::stringAttr(out[0], "sentat"), "") << "a heartbeat (untracked) is not stamped";
+  auto first = ce::parseRfc3339Nanos(ce::stringAttr(out[1], "sentat"));
+  ASSERT_TRUE(first) << ce::stringAttr(out[1], "sentat");
+  EXPECT_GE(*first, before);
+  auto resent = w.takeDue(t0 + 1h);  // its re-send, stamped anew
+  ASSERT_EQ(resent.size(), 1u);
+  auto second = ce::parseRfc3339Nanos(ce::stringAttr(resent[0], "sentat"));
+  ASSERT_TRUE(second);
+  EXPECT_GE(*second, *first);
+}
+
 TEST(EventWriter, BoundedWithoutDroppingAnything) {
   WriterOptions o = noJitter();
   o.capacity = 3;

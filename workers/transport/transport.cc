@@ -175,8 +175,8 @@ class TransportRole final : public Role {
 
   // Upstream's agent/inbound.go metrics for an event received from the principal: the time
   // it took to handle (validate, de-duplicate, apply, ACK), by outcome; the time since the
-  // principal stamped `sentat` when it first sent it (upstream's principals stamp it, this
-  // project's do not yet); failures by target.
+  // principal stamped `sentat` on this send of it (both upstream's principal and ours stamp
+  // every send of an ACK-tracked event); failures by target.
   void observeProcessed(const std::string& target, delivery::Processed outcome,
                         std::chrono::nanoseconds took) {
     processingTime_.observe({delivery::toString(outcome), config_.agentMode, target},
