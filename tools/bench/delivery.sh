@@ -35,7 +35,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout "$BENCH_TMP/tls.key" -out "$BE
   -days 2 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
 
 machine_info
-echo -e "system\tbytes\twindow\trep\tload1\tcount\tms\trate\tp50_us\tp99_us\tserver_cpu_ms\tclient_cpu_ms\tresent\tlo_bytes" \
+echo -e "system\tbytes\twindow\trep\tload1\tcount\tms\trate\tp50_us\tp99_us\tserver_cpu_ms\tclient_cpu_ms\tresent\tlo_bytes\tagent_cache_cpu_ms" \
   >"$RESULTS"
 
 # Our system: principal with the synthetic source, one agent. Prints one TSV line.
@@ -67,13 +67,17 @@ run_ours() {
   BENCH_PIDS+=("$apid")
   local ok=1
   wait_for_line "$alog" "started worker transport" 10 || ok=0
-  local tpid
+  local tpid cpid
   tpid=$(grep -o 'started worker transport (pid [0-9]*' "$alog" | head -n1 | grep -o '[0-9]*$')
+  # The agent's cache worker applies what the transport receives (workers/transport/state_link.h).
+  cpid=$(grep -o 'started worker cache (pid [0-9]*' "$alog" | head -n1 | grep -o '[0-9]*$')
   wait_for_line "$plog" "synthetic source:" "$TIMEOUT_S" || ok=0
   local lcpu1 tcpu lo1
   lcpu1=$(cpu_ms "$LISTENER_PID")
   lo1=$(cat /sys/class/net/lo/statistics/tx_bytes)
   tcpu=$(cpu_ms "$tpid")
+  local ccpu
+  ccpu=$(cpu_ms "${cpid:-0}")
   stop_pid "$apid"
   stop_pid "$PRINCIPAL_PID"
   if [[ $ok != 1 ]]; then
@@ -88,7 +92,7 @@ run_ours() {
   p50=$(sed -E 's/.*p50 ([0-9]+)us.*/\1/' <<<"$line")
   p99=$(sed -E 's/.*p99 ([0-9]+)us.*/\1/' <<<"$line")
   resent=$(sed -E 's/.*re-sent ([0-9]+).*/\1/' <<<"$line")
-  echo -e "$system\t$bytes\t$window\t$rep\t$load\t$count\t$ms\t$rate\t$p50\t$p99\t$((lcpu1 - lcpu0))\t$tcpu\t$resent\t$((lo1 - lo0))"
+  echo -e "$system\t$bytes\t$window\t$rep\t$load\t$count\t$ms\t$rate\t$p50\t$p99\t$((lcpu1 - lcpu0))\t$tcpu\t$resent\t$((lo1 - lo0))\t$ccpu"
 }
 
 run_echo() {

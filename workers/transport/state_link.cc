@@ -68,14 +68,19 @@ kj::Promise<ipc::AgentSession::Client> CacheSink::session() {
 }
 
 void CacheSink::flush() {
-  if (inFlight_ || retryWait_ || waiting_.empty()) return;
-  inFlight_ = true;
-  auto batch = kj::heap<std::vector<Pending>>(std::move(waiting_));
+  // Batches are pipelined (the cache worker answers them in order: one capability, E-order), up
+  // to kMaxOutstanding; the first one also opens the session, and the others wait for it.
+  if (retryWait_ || waiting_.empty() || outstanding_.size() >= kMaxOutstanding) return;
+  if (session_ == nullptr && !outstanding_.empty()) return;
+  uint64_t seq = nextSeq_++;
+  outstanding_.emplace(seq, std::move(waiting_));
   waiting_.clear();
-  auto& b = *batch;
   tasks_.add(session()
-                 .then([&b](ipc::AgentSession::Client s) {
+                 .then([this, seq](ipc::AgentSession::Client s) {
                    auto req = s.receivedRequest();
+                   auto it = outstanding_.find(seq);
+                   KJ_REQUIRE(it != outstanding_.end(), "batch requeued");
+                   auto& b = it->second;
                    auto list = req.initEvents(b.size());
                    for (size_t i = 0; i < b.size(); ++i) {
                      list[i].setResourceId(b[i].resource);
@@ -83,10 +88,16 @@ void CacheSink::flush() {
                      list[i].setEvent(kj::arrayPtr(
                          reinterpret_cast<const kj::byte*>(b[i].bytes.data()), b[i].bytes.size()));
                    }
-                   return req.send();
+                   auto sent = req.send();
+                   flush();  // the session exists now: what waits may follow at once
+                   return sent;
                  })
                  .then(
-                     [this, &b](capnp::Response<ipc::AgentSession::ReceivedResults> r) {
+                     [this, seq](capnp::Response<ipc::AgentSession::ReceivedResults> r) {
+                       auto it = outstanding_.find(seq);
+                       if (it == outstanding_.end()) return;  // requeued by a broken link
+                       auto b = std::move(it->second);
+                       outstanding_.erase(it);
                        auto verdicts = r.getVerdicts();
                        if (down_) {
                          spdlog::info("cache worker link back after {}ms: acknowledging again",
@@ -113,15 +124,14 @@ void CacheSink::flush() {
                          duplicates_ += duplicates;
                          held_ = 0;
                        }
-                       inFlight_ = false;
                        flush();
                      },
-                     [this, batch = kj::mv(batch)](kj::Exception&& e) mutable {
-                       linkBroke(std::move(*batch), e);
+                     [this, seq](kj::Exception&& e) {
+                       if (outstanding_.count(seq) != 0) linkBroke(e);
                      }));
 }
 
-void CacheSink::linkBroke(std::vector<Pending> batch, const kj::Exception& e) {
+void CacheSink::linkBroke(const kj::Exception& e) {
   session_ = nullptr;
   cache_.reset();
   if (!down_) {
@@ -132,16 +142,21 @@ void CacheSink::linkBroke(std::vector<Pending> batch, const kj::Exception& e) {
         "principal wait for their ACK until it is back",
         e.getDescription().cStr());
   }
-  // The batch goes first again, in its order; the ledger there tells what it applied already.
-  batch.insert(batch.end(), std::make_move_iterator(waiting_.begin()),
+  // Every batch not answered goes first again, in its order; the ledger there tells what it
+  // applied already.
+  std::vector<Pending> again;
+  for (auto& [seq, b] : outstanding_) {
+    again.insert(again.end(), std::make_move_iterator(b.begin()), std::make_move_iterator(b.end()));
+  }
+  outstanding_.clear();
+  again.insert(again.end(), std::make_move_iterator(waiting_.begin()),
                std::make_move_iterator(waiting_.end()));
-  waiting_ = std::move(batch);
+  waiting_ = std::move(again);
   {
     std::lock_guard<std::mutex> lock(mu_);
     held_ = waiting_.size();
   }
   retryDelay_ = std::min(kBackoffMax, retryDelay_.count() == 0 ? kBackoffFirst : retryDelay_ * 2);
-  inFlight_ = false;
   retryWait_ = true;
   tasks_.add(timer_.afterDelay(retryDelay_.count() * kj::MILLISECONDS).then([this]() {
     retryWait_ = false;

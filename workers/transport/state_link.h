@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -42,6 +43,8 @@ class CacheSink final : public delivery::Sink, private kj::TaskSet::ErrorHandler
   // Events held at most while the cache worker does not answer; more get no ACK (re-sent by
   // the principal later).
   static constexpr size_t kMaxWaiting = 10000;
+  // Batches sent and not yet answered at once.
+  static constexpr size_t kMaxOutstanding = 8;
 
  private:
   struct Pending {
@@ -51,16 +54,18 @@ class CacheSink final : public delivery::Sink, private kj::TaskSet::ErrorHandler
   void taskFailed(kj::Exception&& e) override;
   void flush();  // KJ thread
   kj::Promise<ipc::AgentSession::Client> session();
-  void linkBroke(std::vector<Pending> batch, const kj::Exception& e);
+  void linkBroke(const kj::Exception& e);
 
   kj::Timer& timer_;
   Mailbox mailbox_;
   ServiceLink cache_;
-  kj::Maybe<ipc::AgentSession::Client> session_;  // KJ thread
-  std::vector<Pending> waiting_;                  // KJ thread: for the next batch
-  bool inFlight_ = false, down_ = false;          // KJ thread
-  bool retryWait_ = false;                        // KJ thread: a retry is scheduled
-  std::chrono::milliseconds retryDelay_{0};       // KJ thread: doubles while it fails
+  kj::Maybe<ipc::AgentSession::Client> session_;          // KJ thread
+  std::vector<Pending> waiting_;                          // KJ thread: for the next batch
+  std::map<uint64_t, std::vector<Pending>> outstanding_;  // KJ thread: sent, not answered
+  uint64_t nextSeq_ = 0;                                  // KJ thread
+  bool down_ = false;                                     // KJ thread
+  bool retryWait_ = false;                                // KJ thread: a retry is scheduled
+  std::chrono::milliseconds retryDelay_{0};               // KJ thread: doubles while it fails
   std::chrono::steady_clock::time_point downSince_{};
   mutable std::mutex mu_;  // the counters below, for describe()
   uint64_t applied_ = 0, duplicates_ = 0, held_ = 0, dropped_ = 0;
