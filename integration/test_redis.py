@@ -417,3 +417,21 @@ class AgentSideStateInRedisTest(RedisCase):
         self.assertIn("Redis: degraded", agent.worker("cache")["detail"])
         self.assertEqual(agent.count(r"Redis at 127\.0\.0\.1:\d+: "), 1, "once, not per retry")
         self.assertEqual(agent.count("wr0ng-pw-7"), 0, "the Redis password was logged")
+
+    def test_an_unreachable_redis_holds_the_first_events_at_most_ten_seconds(self):
+        """The agent's cache worker waits up to 10 s at start for its Redis to restore the
+        ledger, then serves from memory: the stream flows, and the transport's open waits for
+        it (no broken-link warning)."""
+        principal = self.start_principal(users=USERS, plaintext=True,
+                                         extra=["--synthetic-events=20:5:64:agent-r"])
+        event_log = self.path("agent-events.log")
+        agent = self.start_agent(principal, user="agent-r", password=USERS["agent-r"],
+                                 extra=["--event-log", event_log,
+                                        "--redis-addr", f"127.0.0.1:{px.free_port()}"])
+        principal.wait_log(r"synthetic source: 20 events acknowledged by agent agent-r",
+                           timeout=60)
+        agent.wait_log(r"agent state: Redis did not answer within 10s; serving from memory")
+        self.assertEqual(len(h.applied_lines(event_log)), 20)
+        self.assertEqual(agent.count(r"the link to the cache worker broke"), 0)
+        self.assertEqual(agent.count(r"Stream closed after"), 0)
+

@@ -11,7 +11,8 @@
 namespace aa {
 namespace {
 
-constexpr auto kOpenDeadline = 5 * kj::SECONDS;
+// Longer than the cache worker's wait for Redis at start (10 s): an open waits for the restore.
+constexpr auto kOpenDeadline = 15 * kj::SECONDS;
 constexpr std::chrono::milliseconds kBackoffFirst{100}, kBackoffMax{2000};
 
 // The agent has one stream; the cache worker never needs to close it.
