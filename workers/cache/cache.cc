@@ -268,6 +268,7 @@ class Store {
 
   kj::Timer& timer() { return timer_; }
   delivery::MemorySink& sink() { return sink_; }
+  bool principalSide() const { return principal_; }
 
   AgentState& agent(const std::string& name) {
     auto& a = agents_[name];
@@ -549,8 +550,11 @@ kj::Promise<void> SessionImpl::received(ReceivedContext context) {
         verdicts.set(i, ipc::Verdict::RETRY);
         break;
       case delivery::Sink::Result::kRejected:
-        spdlog::error("agent {}: event type '{}' for resource '{}' not applied: {}", agent_.name,
-                      e.type(), resource.substr(0, 128), problem);
+        // On the agent, the one state is the stream from the principal.
+        spdlog::error(
+            "{}: event type '{}' for resource '{}' not applied: {}",
+            store_.principalSide() ? "agent " + agent_.name : std::string("from the principal"),
+            e.type(), resource.substr(0, 128), problem);
         verdicts.set(i, ipc::Verdict::REJECTED);
         break;
     }

@@ -172,16 +172,13 @@ std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, Rece
     isAck = true;
     ++stats.deferred;
     auto began = std::chrono::steady_clock::now();
+    // (A rejection is logged, with its reason, by the sink's owner.)
     sink.applyLater(e, [&outbox, ack = ce::makeAck(e, source), target = ce::target(e), began,
-                        processed, peer, type = e.type(), resource](Sink::Result r) mutable {
+                        processed](Sink::Result r) mutable {
       Processed outcome = r == Sink::Result::kApplied     ? Processed::kSuccess
                           : r == Sink::Result::kDuplicate ? Processed::kDiscarded
                                                           : Processed::kFailure;
       if (processed) processed(target, outcome, std::chrono::steady_clock::now() - began);
-      if (r == Sink::Result::kRejected) {
-        spdlog::error("{}: event type '{}' for resource '{}' not applied", peer, type,
-                      resource.substr(0, 128));
-      }
       if (r != Sink::Result::kRetry) outbox.enqueueUntracked(std::move(ack));
     });
     return std::nullopt;

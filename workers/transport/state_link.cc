@@ -40,8 +40,10 @@ void CacheSink::applyLater(const delivery::Event& event, Done done) {
   event.SerializeToString(&p.bytes);
   mailbox_.post([this, p = std::move(p)]() mutable {
     if (waiting_.size() >= kMaxWaiting) {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++dropped_;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++dropped_;
+      }
       p.done(Result::kRetry);  // no ACK: the principal sends it again
       return;
     }
