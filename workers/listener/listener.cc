@@ -171,8 +171,11 @@ struct Counters {
                                    {"status", "agent_name", "resource_type"}};
   LabelledCounter errors{
       "principal_errors", "The total number of errors occurred in principal", {"resource_type"}};
+  // Off with --metrics-port 0: nothing reads them, and a series per agent costs memory.
+  bool observeEvents = true;
   void processed(delivery::Processed outcome, const std::string& agent, const std::string& target,
                  std::chrono::steady_clock::time_point arrived) {
+    if (!observeEvents) return;
     processingTime.observe(
         {delivery::toString(outcome), agent, target},
         std::chrono::duration<double>(std::chrono::steady_clock::now() - arrived).count());
@@ -1314,7 +1317,9 @@ ipc::StreamControl::Client KjHub::makeControl(StreamCall* c) {
 
 class ListenerRole final : public Role {
  public:
-  explicit ListenerRole(WorkerEnv& env) : env_(env) {}
+  explicit ListenerRole(WorkerEnv& env) : env_(env) {
+    counters_.observeEvents = env.config.common.metricsPort != 0;
+  }
 
   ~ListenerRole() noexcept(false) override {
     if (hub_) hub_->beginClosing();

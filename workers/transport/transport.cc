@@ -179,12 +179,14 @@ class TransportRole final : public Role {
   // every send of an ACK-tracked event); failures by target.
   void observeProcessed(const std::string& target, delivery::Processed outcome,
                         std::chrono::nanoseconds took) {
+    if (env_.config.common.metricsPort == 0) return;  // nothing reads them
     processingTime_.observe({delivery::toString(outcome), config_.agentMode, target},
                             std::chrono::duration<double>(took).count());
     if (outcome == delivery::Processed::kFailure) errors_.add({target});
   }
   // Before an event is handled, as upstream measures it.
   void observePropagation(const delivery::Event& e) {
+    if (env_.config.common.metricsPort == 0) return;
     auto it = e.attributes().find("sentat");
     if (it == e.attributes().end() || !it->second.has_ce_string()) return;
     if (auto sent = ce::parseRfc3339Nanos(it->second.ce_string())) {
