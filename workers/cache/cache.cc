@@ -269,6 +269,7 @@ class Store {
   kj::Timer& timer() { return timer_; }
   delivery::MemorySink& sink() { return sink_; }
   bool principalSide() const { return principal_; }
+  const RedisConfig& redisConfig() const { return redisConfig_; }
 
   AgentState& agent(const std::string& name) {
     auto& a = agents_[name];
@@ -627,7 +628,7 @@ class CacheRole final : public Role, public AgentDirectory {
     bool principal = env_.args.side == Side::kPrincipal;
     store_ = std::make_shared<Store>(env_.config, env_.timer, env_.io.unixEventPort,
                                      env_.args.runtimeDir);
-    const RedisConfig& r = principal ? env_.config.principal.redis : env_.config.agent.redis;
+    const RedisConfig& r = store_->redisConfig();
     const char* caFlag = principal ? "--redis-ca-path" : "--redis-tls-ca-path";
     if (r.address.empty()) {
       spdlog::info(principal

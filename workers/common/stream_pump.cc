@@ -127,13 +127,13 @@ namespace detail {
 std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                                 std::mutex& ledgerMu, std::string_view source,
                                 const std::string& peer, PumpStats& stats,
-                                const EventObserver& observer, Processed& outcome, bool& isAck,
-                                const ProcessedObserver& processed) {
+                                const EventObserver& observer, Processed& outcome,
+                                bool& reportedElsewhere, const ProcessedObserver& processed) {
   ++stats.received;
   if (observer) observer(e);
   outcome = Processed::kFailure;
   if (e.type() == ce::kProcessed) {
-    isAck = true;
+    reportedElsewhere = true;
     ++stats.acksReceived;
     outbox.ack(ce::stringAttr(e, "resourceid"), ce::stringAttr(e, "eventid"));
     return std::nullopt;
@@ -169,7 +169,7 @@ std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, Rece
     // Applied (or found a duplicate) by the sink's owner; ACKed once it answered. The ACK goes
     // to the Outbox, which outlives streams: an answer after this stream ended is sent on the
     // next one (the sender may still track the event: it re-sent it meanwhile).
-    isAck = true;
+    reportedElsewhere = true;
     ++stats.deferred;
     auto began = std::chrono::steady_clock::now();
     // (A rejection is logged, with its reason, by the sink's owner.)

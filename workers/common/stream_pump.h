@@ -105,13 +105,13 @@ PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& 
 // --- implementation helpers (stream_pump.cc) ---
 namespace detail {
 // Handles one received event; returns an ACK to send (or nullopt). `outcome` is set for every
-// event but an ACK (then it is left alone and `isAck` set). An event handed to a deferred sink
-// sets `isAck` too (it is reported when the sink answers, through `processed`).
+// event the caller reports now; `reportedElsewhere` is set for an ACK (never reported) and for
+// an event handed to a deferred sink (reported when the sink answers, through `processed`).
 std::optional<Event> onReceived(const Event& e, Outbox& outbox, Sink& sink, ReceiveLedger& ledger,
                                 std::mutex& ledgerMu, std::string_view source,
                                 const std::string& peer, PumpStats& stats,
-                                const EventObserver& observer, Processed& outcome, bool& isAck,
-                                const ProcessedObserver& processed);
+                                const EventObserver& observer, Processed& outcome,
+                                bool& reportedElsewhere, const ProcessedObserver& processed);
 }  // namespace detail
 
 template <class Stream>
@@ -147,10 +147,10 @@ PumpStats pumpStream(Stream& stream, Outbox& outbox, Sink& sink, ReceiveLedger& 
     auto began =
         processed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
     Processed outcome = Processed::kSuccess;
-    bool isAck = false;
+    bool reportedElsewhere = false;
     auto ack = detail::onReceived(in.event(), outbox, sink, ledger, ledgerMu, source, peer, stats,
-                                  observer, outcome, isAck, processed);
-    if (processed && !isAck) {
+                                  observer, outcome, reportedElsewhere, processed);
+    if (processed && !reportedElsewhere) {
       processed(ce::target(in.event()), outcome, std::chrono::steady_clock::now() - began);
     }
     if (ack) outbox.enqueueUntracked(std::move(*ack));
