@@ -355,9 +355,12 @@ class AgentStateInRedisTest(RedisCase):
                            r"event\(s\), 0 skipped: newer in memory\), 2 unreadable value\(s\) "
                            r"left out")
         self.start_agent(principal)
-        view = json.loads(principal.ctl("agents", "--json").stdout)
-        self.assertEqual({a["name"]: a["streams"] for a in view}["agent-r"], 4,
-                         "streams restored (3) and counted on")
+        # The view merges the heartbeat and cache workers' answers; wait for the cache's.
+        def streams():
+            view = json.loads(principal.ctl("agents", "--json").stdout)
+            return {a["name"]: a.get("streams", 0) for a in view}.get("agent-r")
+        h.wait_for(lambda: streams() == 4, h.EVENT_TIMEOUT, "agent-r's streams restored (3) "
+                   "and counted on (4)", interval=0.2)
         state = redis.command("HGETALL", key)
         fields = dict(zip(state[::2], state[1::2]))
         self.assertNotIn(b"out|res-1", fields, "the unreadable value was replaced")

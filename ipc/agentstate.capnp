@@ -9,6 +9,7 @@ $import "/capnp/c++.capnp".namespace("aa::ipc");
 struct EventRef {
   resourceId @0 :Text;
   eventId @1 :Text;
+  latencyUs @2 :UInt32;  # acked: from the listener's send to the ACK's arrival (0: unknown)
 }
 
 enum Verdict {
@@ -46,14 +47,31 @@ struct AgentCount {
   count @1 :UInt64;
 }
 
+enum Handed {
+  untracked @0;  # not tracked (no resource): send it now
+  first @1;      # the resource's one in flight now; anything the stream holds for it is superseded
+  resend @2;     # the in-flight event again: send it now unless the stream holds it to send later
+  ahead @3;      # leased ahead: send it once the resource's in-flight event is acknowledged
+}
+
+struct Lease {
+  resourceId @0 :Text;
+  eventId @1 :Text;
+  handed @2 :Handed;
+}
+
 interface AgentSession {
-  next @0 (max :UInt32) -> (events :List(Data));
+  next @0 (max :UInt32, ahead :UInt32) -> (events :List(Data), leases :List(Lease));
   # Up to `max` serialized eventstreamapi.Event messages due on the stream now: ACKs first, then
-  # business events, one in flight per resource. Waits until at least one is due; resolves with
-  # an empty list after about 30 s without anything due, so that the call never ages out.
+  # business events, one in flight per resource, then (with `ahead` > 0) up to `ahead` more per
+  # resource leased ahead, in the resource's order: the listener sends each one when the ACK of
+  # the one before it arrives, without asking here (per-resource stop-and-wait on the wire, kept
+  # by the edge). `leases[i]` says what `events[i]` is. Waits until at least one is due; resolves
+  # with an empty list after about 30 s without anything due, so that the call never ages out.
+  # Events leased ahead stay tracked here until acknowledged; a new stream gets them again.
 
   acked @1 (acks :List(EventRef)) -> ();
-  # ACKs the agent sent, batched by the listener.
+  # ACKs the agent sent, batched by the listener, in the order they arrived.
 
   received @2 (events :List(Received)) -> (verdicts :List(Verdict));
   # Business events the agent sent, in order: applied once through the receive ledger.

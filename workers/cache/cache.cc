@@ -34,6 +34,10 @@ namespace {
 using delivery::Clock;
 constexpr auto kIdleNext = 30 * kj::SECONDS;  // an empty answer keeps next() from ageing out
 constexpr uint32_t kMaxBatch = 1024;
+// Leasing ahead (AgentSession.next): at most this many per resource, and per stream in all (what
+// a listener holds for one busy stream: 256 events, 4 MiB at 16 KiB each).
+constexpr uint32_t kMaxAheadPerResource = 16;
+constexpr size_t kMaxAhead = 256;
 constexpr auto kRestoreWait = 10 * kj::SECONDS;  // streams wait this long for Redis at start
 // The agent's cache worker keeps one state, of its stream from the principal, under this name.
 constexpr const char* kPeer = "principal";
@@ -80,7 +84,7 @@ class SessionImpl final : public ipc::AgentSession::Server {
   }
 
  private:
-  bool fill(NextContext& context, uint32_t max);
+  bool fill(NextContext& context, uint32_t max, uint32_t ahead);
   void wake() {
     KJ_IF_MAYBE (f, waiting_) {
       (*f)->fulfill();
@@ -455,8 +459,15 @@ SessionImpl::~SessionImpl() noexcept(false) {
 
 void SessionImpl::kick() { wake(); }
 
-bool SessionImpl::fill(NextContext& context, uint32_t max) {
-  auto due = agent_.writer.takeDue(Clock::now(), std::min(max, kMaxBatch));
+bool SessionImpl::fill(NextContext& context, uint32_t max, uint32_t ahead) {
+  max = std::min(max, kMaxBatch);
+  std::vector<delivery::Handed> why;
+  auto due = agent_.writer.takeDue(Clock::now(), max, &why);
+  if (ahead > 0 && due.size() < max) {
+    auto more = agent_.writer.takeAhead(max - due.size());
+    why.resize(due.size() + more.size(), delivery::Handed::kAhead);
+    for (auto& e : more) due.push_back(std::move(e));
+  }
   if (due.empty()) return false;  // no results yet: a waiting call holds no answer message
   std::vector<eventstreamapi::Event> msgs(due.size());
   size_t words = 8;
@@ -466,10 +477,30 @@ bool SessionImpl::fill(NextContext& context, uint32_t max) {
   }
   // Sized to fit (without a hint every answer starts with an 8 KiB segment); each event is
   // serialised straight into its Data field.
-  auto list = context.getResults(capnp::MessageSize{words, 0}).initEvents(due.size());
+  auto results = context.getResults(capnp::MessageSize{words + 16 * due.size(), 0});
+  auto list = results.initEvents(due.size());
+  auto leases = results.initLeases(due.size());
   for (size_t i = 0; i < msgs.size(); ++i) {
     auto data = list.init(i, static_cast<unsigned>(msgs[i].GetCachedSize()));
     msgs[i].SerializeWithCachedSizesToArray(data.begin());
+    const auto& e = msgs[i].event();
+    auto l = leases[i];
+    l.setResourceId(ce::stringAttr(e, "resourceid"));
+    l.setEventId(ce::stringAttr(e, "eventid"));
+    switch (why[i]) {
+      case delivery::Handed::kUntracked:
+        l.setHanded(ipc::Handed::UNTRACKED);
+        break;
+      case delivery::Handed::kFirst:
+        l.setHanded(ipc::Handed::FIRST);
+        break;
+      case delivery::Handed::kResend:
+        l.setHanded(ipc::Handed::RESEND);
+        break;
+      case delivery::Handed::kAhead:
+        l.setHanded(ipc::Handed::AHEAD);
+        break;
+    }
   }
   return true;
 }
@@ -483,7 +514,9 @@ kj::Promise<void> SessionImpl::next(NextContext context) {
   // and re-opens its state, but ends one that was superseded.
   if (superseded_) return KJ_EXCEPTION(FAILED, "a newer stream of this agent took over");
   uint32_t max = std::max<uint32_t>(1, context.getParams().getMax());
-  if (fill(context, max)) return kj::READY_NOW;
+  uint32_t ahead = std::min(context.getParams().getAhead(), kMaxAheadPerResource);
+  agent_.writer.setLeaseAhead(ahead, ahead > 0 ? kMaxAhead : 0);
+  if (fill(context, max, ahead)) return kj::READY_NOW;
   // Wait for input, the next re-send or the idle limit, whichever comes first.
   auto now = Clock::now();
   auto deadline = agent_.writer.nextDeadline(now);
@@ -492,12 +525,12 @@ kj::Promise<void> SessionImpl::next(NextContext context) {
   auto paf = kj::newPromiseAndFulfiller<void>();
   waiting_ = kj::mv(paf.fulfiller);
   return paf.promise.exclusiveJoin(store_.timer().afterDelay(wait))
-      .then([this, context, max]() mutable -> kj::Promise<void> {
+      .then([this, context, max, ahead]() mutable -> kj::Promise<void> {
         waiting_ = nullptr;
         if (superseded_) return KJ_EXCEPTION(FAILED, "a newer stream of this agent took over");
         // Woken with nothing due (an ACK that freed nothing) or idle: an empty answer, and the
         // listener asks again.
-        if (!fill(context, max)) context.getResults(capnp::MessageSize{4, 0}).initEvents(0);
+        if (!fill(context, max, ahead)) context.getResults(capnp::MessageSize{4, 0}).initEvents(0);
         return kj::READY_NOW;
       });
 }
@@ -506,8 +539,10 @@ kj::Promise<void> SessionImpl::acked(AckedContext context) {
   if (superseded_) return kj::READY_NOW;  // the newer stream re-sends what is still unacknowledged
   bool any = false;
   std::set<std::string> freed;
+  auto now = Clock::now();
   for (auto a : context.getParams().getAcks()) {
-    if (agent_.writer.ack(a.getResourceId(), a.getEventId())) {
+    if (agent_.writer.ack(a.getResourceId(), a.getEventId(), now,
+                          std::chrono::microseconds(a.getLatencyUs()))) {
       any = true;
       freed.insert(a.getResourceId());
     }

@@ -76,10 +76,23 @@ void EventWriter::markReady(const std::string& id, Resource& r) {
   }
 }
 
+void EventWriter::markAheadReady(const std::string& id, Resource& r) {
+  if (aheadPerResource_ > 0 && !r.inAheadReady && r.inFlight && r.unsent.size() > r.ahead &&
+      r.ahead < aheadPerResource_) {
+    r.inAheadReady = true;
+    aheadReady_.push_back(id);
+  }
+}
+
+void EventWriter::clearAhead(Resource& r) {
+  aheadTotal_ -= r.ahead;
+  r.ahead = 0;
+}
+
 void EventWriter::dropIfIdle(const std::string& id) {
   auto it = resources_.find(id);
   if (it != resources_.end() && !it->second.inFlight && it->second.unsent.empty() &&
-      !it->second.inReady) {
+      !it->second.inReady && !it->second.inAheadReady) {
     resources_.erase(it);
   }
 }
@@ -112,6 +125,7 @@ EnqueueResult EventWriter::enqueue(Event event) {
     tracked_ -= dropped;
     stats_.superseded += dropped;
     r.unsent.clear();
+    clearAhead(r);  // the edge's copies leave before the delete, which supersedes them
     if (r.inFlight) resends_.erase(r.inFlight->resendAt);
     r.inFlight.reset();  // its ACK, if it comes, will not match anything
     r.unsent.push_back(std::move(event));
@@ -121,7 +135,9 @@ EnqueueResult EventWriter::enqueue(Event event) {
   }
   if (type == std::string(ce::kTypePrefix) + "spec-update" ||
       type == std::string(ce::kTypePrefix) + "status-update") {
-    for (auto& pending : r.unsent) {
+    // Not into what was leased ahead: the edge has those already.
+    for (size_t i = r.ahead; i < r.unsent.size(); ++i) {
+      auto& pending = r.unsent[i];
       if (pending.type() == type) {
         pending = std::move(event);
         ++stats_.coalesced;
@@ -137,6 +153,7 @@ EnqueueResult EventWriter::enqueue(Event event) {
   r.unsent.push_back(std::move(event));
   ++tracked_;
   markReady(id, r);
+  markAheadReady(id, r);
   return EnqueueResult::kQueued;
 }
 
@@ -150,10 +167,15 @@ int64_t wallNanos() {
 }
 }  // namespace
 
-std::vector<Event> EventWriter::takeDue(Clock::time_point now, size_t max) {
+std::vector<Event> EventWriter::takeDue(Clock::time_point now, size_t max,
+                                        std::vector<Handed>* why) {
   std::vector<Event> out;
+  auto hand = [&](Event e, Handed h) {
+    out.push_back(std::move(e));
+    if (why != nullptr) why->push_back(h);
+  };
   while (!untracked_.empty() && out.size() < max) {
-    out.push_back(std::move(untracked_.front()));
+    hand(std::move(untracked_.front()), Handed::kUntracked);
     untracked_.pop_front();
   }
   while (!ready_.empty() && out.size() < max) {
@@ -171,10 +193,18 @@ std::vector<Event> EventWriter::takeDue(Clock::time_point now, size_t max) {
     f.due = now + resendDelay(0);
     f.firstSent = now;
     f.resendAt = resends_.emplace(f.due, id);
-    out.push_back(f.event);
-    ce::stampSentAt(out.back(), wallNanos());
-    r.inFlight = std::move(f);
-    ++stats_.sent;
+    if (r.ahead > 0) {
+      // Leased ahead: the edge sent it on the previous one's ACK (or will); not handed again.
+      --r.ahead;
+      --aheadTotal_;
+      r.inFlight = std::move(f);
+    } else {
+      hand(f.event, Handed::kFirst);
+      ce::stampSentAt(out.back(), wallNanos());
+      r.inFlight = std::move(f);
+      ++stats_.sent;
+    }
+    markAheadReady(id, r);
   }
   while (!resends_.empty() && resends_.begin()->first <= now && out.size() < max) {
     std::string id = std::move(resends_.begin()->second);
@@ -185,31 +215,76 @@ std::vector<Event> EventWriter::takeDue(Clock::time_point now, size_t max) {
     ++f.attempts;
     f.due = now + resendDelay(f.attempts);
     f.resendAt = resends_.emplace(f.due, id);
-    out.push_back(f.event);
+    hand(f.event, Handed::kResend);
     ce::stampSentAt(out.back(), wallNanos());
     ++stats_.resent;
   }
   return out;
 }
 
+void EventWriter::setLeaseAhead(size_t perResource, size_t total) {
+  bool more = perResource > aheadPerResource_ || total > aheadMax_;
+  aheadPerResource_ = perResource;
+  aheadMax_ = total;
+  if (more) {
+    for (auto& [id, r] : resources_) markAheadReady(id, r);
+  }
+}
+
+std::vector<Event> EventWriter::takeAhead(size_t max) {
+  std::vector<Event> out;
+  while (!aheadReady_.empty() && out.size() < max && aheadTotal_ < aheadMax_) {
+    auto it = resources_.find(aheadReady_.front());
+    if (it == resources_.end()) {
+      aheadReady_.pop_front();  // cannot happen: kept while queued here
+      continue;
+    }
+    Resource& r = it->second;
+    while (r.inFlight && r.ahead < r.unsent.size() && r.ahead < aheadPerResource_ &&
+           out.size() < max && aheadTotal_ < aheadMax_) {
+      out.push_back(r.unsent[r.ahead++]);
+      ++aheadTotal_;
+      ce::stampSentAt(out.back(), wallNanos());
+      ++stats_.sent;
+    }
+    if (r.inFlight && r.ahead < r.unsent.size() && r.ahead < aheadPerResource_) break;  // max
+    r.inAheadReady = false;
+    std::string id = std::move(aheadReady_.front());
+    aheadReady_.pop_front();
+    dropIfIdle(id);
+  }
+  return out;
+}
+
 bool EventWriter::ack(const std::string& resourceId, const std::string& eventId,
-                      Clock::time_point now) {
+                      Clock::time_point now, std::chrono::nanoseconds measured) {
   auto it = resources_.find(resourceId);
-  if (it == resources_.end() || !it->second.inFlight || it->second.inFlight->eventId != eventId) {
+  if (it == resources_.end()) return false;
+  Resource& r = it->second;
+  if (r.inFlight && r.inFlight->eventId == eventId) {
+    stats_.ackLatency.record(measured.count() > 0 ? measured : now - r.inFlight->firstSent);
+    resends_.erase(r.inFlight->resendAt);
+    r.inFlight.reset();
+  } else if (!r.inFlight && r.ahead > 0 && ce::stringAttr(r.unsent.front(), "eventid") == eventId) {
+    // Leased ahead, sent by the edge on the previous ACK, and ACKed before takeDue promoted it.
+    if (measured.count() > 0) stats_.ackLatency.record(measured);
+    r.unsent.pop_front();
+    --r.ahead;
+    --aheadTotal_;
+  } else {
     return false;
   }
-  stats_.ackLatency.record(now - it->second.inFlight->firstSent);
-  resends_.erase(it->second.inFlight->resendAt);
-  it->second.inFlight.reset();
   --tracked_;
   ++stats_.acked;
-  markReady(resourceId, it->second);
+  markReady(resourceId, r);
   dropIfIdle(resourceId);
   return true;
 }
 
 void EventWriter::onReconnect(Clock::time_point now) {
   for (auto& [id, r] : resources_) {
+    clearAhead(r);
+    markAheadReady(id, r);
     if (!r.inFlight) continue;
     resends_.erase(r.inFlight->resendAt);
     r.inFlight->due = now;
@@ -219,6 +294,7 @@ void EventWriter::onReconnect(Clock::time_point now) {
 
 std::optional<Clock::time_point> EventWriter::nextDeadline(Clock::time_point now) const {
   if (!untracked_.empty() || !ready_.empty()) return now;
+  if (!aheadReady_.empty() && aheadTotal_ < aheadMax_) return now;
   if (resends_.empty()) return std::nullopt;
   return resends_.begin()->first;
 }

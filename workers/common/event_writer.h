@@ -8,6 +8,11 @@
 // until acknowledged; pending spec-/status-updates coalesce (newest of each type wins, in place);
 // a delete supersedes everything pending for its resource; after a reconnect every in-flight
 // event is due at once. ACKs and heartbeats are untracked and always leave before business events.
+// Leasing ahead (the principal's cache worker, ARCHITECTURE.md decision 17): the next few unsent
+// events of a resource with one in flight can be handed out early, so that the edge sending them
+// can keep stop-and-wait on the wire by itself (the next one leaves on the ACK, without asking
+// here first). They stay tracked and unsent here - coalescing never touches them - until their
+// ACK arrives or takeDue promotes them to in flight without handing them out again.
 // Better than upstream: the writer is bounded and says so (kFull: the producer must wait), it
 // never drops the oldest event.
 #pragma once
@@ -39,6 +44,14 @@ struct WriterOptions {
 };
 
 enum class EnqueueResult { kQueued, kCoalesced, kSuperseded, kFull, kInvalid };
+
+// Why an event was handed out (takeDue, takeAhead).
+enum class Handed : uint8_t {
+  kUntracked,  // an ACK or heartbeat: send it now
+  kFirst,      // now the resource's one in flight (any earlier one is gone: superseded)
+  kResend,     // the in-flight event again (its re-send time came, or the stream is new)
+  kAhead,      // leased ahead: send it once the resource's current in-flight event is ACKed
+};
 const char* toString(EnqueueResult r);
 
 // Bounded latency histogram: log-scale buckets 5 % wide from 1 µs to ~1 h.
@@ -78,16 +91,31 @@ class EventWriter {
 
   // Everything that should go on the wire at `now`, in order: untracked first, then resources in
   // the order they became ready, then due re-sends. Marks returned business events in flight.
-  std::vector<Event> takeDue(Clock::time_point now, size_t max = SIZE_MAX);
+  // With `why`, one entry per returned event. An event leased ahead that becomes in flight is
+  // not returned again (the edge has it).
+  std::vector<Event> takeDue(Clock::time_point now, size_t max = SIZE_MAX,
+                             std::vector<Handed>* why = nullptr);
 
-  // Returns true if it matched the in-flight event of that resource.
+  // Leasing ahead: at most `perResource` events leased ahead per resource, `total` across all
+  // (0: never). Set before takeAhead.
+  void setLeaseAhead(size_t perResource, size_t total);
+  // Up to `max` unsent events leased ahead, in each resource's order (Handed::kAhead).
+  std::vector<Event> takeAhead(size_t max = SIZE_MAX);
+  size_t leasedAhead() const { return aheadTotal_; }
+
+  // Returns true if it matched the in-flight event of that resource, or (leasing ahead) the
+  // first event leased ahead once nothing is in flight. `measured`: the send-to-ACK time seen
+  // where the event was sent (0: from here).
   bool ack(const std::string& resourceId, const std::string& eventId,
-           Clock::time_point now = Clock::now());
+           Clock::time_point now = Clock::now(),
+           std::chrono::nanoseconds measured = std::chrono::nanoseconds(0));
 
-  // The stream was re-established: every in-flight event is re-sent at the next takeDue.
+  // The stream was re-established: every in-flight event is re-sent at the next takeDue, and
+  // what was leased ahead is unsent again (the old stream's edge took it with it).
   void onReconnect(Clock::time_point now);
 
   // When takeDue would next return something without new input (nullopt: only input can).
+  // With leasing ahead on, events that could be leased ahead count as due now.
   std::optional<Clock::time_point> nextDeadline(Clock::time_point now) const;
   bool hasUntracked() const { return !untracked_.empty(); }
   size_t tracked() const { return tracked_; }
@@ -112,19 +140,25 @@ class EventWriter {
     Resends::iterator resendAt;
   };
   struct Resource {
-    std::deque<Event> unsent;
+    std::deque<Event> unsent;  // the first `ahead` of them are leased ahead
     std::optional<InFlight> inFlight;
-    bool inReady = false;
+    uint32_t ahead = 0;
+    bool inReady = false, inAheadReady = false;
   };
 
   std::chrono::milliseconds resendDelay(int attempts);
   void markReady(const std::string& id, Resource& r);
+  void markAheadReady(const std::string& id, Resource& r);
   void dropIfIdle(const std::string& id);
+  void clearAhead(Resource& r);
 
   WriterOptions options_;
   std::minstd_rand rng_;  // re-send jitter only; 8 bytes where mt19937_64 takes 2.5 KiB per agent
   std::unordered_map<std::string, Resource> resources_;
   std::deque<std::string> ready_;  // resources with unsent events and nothing in flight
+  // Resources that may have events to lease ahead (re-checked when taken).
+  std::deque<std::string> aheadReady_;
+  size_t aheadPerResource_ = 0, aheadMax_ = 0, aheadTotal_ = 0;
   Resends resends_;
   std::deque<Event> untracked_;
   size_t tracked_ = 0;

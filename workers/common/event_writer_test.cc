@@ -105,6 +105,64 @@ TEST(EventWriter, UpdatesCoalesceAndDeleteSupersedes) {
   EXPECT_EQ(w.stats().superseded, 2u);
 }
 
+TEST(EventWriter, LeasesAheadPerResourceAndNeverHandsAnEventTwice) {
+  EventWriter w(noJitter(), 1);
+  w.setLeaseAhead(2, 3);
+  for (auto id : {"a1", "a2", "a3", "a4"}) w.enqueue(ev("create", "a", id));
+  w.enqueue(ev("create", "b", "b1"));
+  w.enqueue(ev("create", "b", "b2"));
+  std::vector<Handed> why;
+  EXPECT_EQ(ids(w.takeDue(t0, SIZE_MAX, &why)), (std::vector<std::string>{"a1", "b1"}));
+  EXPECT_EQ(why, (std::vector<Handed>{Handed::kFirst, Handed::kFirst}));
+  EXPECT_EQ(w.nextDeadline(t0), t0);  // something to lease ahead
+  // Two per resource, three in all: a2 a3 b2.
+  EXPECT_EQ(ids(w.takeAhead()), (std::vector<std::string>{"a2", "a3", "b2"}));
+  EXPECT_EQ(w.leasedAhead(), 3u);
+  EXPECT_TRUE(w.takeAhead().empty());
+  EXPECT_NE(w.nextDeadline(t0), t0);  // only the re-sends are left to wait for
+  // The edge sent a2 on a1's ACK, and a2's ACK arrived before anything was taken: it matches.
+  EXPECT_TRUE(w.ack("a", "a1"));
+  EXPECT_TRUE(w.ack("a", "a2", t0, 250us));
+  EXPECT_EQ(w.stats().ackLatency.count(), 2u);
+  // a3 becomes in flight without being handed out again; a4 may now be leased ahead.
+  why.clear();
+  EXPECT_TRUE(w.takeDue(t0, SIZE_MAX, &why).empty());
+  EXPECT_EQ(ids(w.takeAhead()), (std::vector<std::string>{"a4"}));
+  EXPECT_TRUE(w.ack("a", "a3"));
+  EXPECT_TRUE(w.ack("a", "a4"));
+  EXPECT_FALSE(w.ack("a", "a4"));  // twice: no effect
+  EXPECT_EQ(w.tracked(), 2u);      // b1 in flight, b2 leased ahead
+  EXPECT_EQ(w.stats().sent, 6u);   // each event counted once
+}
+
+TEST(EventWriter, CoalescingSparesWhatWasLeasedAheadAndDeleteOrReconnectReturnsIt) {
+  EventWriter w(noJitter(), 1);
+  w.setLeaseAhead(4, 100);
+  w.enqueue(ev("create", "a", "c"));
+  w.takeDue(t0);
+  w.enqueue(ev("spec-update", "a", "s1"));
+  EXPECT_EQ(ids(w.takeAhead()), (std::vector<std::string>{"s1"}));
+  // s1 is at the edge: s2 queues behind it instead of replacing it.
+  EXPECT_EQ(w.enqueue(ev("spec-update", "a", "s2")), EnqueueResult::kQueued);
+  EXPECT_EQ(w.enqueue(ev("spec-update", "a", "s3")), EnqueueResult::kCoalesced);
+  // A new stream: nothing is leased ahead any more, c is due again, s1 and s3 can be leased.
+  w.onReconnect(t0);
+  EXPECT_EQ(w.leasedAhead(), 0u);
+  std::vector<Handed> why;
+  EXPECT_EQ(ids(w.takeDue(t0, SIZE_MAX, &why)), (std::vector<std::string>{"c"}));
+  EXPECT_EQ(why, (std::vector<Handed>{Handed::kResend}));
+  EXPECT_EQ(ids(w.takeAhead()), (std::vector<std::string>{"s1", "s3"}));
+  // A delete supersedes the in-flight event and what was leased ahead, and is handed first.
+  EXPECT_EQ(w.enqueue(ev("delete", "a", "d")), EnqueueResult::kSuperseded);
+  EXPECT_EQ(w.leasedAhead(), 0u);
+  why.clear();
+  EXPECT_EQ(ids(w.takeDue(t0, SIZE_MAX, &why)), (std::vector<std::string>{"d"}));
+  EXPECT_EQ(why, (std::vector<Handed>{Handed::kFirst}));
+  EXPECT_FALSE(w.ack("a", "s1"));
+  EXPECT_TRUE(w.ack("a", "d"));
+  EXPECT_EQ(w.tracked(), 0u);
+}
+
 TEST(EventWriter, UntrackedGoFirstAndAreNotTracked) {
   EventWriter w(noJitter(), 1);
   for (int i = 0; i < 5; ++i) w.enqueue(ev("create", "r" + std::to_string(i), "e"));

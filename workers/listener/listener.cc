@@ -23,6 +23,8 @@
 #include <mutex>
 #include <shared_mutex>
 #include <thread>
+#include <tuple>
+#include <unordered_map>
 
 #include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
@@ -65,6 +67,17 @@ constexpr auto kAuthDeadline = 2 * kj::SECONDS;
 constexpr size_t kMaxAuthorization = 16 * 1024;
 constexpr auto kOpenDeadline = 5 * kj::SECONDS;  // the cache worker's answer to a new stream
 constexpr uint32_t kBatch = 256;                 // events leased from the cache per call
+// Events per resource leased ahead (AgentSession.next): sent on the ACK of the one before,
+// from the serving thread, without a round trip to the cache worker.
+constexpr uint32_t kAhead = 8;
+// ACKs of events that still have some held behind them are reported to the cache in batches:
+// when a resource is down to this many held, or this many ACKs wait (and when the stream ends).
+constexpr size_t kReportWhenHeld = 2;
+constexpr size_t kReportBatch = 64;
+const gpr_timespec kReportAfter = gpr_time_from_millis(20, GPR_TIMESPAN);
+
+// An ACK to report to the cache worker: resource, event id, send-to-ACK time in microseconds.
+using AckReport = std::tuple<std::string, std::string, uint32_t>;
 // After the cache link broke: first retry of the streams' re-open, the longest wait between
 // retries, and how long streams wait for a cache worker before they are closed.
 constexpr auto kReopenFirst = 100 * kj::MILLISECONDS;
@@ -193,7 +206,7 @@ class Hub {
                        std::chrono::steady_clock::time_point notAfter) = 0;
   virtual void opened(std::shared_ptr<StreamCall> call) = 0;  // serving thread: post()s itself
   // KJ thread only (a serving thread post()s a job that calls them).
-  virtual void ack(StreamCall* c, std::string resourceId, std::string eventId) = 0;
+  virtual void ack(StreamCall* c, std::vector<AckReport> acks) = 0;
   virtual void received(StreamCall* c, std::string resourceId, std::string eventId,
                         std::string bytes, delivery::Event event,
                         std::chrono::steady_clock::time_point arrived) = 0;
@@ -496,18 +509,27 @@ grpc::ByteBuffer toBuffer(const google::protobuf::Message& m) {
   return toBuffer(bytes);
 }
 
+// An event leased from the cache worker: serialized eventstreamapi.Event, and what it is.
+struct Leased {
+  std::string bytes, resource, id;
+  delivery::Handed handed;
+};
+
 // What the KJ thread hands a stream (under the call's mutex).
 struct Inbox {
-  std::vector<std::string> events;   // serialized eventstreamapi.Event, leased from the cache
+  std::vector<Leased> events;
   std::vector<delivery::Event> ack;  // agent events whose verdict says: ACK it
   std::optional<grpc::Status> finish;
   bool cancel = false;
   bool opened = false;  // the cache leased the agent's state: the stream may answer
+  // The agent's state was opened again on a new cache session: what the stream held to send
+  // later is leased anew from it.
+  bool resetLeases = false;
 };
 
 class StreamCall final : public Call, public std::enable_shared_from_this<StreamCall> {
  public:
-  enum Op { kRequest, kRead, kWrite, kFinish, kAlarm };
+  enum Op { kRequest, kRead, kWrite, kFinish, kAlarm, kReport };
 
   StreamCall(EdgeContext& e, grpc::ServerCompletionQueue* cq) : e_(e), cq_(cq) {}
   static void spawn(EdgeContext& e, grpc::ServerCompletionQueue* cq) {
@@ -546,6 +568,10 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
         break;
       case kAlarm:
         onAlarm();
+        break;
+      case kReport:
+        reportArmed_ = false;
+        reportAcks();
         break;
       case kFinish:
         finished_ = true;
@@ -638,10 +664,22 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     const delivery::Event& e = msg.event();
     if (e.type() == ce::kProcessed) {
       acksReceived++;
-      e_.hub.post([self = shared_from_this(), r = ce::stringAttr(e, "resourceid"),
-                   id = ce::stringAttr(e, "eventid")]() mutable {
-        self->e_.hub.ack(self.get(), std::move(r), std::move(id));
-      });
+      std::string r = ce::stringAttr(e, "resourceid"), id = ce::stringAttr(e, "eventid");
+      size_t held = 0;
+      uint32_t latencyUs = onAck(r, id, arrived, held);
+      unreported_.emplace_back(std::move(r), std::move(id), latencyUs);
+      // The cache needs the ACK to lease more for the resource only once little is held for it.
+      if (held <= kReportWhenHeld || unreported_.size() >= kReportBatch || finishing_) {
+        reportAcks();
+      } else if (!reportArmed_) {
+        // Not later than this, should the resource's next ACK not come.
+        reportArmed_ = true;
+        gQueues.run([&] {
+          reportAlarm_.Set(cq_, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), kReportAfter),
+                           &tags_[kReport]);
+        });
+      }
+      pump();
       return;
     }
     std::string resource = ce::stringAttr(e, "resourceid");
@@ -697,6 +735,74 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     pump();
   }
 
+  // Per-resource stop-and-wait on the wire, kept here for what the cache leased ahead: an ACK
+  // of a resource's in-flight event sends the next one held for it at once. Returns the
+  // send-to-ACK time in microseconds (0: not sent by this stream).
+  uint32_t onAck(const std::string& resource, const std::string& id,
+                 std::chrono::steady_clock::time_point now, size_t& held) {
+    auto it = resources_.find(resource);
+    if (it == resources_.end() || it->second.id != id) return 0;
+    held = it->second.held.size() > 0 ? it->second.held.size() - 1 : 0;
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(now - it->second.sent).count();
+    auto& r = it->second;
+    if (r.held.empty()) {
+      resources_.erase(it);
+    } else {
+      r.id = std::move(r.held.front().first);
+      r.sent = now;
+      events_.push_back({std::move(r.held.front().second), false});
+      r.held.pop_front();
+    }
+    return static_cast<uint32_t>(std::min<int64_t>(std::max<int64_t>(us, 1), UINT32_MAX));
+  }
+
+  void reportAcks() {
+    if (unreported_.empty()) return;
+    e_.hub.post([self = shared_from_this(), acks = std::move(unreported_)]() mutable {
+      self->e_.hub.ack(self.get(), std::move(acks));
+    });
+    unreported_.clear();
+  }
+
+  // A leased event: on the wire now, or held until its resource's in-flight event is ACKed.
+  void place(Leased& l, std::chrono::steady_clock::time_point now) {
+    auto send = [&]() {
+      events_.push_back({toBuffer(l.bytes), true});
+      ++batchPending_;
+    };
+    if (l.handed == delivery::Handed::kUntracked || l.resource.empty()) {
+      send();
+      return;
+    }
+    auto it = resources_.find(l.resource);
+    switch (l.handed) {
+      case delivery::Handed::kFirst:  // whatever this stream held for it is superseded
+        resources_[l.resource] = {l.id, now, {}};
+        send();
+        return;
+      case delivery::Handed::kResend:
+        if (it != resources_.end()) {
+          for (const auto& h : it->second.held) {
+            if (h.first == l.id) return;  // it leaves in its turn
+          }
+        } else {
+          resources_[l.resource] = {l.id, now, {}};
+        }
+        send();
+        return;
+      case delivery::Handed::kAhead:
+        if (it == resources_.end()) {  // the one before it is ACKed already
+          resources_[l.resource] = {l.id, now, {}};
+          send();
+        } else {
+          it->second.held.emplace_back(std::move(l.id), toBuffer(l.bytes));
+        }
+        return;
+      case delivery::Handed::kUntracked:
+        return;
+    }
+  }
+
   void onAlarm() {
     Inbox in;
     {
@@ -709,7 +815,10 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
       *out.mutable_event() = ce::makeAck(e, "");
       control_.push_back(toBuffer(out));
     }
-    for (auto& bytes : in.events) events_.push_back(toBuffer(bytes));
+    if (in.resetLeases) resources_.clear();
+    auto now = std::chrono::steady_clock::now();
+    size_t pendingBefore = batchPending_;
+    for (auto& l : in.events) place(l, now);
     if (in.opened && !opened_ && !finishing_) {
       opened_ = true;
       writing_ = true;
@@ -718,7 +827,10 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
       if (peerCompresses(ctx_)) ctx_.set_compression_algorithm(GRPC_COMPRESS_GZIP);
       gQueues.run([&] { stream_.SendInitialMetadata(&tags_[kWrite]); });
     }
-    batchPending_ += in.events.size();
+    if (!in.events.empty() && batchPending_ == pendingBefore && batchPending_ == 0) {
+      // All of it held for later: ask for the next lease now.
+      e_.hub.post([self = shared_from_this()]() { self->e_.hub.wantMore(self.get()); });
+    }
     if (in.cancel && !finished_) {
       cancelled_ = true;
       ctx_.TryCancel();
@@ -734,18 +846,23 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
       return;
     }
     if (!opened_) return;
-    std::deque<grpc::ByteBuffer>* q = !control_.empty() ? &control_ : &events_;
-    if (q->empty()) return;
+    if (control_.empty() && events_.empty()) return;
     grpc::WriteOptions options;
     if (control_.size() + events_.size() > 1) options.set_buffer_hint();
-    if (q->front().Length() < delivery::kCompressMinBytes) options.set_no_compression();
-    writeBuf_ = std::move(q->front());
-    bool isEvent = q == &events_;
-    q->pop_front();
+    bool leased = false;
+    if (!control_.empty()) {
+      writeBuf_ = std::move(control_.front());
+      control_.pop_front();
+    } else {
+      writeBuf_ = std::move(events_.front().buf);
+      leased = events_.front().leased;
+      events_.pop_front();
+    }
+    if (writeBuf_.Length() < delivery::kCompressMinBytes) options.set_no_compression();
     writing_ = true;
     gQueues.run([&] { stream_.Write(writeBuf_, options, &tags_[kWrite]); });
     e_.counters.rpc.send(Rpc::kSubscribe);
-    if (isEvent && --batchPending_ == 0) {
+    if (leased && --batchPending_ == 0) {
       // The whole lease is on its way: ask the cache for the next one.
       e_.hub.post([self = shared_from_this()]() { self->e_.hub.wantMore(self.get()); });
     }
@@ -766,11 +883,16 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
 
   void maybeRelease() {
     if (reading_ || writing_ || !finished_) return;
+    if (reportArmed_) {
+      reportAlarm_.Cancel();  // its tag comes back at once
+      return;
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (alarmArmed_) return;  // its tag is still to come
       ended_ = true;
     }
+    reportAcks();  // before the stream's end, so that they still reach the cache
     if (subscribed_)
       e_.hub.post([self = shared_from_this()]() { self->e_.hub.closed(self.get()); });
     self_.reset();  // may destroy this: last statement
@@ -780,13 +902,30 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
   grpc::ServerCompletionQueue* cq_;
   grpc::GenericServerContext ctx_;
   grpc::GenericServerAsyncReaderWriter stream_{&ctx_};
-  Tag tags_[5] = {{this, kRequest}, {this, kRead}, {this, kWrite}, {this, kFinish}, {this, kAlarm}};
+  Tag tags_[6] = {{this, kRequest}, {this, kRead},  {this, kWrite},
+                  {this, kFinish},  {this, kAlarm}, {this, kReport}};
   std::shared_ptr<StreamCall> self_;  // while grpc may still return one of our tags
 
   // Serving thread only.
   grpc::ByteBuffer in_, writeBuf_;
-  std::deque<grpc::ByteBuffer> control_, events_;
-  size_t batchPending_ = 0;
+  struct Out {
+    grpc::ByteBuffer buf;
+    bool leased;  // from the current lease (counted in batchPending_), not sent on an ACK
+  };
+  std::deque<grpc::ByteBuffer> control_;
+  std::deque<Out> events_;
+  size_t batchPending_ = 0;  // events of the current lease not yet handed to grpc
+  // Resources with an event on the wire: its id, when it was sent, and what waits behind it
+  // (leased ahead). Erased on the last ACK: an idle stream holds nothing here.
+  struct OnWire {
+    std::string id;
+    std::chrono::steady_clock::time_point sent;
+    std::deque<std::pair<std::string, grpc::ByteBuffer>> held;
+  };
+  std::unordered_map<std::string, OnWire> resources_;
+  std::vector<AckReport> unreported_;  // ACKs not yet posted to the KJ thread
+  grpc::Alarm reportAlarm_;            // posts them after kReportAfter at the latest
+  bool reportArmed_ = false;
   bool reading_ = false, writing_ = false, finishing_ = false, finishSent_ = false,
        finished_ = false, subscribed_ = false, cancelled_ = false, opened_ = false;
   bool subscribeCall_ = false;  // the method is Subscribe (counted in grpc_server_*)
@@ -813,7 +952,7 @@ struct Live {
   // agent's session there ends at once (not after the idle answer).
   kj::Promise<void> leaseCall = nullptr;
   kj::Maybe<ipc::LiveStream::Client> live;
-  std::vector<std::pair<std::string, std::string>> acks;  // to report to the cache
+  std::vector<AckReport> acks;  // to report to the cache
   // resource, event id, the event's bytes, the event, when it arrived
   std::vector<std::tuple<std::string, std::string, std::string, delivery::Event,
                          std::chrono::steady_clock::time_point>>
@@ -826,6 +965,20 @@ struct Live {
   uint64_t reportedMessages = 0, reportedHeartbeats = 0, reportedRtt = 0;
   std::chrono::steady_clock::time_point opened = std::chrono::steady_clock::now();
 };
+
+delivery::Handed handed(ipc::Handed h) {
+  switch (h) {
+    case ipc::Handed::FIRST:
+      return delivery::Handed::kFirst;
+    case ipc::Handed::RESEND:
+      return delivery::Handed::kResend;
+    case ipc::Handed::AHEAD:
+      return delivery::Handed::kAhead;
+    case ipc::Handed::UNTRACKED:
+      break;
+  }
+  return delivery::Handed::kUntracked;
+}
 
 class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
  public:
@@ -877,9 +1030,13 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
     auto it = live_.find(c);
     return it == live_.end() ? nullptr : it->second.get();
   }
-  void ack(StreamCall* c, std::string r, std::string id) override {
+  void ack(StreamCall* c, std::vector<AckReport> acks) override {
     if (Live* l = find(c)) {
-      l->acks.emplace_back(std::move(r), std::move(id));
+      if (l->acks.empty()) {
+        l->acks = std::move(acks);
+      } else {
+        for (auto& a : acks) l->acks.push_back(std::move(a));
+      }
       dirty_.insert(c);
     }
   }
@@ -1054,6 +1211,7 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
           ++reopened_;
           counters_.keptOverCacheLoss.fetch_add(1);
           spdlog::debug("agent {}: state opened again on the cache worker", c->agent());
+          l->call->deliver([](Inbox& in) { in.resetLeases = true; });
           flushOne(c, *l);
           lease(*l);
         },
@@ -1100,6 +1258,7 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
       uint64_t epoch = l.epoch;
       auto req = s->nextRequest();
       req.setMax(kBatch);
+      req.setAhead(kAhead);
       l.leaseCall =
           req.send()
               .then(
@@ -1117,10 +1276,22 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
                       }));
                       return;
                     }
-                    std::vector<std::string> events;
+                    auto leases = resp.getLeases();
+                    std::vector<Leased> events;
                     events.reserve(list.size());
-                    for (auto d : list)
-                      events.emplace_back(reinterpret_cast<const char*>(d.begin()), d.size());
+                    for (size_t i = 0; i < list.size(); ++i) {
+                      auto d = list[i];
+                      Leased e{std::string(reinterpret_cast<const char*>(d.begin()), d.size()),
+                               {},
+                               {},
+                               delivery::Handed::kUntracked};
+                      if (i < leases.size()) {
+                        e.resource = leases[i].getResourceId();
+                        e.id = leases[i].getEventId();
+                        e.handed = handed(leases[i].getHanded());
+                      }
+                      events.push_back(std::move(e));
+                    }
                     l->wantMore = false;
                     l->call->deliver([&events](Inbox& in) {
                       for (auto& e : events) in.events.push_back(std::move(e));
@@ -1166,8 +1337,9 @@ class KjHub final : public Hub, private kj::TaskSet::ErrorHandler {
       auto req = s->ackedRequest();
       auto list = req.initAcks(l.acks.size());
       for (size_t i = 0; i < l.acks.size(); ++i) {
-        list[i].setResourceId(l.acks[i].first);
-        list[i].setEventId(l.acks[i].second);
+        list[i].setResourceId(std::get<0>(l.acks[i]));
+        list[i].setEventId(std::get<1>(l.acks[i]));
+        list[i].setLatencyUs(std::get<2>(l.acks[i]));
       }
       l.acks.clear();
       tasks_.add(req.send().ignoreResult().catch_([](kj::Exception&&) {}));
