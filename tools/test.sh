@@ -32,7 +32,7 @@ stage_end
 stage_start "fuzz"
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DFUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-fuzz --target fuzzers
-for f in header xfcc subject userpass jwt http2; do
+for f in header xfcc subject userpass jwt http2 json; do
   work=$(mktemp -d)
   echo "fuzzing $f for ${FUZZ_SECONDS:-20}s"
   build-fuzz/fuzz_$f -max_total_time="${FUZZ_SECONDS:-20}" -max_len=20000 -timeout=10 \

@@ -2,10 +2,9 @@
 // listener and transport workers, on grpc threads.
 #include "workers/common/stream_pump.h"
 
-#include <nlohmann/json.hpp>
-
 #include "ipc/runtime/log.h"
 #include "workers/common/cloudevents.h"
+#include "workers/common/json_syntax.h"
 
 namespace aa::delivery {
 
@@ -102,7 +101,7 @@ std::optional<std::string> validateEvent(const Event& e) {
     case ce::Kind::kUnknown:
       return "unknown type '" + e.type().substr(0, 64) + "'";
     case ce::Kind::kObject:
-      if (!nlohmann::json::accept(e.binary_data())) return "payload is not valid JSON";
+      if (!json::isValid(e.binary_data())) return "payload is not valid JSON";
       break;
     default:
       break;
