@@ -12,8 +12,10 @@ A proxy object keeps its port across kill()/start(), so a test can cut every con
 log files live in the test's private directory, which the process's argv names.
 """
 
+import calendar
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -258,6 +260,25 @@ def make_event(type_suffix, resourceid, eventid, dataschema=attr_uri("applicatio
 def string_attr(ev, name):
     a = ev.event.attributes.get(name)
     return None if a is None else a.ce_string
+
+
+def make_ack(ev, source="agent://agent-managed"):
+    """The `processed` ACK of a received event, as the agent builds it: its extensions copied
+    (resourceid + eventid identify it), dataschema eventProcessed."""
+    attrs = {k: v for k, v in ev.event.attributes.items() if k != "dataschema"}
+    attrs["dataschema"] = attr_uri("eventProcessed")
+    return eventstream_pb2.Event(event=cloudevent_pb2.CloudEvent(
+        id=ev.event.id, source=source, spec_version="1.0", type=EVENT_PREFIX + "processed",
+        attributes=attrs))
+
+
+def parse_rfc3339_nanos(text):
+    """Seconds since the epoch (float) of Go's RFC3339Nano in UTC ("...T10:00:00.123Z")."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z", text or "")
+    if not m:
+        raise AssertionError(f"sentat {text!r} is not RFC3339Nano in UTC")
+    whole = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
+    return whole + (int(m.group(2).ljust(9, "0")) / 1e9 if m.group(2) else 0.0)
 
 
 class SubscribeCall:

@@ -13,6 +13,8 @@
   and generation: after `kill -9` of a listener the reconnecting agents skip the full handshake,
   a ticket from one listener resumes on the other, and a ticket older than two rotations of
   --tls-session-ticket-rotation no longer resumes (a full handshake, still served).
+* An event the listener holds (leased ahead behind its resource's event on the wire) carries the
+  time of its own send in `sentat`, not the time the cache leased it.
 """
 
 import collections
@@ -22,9 +24,11 @@ import re
 import signal
 import socket
 import ssl
+import time
 import unittest
 
 import harness as h
+import proxies as px
 
 TOTAL = 6000
 RESOURCES = 20
@@ -302,6 +306,34 @@ class DataPathTest(h.IntegrationTestCase):
                            timeout=90)
         h.assert_converged(self, self.event_log, TOTAL, RESOURCES)
         self.assertAlive(agent)
+
+    def test_an_event_held_ahead_is_stamped_when_it_is_sent(self):
+        # One resource, 10 events: the cache leases the first and some after it ahead; the
+        # listener sends each on the ACK of the one before. A hand-driven client holds each ACK
+        # for 0.2 s, so an event leased together with the first would carry a stale `sentat`.
+        principal = self.start_principal(
+            users={"agent-h": "secret-h"}, extra=["--synthetic-events=10:1:256:agent-h"])
+        r = h.authenticate(principal.port, "agent-h", "secret-h", tls=True)
+        self.assertTrue(r.ok, r)
+        channel = h.channel(principal.port, tls=True)
+        self.addCleanup(channel.close)
+        call = px.SubscribeCall(channel, r.response.accessToken)
+        self.addCleanup(call.close)
+        acked_at, received = None, 0
+        while received < 10:
+            ev = call.recv()
+            self.assertNotIsInstance(ev, Exception, "the stream ended")
+            sent = px.parse_rfc3339_nanos(px.string_attr(ev, "sentat"))
+            if acked_at is not None:
+                # Stamped when it left, after the ACK before it (same clock: one machine).
+                self.assertGreaterEqual(sent, acked_at - 0.001,
+                                        f"event {received} was stamped {acked_at - sent:.3f}s "
+                                        "before the ACK it waited for")
+            received += 1
+            time.sleep(0.2)  # the agent is slow to apply: the next event waits in the listener
+            acked_at = time.time()
+            call.send(px.make_ack(ev))
+        principal.wait_log(r"synthetic source: 10 events acknowledged by agent agent-h")
 
 
 if __name__ == "__main__":

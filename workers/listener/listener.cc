@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -25,6 +26,7 @@
 #include <thread>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
@@ -509,6 +511,22 @@ grpc::ByteBuffer toBuffer(const google::protobuf::Message& m) {
   return toBuffer(bytes);
 }
 
+// An event held here (leased ahead) leaves on the ACK of the one before it: its `sentat`, which
+// the cache stamped when it leased the event, is made the time of this send, as upstream stamps
+// it. Without parsing or re-serialising the event: an Event carrying only the new attribute is
+// appended, and protobuf parsers (Go's and C++'s) merge a repeated embedded message, the later
+// map entry winning. The held slices are reused; only the ~50 bytes appended are new.
+grpc::ByteBuffer restamped(grpc::ByteBuffer held) {
+  eventstreamapi::Event patch;
+  ce::stampSentAt(*patch.mutable_event(), std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                              std::chrono::system_clock::now().time_since_epoch())
+                                              .count());
+  std::vector<grpc::Slice> slices;
+  if (!held.Dump(&slices).ok()) return held;
+  slices.emplace_back(patch.SerializeAsString());
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
 // An event leased from the cache worker: serialized eventstreamapi.Event, and what it is.
 struct Leased {
   std::string bytes, resource, id;
@@ -750,7 +768,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     } else {
       r.id = std::move(r.held.front().first);
       r.sent = now;
-      events_.push_back({std::move(r.held.front().second), false});
+      events_.push_back({restamped(std::move(r.held.front().second)), false});
       r.held.pop_front();
     }
     return static_cast<uint32_t>(std::min<int64_t>(std::max<int64_t>(us, 1), UINT32_MAX));
