@@ -9,8 +9,9 @@
 #   storm:   kill -9 of the listener holding the most agents: time until every agent is
 #            subscribed again, the peak summed RSS meanwhile, authentications during the storm
 #   events:  with EVENTS=COUNT:RESOURCES:BYTES, every agent is sent COUNT synthetic events (the
-#            principal's --synthetic-events): time until all are ACKed, aggregate events/s
-#            (then the idle/storm phases are skipped)
+#            principal's --synthetic-events): time until all are ACKed, aggregate events/s,
+#            and the load generator's ev_all_p50_us/ev_all_p99_us (each event from the `sentat`
+#            the principal stamped to its read by the load agent) (then idle/storm are skipped)
 #
 #   AGENTS=10000 LISTENERS=2 tools/bench/datapath.sh
 set -euo pipefail

@@ -23,10 +23,12 @@
 // Reports one line per --report-ms on stdout:
 //   load: t_ms=... agents=N subscribed=S connecting=C auths=A auth_failures=F subscribes=B
 //         reconnects=R refused=X events=E acks_sent=K heartbeats_acked=H hb_p50_us=.. hb_p99_us=..
-//         tls_full=T tls_resumed=U
+//         tls_full=T tls_resumed=U ev_p50_us=.. ev_p99_us=.. ev_all_p50_us=.. ev_all_p99_us=..
 // (tls_*: streams opened on a connection whose TLS handshake was full / resumed a session;
 // subscribed: the stream is open and the principal answered its first heartbeat; counters are
-// totals since start; hb_* over the last report interval).
+// totals since start; hb_* over the last report interval; ev_*: each received event's delay from
+// the `sentat` the principal stamped on it to this process reading it, both on this machine's
+// wall clock, over the last interval and (ev_all_*) since start).
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -53,6 +55,7 @@
 #include "eventstream.grpc.pb.h"
 #include "workers/auth/userpass.h"
 #include "workers/common/cloudevents.h"
+#include "workers/common/event_writer.h"
 #include "workers/common/jwt.h"
 
 namespace {
@@ -153,6 +156,8 @@ struct Stats {
       refused{0}, events{0}, acksSent{0}, heartbeatsAcked{0}, tlsFull{0}, tlsResumed{0};
   std::mutex mu;
   std::vector<uint32_t> rttUs;  // heartbeats ACKed since the last report
+  // sentat -> read, per received event: since the last report, and since start.
+  aa::delivery::LatencyHistogram eventDelay, eventDelayAll;
 };
 
 struct Agent;
@@ -343,6 +348,15 @@ struct Agent {
       }
     } else {
       stats->events++;
+      if (auto sent = aa::ce::parseRfc3339Nanos(aa::ce::stringAttr(e, "sentat"))) {
+        auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+        auto delay = std::chrono::nanoseconds(std::max<int64_t>(now - *sent, 0));
+        std::lock_guard<std::mutex> lock(stats->mu);
+        stats->eventDelay.record(delay);
+        stats->eventDelayAll.record(delay);
+      }
       Event ack;
       *ack.mutable_event() = aa::ce::makeAck(e, "agent://" + name);
       send(std::move(ack));
@@ -559,9 +573,13 @@ int main(int argc, char** argv) {
   while (Clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(o.reportMs));
     std::vector<uint32_t> rtt;
+    aa::delivery::LatencyHistogram delay, delayAll;
     {
       std::lock_guard<std::mutex> lock(stats.mu);
       rtt.swap(stats.rttUs);
+      delay = std::move(stats.eventDelay);
+      stats.eventDelay = aa::delivery::LatencyHistogram();
+      delayAll = stats.eventDelayAll;
     }
     std::sort(rtt.begin(), rtt.end());
     auto q = [&](double f) {
@@ -571,7 +589,8 @@ int main(int argc, char** argv) {
     printf(
         "load: t_ms=%lld agents=%d subscribed=%llu connecting=%llu auths=%llu auth_failures=%llu "
         "subscribes=%llu reconnects=%llu refused=%llu events=%llu acks_sent=%llu "
-        "heartbeats_acked=%llu hb_p50_us=%u hb_p99_us=%u tls_full=%llu tls_resumed=%llu\n",
+        "heartbeats_acked=%llu hb_p50_us=%u hb_p99_us=%u tls_full=%llu tls_resumed=%llu "
+        "ev_p50_us=%lld ev_p99_us=%lld ev_all_p50_us=%lld ev_all_p99_us=%lld\n",
         static_cast<long long>(
             std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count()),
         o.agents, static_cast<unsigned long long>(sub),
@@ -585,7 +604,11 @@ int main(int argc, char** argv) {
         static_cast<unsigned long long>(stats.acksSent.load()),
         static_cast<unsigned long long>(stats.heartbeatsAcked.load()), q(0.5), q(0.99),
         static_cast<unsigned long long>(stats.tlsFull.load()),
-        static_cast<unsigned long long>(stats.tlsResumed.load()));
+        static_cast<unsigned long long>(stats.tlsResumed.load()),
+        static_cast<long long>(delay.quantile(0.5).count()),
+        static_cast<long long>(delay.quantile(0.99).count()),
+        static_cast<long long>(delayAll.quantile(0.5).count()),
+        static_cast<long long>(delayAll.quantile(0.99).count()));
     fflush(stdout);
   }
   // Leave without an orderly close of every stream: the principal side is what is measured.
