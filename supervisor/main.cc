@@ -14,6 +14,7 @@
 #include <fstream>
 #include <sstream>
 
+#include <absl/synchronization/mutex.h>
 #include <kj/async-unix.h>
 #include <kj/debug.h>
 
@@ -191,6 +192,12 @@ const char kUsage[] =
 
 int main(int argc, char** argv) {
   using namespace aa;
+  // Debian's abseil is built without NDEBUG, so its deadlock detector is on: every absl::Mutex
+  // (grpc has several per connection) gets a node in one global lock-order graph, looked up
+  // under a global lock on each Lock. With 5,000 connections per listener that was ~3 % of the
+  // principal's idle CPU, growing with the connections (docs/benchmarks.md section 11); release
+  // builds of abseil have it off. Set before grpc or any worker starts.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   if (argc < 2) {
     fputs(kUsage, stderr);
     return exit_code::kConfig;
