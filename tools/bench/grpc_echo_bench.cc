@@ -14,8 +14,12 @@
 // stream opens and each send copies one and sets a unique eventid (the time syntheticEvent takes
 // is printed, because the principal's synthetic source pays it on its producer thread).
 //
+// `--server-api callback` serves the stream with grpc's callback API instead (a
+// ServerBidiReactor on grpc's own threads), for the comparison of the two APIs the data-path
+// issue asks for (docs/benchmarks.md section 11); the client stays on the async API.
+//
 // Usage: grpc_echo_bench --count N --window W --bytes B [--tls-dir DIR (tls.crt, tls.key) |
-//        --plaintext] [--timeout-s 60]
+//        --plaintext] [--timeout-s 60] [--server-api async|callback]
 // Prints one line: "echo: tls=1 bytes=1024 window=16 count=N ms=T rate=R p50_us=X p99_us=Y
 // ack_bytes=A event_bytes=E gen_us=G server_cpu_ms=C", preceded by the client's
 // "echo-client: received=N cpu_ms=C" (CPU of the stream's life in each process).
@@ -27,11 +31,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -55,6 +61,7 @@ struct Options {
   bool plaintext = false;
   int portFd = -1;
   int timeoutS = 60;
+  bool callbackApi = false;  // --server-api callback
 };
 
 [[noreturn]] void usage(const char* msg) {
@@ -86,7 +93,11 @@ Options parse(int argc, char** argv) {
       o.portFd = std::stoi(next());
     else if (a == "--timeout-s")
       o.timeoutS = std::stoi(next());
-    else
+    else if (a == "--server-api") {
+      std::string v = next();
+      if (v != "async" && v != "callback") usage("--server-api is async or callback");
+      o.callbackApi = v == "callback";
+    } else
       usage(("unknown argument " + a).c_str());
   }
   if (!o.plaintext && o.tlsDir.empty()) usage("give --tls-dir DIR or --plaintext");
@@ -211,6 +222,210 @@ int runClient(const Options& o) {
 }
 
 // ---------------------------------------------------------------- server (the "principal")
+
+// What the two server variants share: the prebuilt events and the measurements.
+struct ServerRun {
+  const Options& o;
+  const std::vector<io::cloudevents::v1::CloudEvent>& pool;
+  std::vector<int64_t> sentNs;
+  std::vector<int64_t> latNs;
+  uint64_t next = 0, acked = 0, inFlight = 0;
+  Clock::time_point start{}, end{};
+  double cpuStart = 0, cpuEnd = 0;
+  std::string ackBytes = "?";
+  size_t eventBytes = 0;
+
+  ServerRun(const Options& opts, const std::vector<io::cloudevents::v1::CloudEvent>& p)
+      : o(opts), pool(p), sentNs(opts.count, 0) {
+    latNs.reserve(opts.count);
+  }
+  bool canWrite() const { return next < o.count && inFlight < o.window; }
+  // Fills `out` with the next event and stamps its send time.
+  void prepare(eventstreamapi::Event& out) {
+    *out.mutable_event() = pool[next % pool.size()];
+    (*out.mutable_event()->mutable_attributes())["eventid"].set_ce_string(
+        aa::ce::stringAttr(out.event(), "resourceid") + "_" + std::to_string(next));
+    if (eventBytes == 0) eventBytes = out.ByteSizeLong();
+    auto now = Clock::now();
+    if (next == 0) {
+      start = now;
+      cpuStart = cpuMs();
+    }
+    sentNs[next] = now.time_since_epoch().count();
+    ++next;
+    ++inFlight;
+  }
+  // An ACK arrived; true once every event is acknowledged.
+  bool onAck(const eventstreamapi::Event& in) {
+    auto now = Clock::now();
+    if (ackBytes == "?") ackBytes = std::to_string(in.ByteSizeLong());
+    const std::string id = aa::ce::stringAttr(in.event(), "eventid");
+    auto us = id.rfind('_');
+    uint64_t seq = us == std::string::npos ? o.count : std::stoull(id.substr(us + 1));
+    if (seq < o.count && sentNs[seq] != 0) {
+      latNs.push_back(now.time_since_epoch().count() - sentNs[seq]);
+      sentNs[seq] = 0;
+      ++acked;
+      --inFlight;
+    }
+    if (acked == o.count) {
+      end = now;
+      cpuEnd = cpuMs();
+      return true;
+    }
+    return false;
+  }
+};
+
+// --server-api callback: the same stream as a reactor. grpc runs its callbacks on its own
+// threads, a read and a write completion possibly at once, hence the lock.
+class CallbackStream final
+    : public grpc::ServerBidiReactor<eventstreamapi::Event, eventstreamapi::Event> {
+ public:
+  CallbackStream(ServerRun& run, std::mutex& doneMu, std::condition_variable& doneCv, bool& done)
+      : run_(run), doneMu_(doneMu), doneCv_(doneCv), done_(done) {
+    std::lock_guard<std::mutex> lock(mu_);
+    StartRead(&in_);
+    startWrite();
+  }
+  void OnReadDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!ok) return finish(grpc::Status::CANCELLED);  // the client went away
+    if (run_.onAck(in_)) {
+      finished_ = true;
+      if (!writeBusy_) finish(grpc::Status::OK);
+      return;
+    }
+    StartRead(&in_);
+    startWrite();
+  }
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    writeBusy_ = false;
+    if (!ok) return finish(grpc::Status::CANCELLED);
+    if (finished_) return finish(grpc::Status::OK);
+    startWrite();
+  }
+  void OnDone() override {
+    {
+      std::lock_guard<std::mutex> lock(doneMu_);
+      done_ = true;
+    }
+    doneCv_.notify_all();
+    delete this;
+  }
+
+ private:
+  void startWrite() {
+    if (writeBusy_ || finished_ || !run_.canWrite()) return;
+    run_.prepare(out_);
+    writeBusy_ = true;
+    StartWrite(&out_);
+  }
+  void finish(const grpc::Status& st) {
+    if (finishCalled_) return;
+    finishCalled_ = true;
+    finished_ = true;
+    if (run_.end == Clock::time_point{}) run_.end = Clock::now();
+    Finish(st);
+  }
+
+  ServerRun& run_;
+  std::mutex& doneMu_;
+  std::condition_variable& doneCv_;
+  bool& done_;
+  std::mutex mu_;
+  eventstreamapi::Event in_, out_;
+  bool writeBusy_ = false, finished_ = false, finishCalled_ = false;
+};
+
+class CallbackEventStream final : public eventstreamapi::EventStream::CallbackService {
+ public:
+  CallbackEventStream(ServerRun& run, std::mutex& mu, std::condition_variable& cv, bool& done)
+      : run_(run), mu_(mu), cv_(cv), done_(done) {}
+  grpc::ServerBidiReactor<eventstreamapi::Event, eventstreamapi::Event>* Subscribe(
+      grpc::CallbackServerContext*) override {
+    return new CallbackStream(run_, mu_, cv_, done_);
+  }
+
+ private:
+  ServerRun& run_;
+  std::mutex& mu_;
+  std::condition_variable& cv_;
+  bool& done_;
+};
+
+// The async API: one completion-queue thread (this one) drives the stream.
+int serveAsync(
+    ServerRun& run, grpc::Server* server, grpc::ServerCompletionQueue* cq, grpc::ServerContext& ctx,
+    grpc::ServerAsyncReaderWriter<eventstreamapi::Event, eventstreamapi::Event>& stream) {
+  const Options& o = run.o;
+  eventstreamapi::Event out, in;
+  bool writeBusy = false, finished = false;
+  auto deadline = Clock::now() + std::chrono::seconds(o.timeoutS);
+  auto startWrite = [&] {
+    if (writeBusy || finished || !run.canWrite()) return;
+    run.prepare(out);
+    writeBusy = true;
+    stream.Write(out, tag(kWrite));
+  };
+  void* t;
+  bool ok;
+  int rc = 0;
+  while (true) {
+    auto st = cq->AsyncNext(&t, &ok, std::chrono::system_clock::now() + std::chrono::seconds(1));
+    if (st == grpc::CompletionQueue::SHUTDOWN) break;
+    if (Clock::now() > deadline && !finished) {
+      fprintf(stderr, "server: timeout after %d s (%llu of %llu acknowledged)\n", o.timeoutS,
+              static_cast<unsigned long long>(run.acked), static_cast<unsigned long long>(o.count));
+      rc = 1;
+      ctx.TryCancel();
+      finished = true;
+      run.end = Clock::now();
+      stream.Finish(grpc::Status::CANCELLED, tag(kFinish));
+    }
+    if (st == grpc::CompletionQueue::TIMEOUT) continue;
+    switch (reinterpret_cast<intptr_t>(t)) {
+      case kAccept:
+        if (!ok) usage("server: accept failed");
+        stream.Read(&in, tag(kRead));
+        startWrite();
+        break;
+      case kRead: {
+        if (!ok) break;  // client closed
+        if (run.onAck(in) && !finished) {
+          finished = true;
+          if (!writeBusy) stream.Finish(grpc::Status::OK, tag(kFinish));
+        } else {
+          stream.Read(&in, tag(kRead));
+          startWrite();
+        }
+        break;
+      }
+      case kWrite:
+        writeBusy = false;
+        if (!ok) {
+          rc = 1;
+          finished = true;
+          run.end = Clock::now();
+          stream.Finish(grpc::Status::CANCELLED, tag(kFinish));
+          break;
+        }
+        if (finished) {
+          stream.Finish(grpc::Status::OK, tag(kFinish));
+        } else {
+          startWrite();
+        }
+        break;
+      case kFinish:
+        server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+        cq->Shutdown();
+        break;
+    }
+  }
+  return rc;
+}
+
 int runServer(const Options& o, int portWriteFd, pid_t child) {
   tuneMalloc();
   aa::delivery::SyntheticSpec spec;
@@ -233,11 +448,20 @@ int runServer(const Options& o, int portWriteFd, pid_t child) {
         {readFile(o.tlsDir + "/tls.key"), readFile(o.tlsDir + "/tls.crt")});
     creds = grpc::SslServerCredentials(so);
   }
+  ServerRun run(o, pool);
+  std::mutex doneMu;
+  std::condition_variable doneCv;
+  bool callbackDone = false;
   eventstreamapi::EventStream::AsyncService service;
+  CallbackEventStream callbackService(run, doneMu, doneCv, callbackDone);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", creds, &port);
-  builder.RegisterService(&service);
+  if (o.callbackApi) {
+    builder.RegisterService(&callbackService);
+  } else {
+    builder.RegisterService(&service);
+  }
   auto cq = builder.AddCompletionQueue();
   auto server = builder.BuildAndStart();
   if (!server || port == 0) usage("server: cannot listen");
@@ -246,106 +470,29 @@ int runServer(const Options& o, int portWriteFd, pid_t child) {
     usage("server: cannot hand the port to the client");
   }
   close(portWriteFd);
-
-  grpc::ServerContext ctx;
-  grpc::ServerAsyncReaderWriter<eventstreamapi::Event, eventstreamapi::Event> stream(&ctx);
-  service.RequestSubscribe(&ctx, &stream, cq.get(), cq.get(), tag(kAccept));
-
-  std::vector<int64_t> sentNs(o.count, 0);
-  std::vector<int64_t> latNs;
-  latNs.reserve(o.count);
-  eventstreamapi::Event out, in;
-  uint64_t next = 0, acked = 0, inFlight = 0;
-  bool writeBusy = false, finished = false;
-  Clock::time_point start{}, end{};
-  double cpuStart = 0, cpuEnd = 0;
-  auto deadline = Clock::now() + std::chrono::seconds(o.timeoutS);
-  std::string ackBytes = "?";
-  size_t eventBytes = 0;
-  auto startWrite = [&] {
-    if (writeBusy || finished || next >= o.count || inFlight >= o.window) return;
-    *out.mutable_event() = pool[next % kPool];
-    (*out.mutable_event()->mutable_attributes())["eventid"].set_ce_string(
-        aa::ce::stringAttr(out.event(), "resourceid") + "_" + std::to_string(next));
-    if (eventBytes == 0) eventBytes = out.ByteSizeLong();
-    auto now = Clock::now();
-    if (next == 0) {
-      start = now;
-      cpuStart = cpuMs();
-    }
-    sentNs[next] = now.time_since_epoch().count();
-    ++next;
-    ++inFlight;
-    writeBusy = true;
-    stream.Write(out, tag(kWrite));
-  };
-  void* t;
-  bool ok;
   int rc = 0;
-  while (true) {
-    auto st = cq->AsyncNext(&t, &ok, std::chrono::system_clock::now() + std::chrono::seconds(1));
-    if (st == grpc::CompletionQueue::SHUTDOWN) break;
-    if (Clock::now() > deadline && !finished) {
-      fprintf(stderr, "server: timeout after %d s (%llu of %llu acknowledged)\n", o.timeoutS,
-              static_cast<unsigned long long>(acked), static_cast<unsigned long long>(o.count));
-      rc = 1;
-      ctx.TryCancel();
-      finished = true;
-      end = Clock::now();
-      stream.Finish(grpc::Status::CANCELLED, tag(kFinish));
+  if (o.callbackApi) {
+    std::unique_lock<std::mutex> lock(doneMu);
+    if (!doneCv.wait_for(lock, std::chrono::seconds(o.timeoutS), [&] { return callbackDone; })) {
+      fprintf(stderr, "server: timeout after %d s (callback API)\n", o.timeoutS);
+      _exit(1);
     }
-    if (st == grpc::CompletionQueue::TIMEOUT) continue;
-    switch (reinterpret_cast<intptr_t>(t)) {
-      case kAccept:
-        if (!ok) usage("server: accept failed");
-        stream.Read(&in, tag(kRead));
-        startWrite();
-        break;
-      case kRead: {
-        if (!ok) break;  // client closed
-        auto now = Clock::now();
-        if (ackBytes == "?") ackBytes = std::to_string(in.ByteSizeLong());
-        const std::string id = aa::ce::stringAttr(in.event(), "eventid");
-        auto us = id.rfind('_');
-        uint64_t seq = us == std::string::npos ? o.count : std::stoull(id.substr(us + 1));
-        if (seq < o.count && sentNs[seq] != 0) {
-          latNs.push_back(now.time_since_epoch().count() - sentNs[seq]);
-          sentNs[seq] = 0;
-          ++acked;
-          --inFlight;
-        }
-        if (acked == o.count && !finished) {
-          end = now;
-          cpuEnd = cpuMs();
-          finished = true;
-          if (!writeBusy) stream.Finish(grpc::Status::OK, tag(kFinish));
-        } else {
-          stream.Read(&in, tag(kRead));
-          startWrite();
-        }
-        break;
-      }
-      case kWrite:
-        writeBusy = false;
-        if (!ok) {
-          rc = 1;
-          finished = true;
-          end = Clock::now();
-          stream.Finish(grpc::Status::CANCELLED, tag(kFinish));
-          break;
-        }
-        if (finished) {
-          stream.Finish(grpc::Status::OK, tag(kFinish));
-        } else {
-          startWrite();
-        }
-        break;
-      case kFinish:
-        server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-        cq->Shutdown();
-        break;
-    }
+    lock.unlock();
+    if (run.acked != o.count) rc = 1;
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    cq->Shutdown();
+  } else {
+    grpc::ServerContext ctx;
+    grpc::ServerAsyncReaderWriter<eventstreamapi::Event, eventstreamapi::Event> stream(&ctx);
+    service.RequestSubscribe(&ctx, &stream, cq.get(), cq.get(), tag(kAccept));
+    rc = serveAsync(run, server.get(), cq.get(), ctx, stream);
   }
+  auto& latNs = run.latNs;
+  auto start = run.start, end = run.end;
+  auto acked = run.acked;
+  auto cpuStart = run.cpuStart, cpuEnd = run.cpuEnd;
+  const auto& ackBytes = run.ackBytes;
+  auto eventBytes = run.eventBytes;
   int wst = 0;
   waitpid(child, &wst, 0);
   std::sort(latNs.begin(), latNs.end());
@@ -357,10 +504,11 @@ int runServer(const Options& o, int portWriteFd, pid_t child) {
   double ms = std::chrono::duration<double, std::milli>(end - start).count();
   printf(
       "echo: tls=%d bytes=%zu window=%llu count=%llu ms=%.0f rate=%.0f p50_us=%.0f p99_us=%.0f "
-      "ack_bytes=%s event_bytes=%zu gen_us=%.1f server_cpu_ms=%.0f\n",
+      "ack_bytes=%s event_bytes=%zu gen_us=%.1f server_cpu_ms=%.0f server_api=%s\n",
       o.plaintext ? 0 : 1, o.bytes, static_cast<unsigned long long>(o.window),
       static_cast<unsigned long long>(acked), ms, acked * 1000.0 / std::max(ms, 1.0), q(0.5),
-      q(0.99), ackBytes.c_str(), eventBytes, genUs, cpuEnd - cpuStart);
+      q(0.99), ackBytes.c_str(), eventBytes, genUs, cpuEnd - cpuStart,
+      o.callbackApi ? "callback" : "async");
   return rc != 0 ? rc : (WIFEXITED(wst) && WEXITSTATUS(wst) == 0 ? 0 : 1);
 }
 
