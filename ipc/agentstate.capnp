@@ -67,7 +67,8 @@ interface AgentSession {
   # resource leased ahead, in the resource's order: the listener sends each one when the ACK of
   # the one before it arrives, without asking here (per-resource stop-and-wait on the wire, kept
   # by the edge). `leases[i]` says what `events[i]` is. Waits until at least one is due; resolves
-  # with an empty list after about 30 s without anything due, so that the call never ages out.
+  # with an empty list after 5 min without anything due (it bounds how long a call stays open;
+  # every idle answer is a round trip per idle stream).
   # Events leased ahead stay tracked here until acknowledged; a new stream gets them again.
 
   acked @1 (acks :List(EventRef)) -> ();

@@ -2,9 +2,9 @@
 //
 // Every received resource event's payload is checked before it is applied or ACKed
 // (delivery::validateEvent), on the agent's transport and the principal's listener. With
-// nlohmann::json::accept that check was ~90 µs of a 16 KiB event, a third of the agent's per-event
-// CPU (docs/benchmarks.md §5); this one runs a flat loop with a byte table over strings, where an
-// Application's bytes are, at well over 1 GB/s.
+// nlohmann::json::accept that check took ~82 µs for 16 KiB, over half of what the agent's
+// transport then spent per 16 KiB event; this one runs a flat loop with a byte table over strings,
+// where an Application's bytes are, at over 1 GB/s (14 µs; docs/benchmarks.md section 11).
 //
 // It accepts what nlohmann::json::accept (3.11) accepts, so the change of checker changes no
 // verdict (tools/fuzz/json_fuzz.cc compares the two), with one difference on purpose: nlohmann
