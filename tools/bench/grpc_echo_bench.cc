@@ -481,6 +481,10 @@ int runServer(const Options& o, int portWriteFd, pid_t child) {
     if (run.acked != o.count) rc = 1;
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     cq->Shutdown();
+    void* t;
+    bool ok;
+    while (cq->Next(&t, &ok)) {
+    }
   } else {
     grpc::ServerContext ctx;
     grpc::ServerAsyncReaderWriter<eventstreamapi::Event, eventstreamapi::Event> stream(&ctx);
