@@ -26,10 +26,14 @@ std::string dataFrame(const grpc::ByteBuffer& message, bool gzip) {
     payload.reserve(message.Length());
     for (const auto& s : slices) payload.append(reinterpret_cast<const char*>(s.begin()), s.size());
   }
-  if (gzip && payload.size() >= delivery::kCompressMinBytes) {
-    return wsFrame(kCompressed, gzip::compress(payload));
+  return dataFrame(std::string_view(payload), gzip);
+}
+
+std::string dataFrame(std::string_view message, bool gzip) {
+  if (gzip && message.size() >= delivery::kCompressMinBytes) {
+    return wsFrame(kCompressed, gzip::compress(message));
   }
-  return wsFrame(0, payload);
+  return wsFrame(0, message);
 }
 
 void logLibwebsocketsThroughSpdlog() {

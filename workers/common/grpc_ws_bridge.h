@@ -17,6 +17,7 @@ std::string wsFrame(uint8_t flags, std::string_view payload);
 // `message` (a grpc message read from the bridged call) as a data frame: gzipped with the
 // compressed flag when `gzip` and it is at least delivery::kCompressMinBytes, else as it is.
 std::string dataFrame(const grpc::ByteBuffer& message, bool gzip);
+std::string dataFrame(std::string_view message, bool gzip);
 
 // libwebsockets' errors as our warnings, its warnings as debug lines (once per process is enough).
 void logLibwebsocketsThroughSpdlog();

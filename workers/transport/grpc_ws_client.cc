@@ -68,7 +68,9 @@ std::string timeoutHeader(std::chrono::system_clock::time_point deadline) {
 
 class GrpcWsClient::Impl {
  public:
+  class Call;
   class Session;
+  class Direct;
 
   explicit Impl(Options options) : options_(std::move(options)) {
     target_ = options_.host + ":" + std::to_string(options_.port);
@@ -107,13 +109,14 @@ class GrpcWsClient::Impl {
   }
 
   void spawn();  // a Session waiting for the next call
-  void connectLater(std::shared_ptr<Session> s) {
+  std::shared_ptr<Stream> stream(std::string method, grpcws::Headers metadata);
+  void connectLater(std::shared_ptr<Call> s) {
     std::lock_guard<std::mutex> lock(mu_);
     if (context_ == nullptr) return;
     connects_.push_back(std::move(s));
     lws_cancel_service(context_);
   }
-  void wake(std::shared_ptr<Session> s) {
+  void wake(std::shared_ptr<Call> s) {
     std::lock_guard<std::mutex> lock(mu_);
     if (context_ == nullptr) return;
     wakeups_.push_back(std::move(s));
@@ -152,13 +155,43 @@ class GrpcWsClient::Impl {
   lws_context* context_ = nullptr;
   bool lwsFailed_ = false, stopping_ = false;
   std::string lastConnectError_;
-  std::vector<std::shared_ptr<Session>> connects_, wakeups_;
-  std::unordered_map<Session*, std::shared_ptr<Session>> sessions_;  // libwebsockets thread only
+  std::vector<std::shared_ptr<Call>> connects_, wakeups_;
+  std::unordered_map<Call*, std::shared_ptr<Call>> sessions_;  // libwebsockets thread only
   int listenFd_ = -1, stopFd_ = -1;
   std::thread lwsThread_, bridgeThread_, acceptThread_;
 };
 
-class GrpcWsClient::Impl::Session : public std::enable_shared_from_this<Session> {
+// What the libwebsockets thread sees of a call: one WebSocket, its upgrade request, whole messages
+// in and frames out.
+class GrpcWsClient::Impl::Call : public std::enable_shared_from_this<Call> {
+ public:
+  virtual ~Call() = default;
+
+  // --- libwebsockets thread
+  lws* wsi = nullptr;
+  std::string partial;
+  bool established = false;
+  int closeCode = 0;
+  std::string closeReason;
+  // What the upgrade request carries besides the WebSocket's own headers.
+  std::string method;
+  grpcws::Headers upgradeHeaders;
+
+  // The next frame to write (behind LWS_PRE bytes), or false; `close`: nothing more will come.
+  virtual bool nextFrame(std::string& frame, bool& close) = 0;
+  // A whole message from the principal. Returns "" or why the WebSocket must be closed.
+  virtual std::string received(std::string message) = 0;
+  // The WebSocket ended (or never opened): the call ends with the principal's status if its
+  // trailers came, else UNAVAILABLE naming why.
+  virtual void ended(const std::string& why) = 0;
+  // The call is over on our side: close the WebSocket (or do not open it).
+  virtual bool closing() = 0;
+  // Stop reading the WebSocket (too much received waits for the caller), and resume.
+  virtual bool inboundFull() { return false; }
+  virtual bool takeResume() { return false; }
+};
+
+class GrpcWsClient::Impl::Session final : public Call {
  public:
   enum class Op { kNew, kRead, kWrite, kFinish, kDone };
   struct Tag {
@@ -176,17 +209,7 @@ class GrpcWsClient::Impl::Session : public std::enable_shared_from_this<Session>
   }
 
   // --- libwebsockets thread
-  lws* wsi = nullptr;
-  std::string partial;
-  bool established = false;
-  int closeCode = 0;
-  std::string closeReason;
-
-  // What the upgrade request carries besides the WebSocket's own headers.
-  std::string method;
-  grpcws::Headers upgradeHeaders;
-
-  bool nextFrame(std::string& frame, bool& close) {
+  bool nextFrame(std::string& frame, bool& close) override {
     std::lock_guard<std::mutex> lock(mu_);
     close = closeWs_ && out_.empty();
     if (out_.empty()) return false;
@@ -200,8 +223,7 @@ class GrpcWsClient::Impl::Session : public std::enable_shared_from_this<Session>
     return true;
   }
 
-  // A whole message from the principal. Returns "" or why the WebSocket must be closed.
-  std::string received(std::string_view message) {
+  std::string received(std::string message) override {
     grpcws::Frame f;
     if (auto bad = grpcws::parse(message, f); !bad.empty()) return bad;
     std::lock_guard<std::mutex> lock(mu_);
@@ -246,9 +268,7 @@ class GrpcWsClient::Impl::Session : public std::enable_shared_from_this<Session>
     return "";
   }
 
-  // The WebSocket ended (or never opened): the call ends with the principal's status if its
-  // trailers came, else UNAVAILABLE naming why.
-  void ended(const std::string& why) {
+  void ended(const std::string& why) override {
     wsi = nullptr;
     std::lock_guard<std::mutex> lock(mu_);
     wsGone_ = true;
@@ -311,17 +331,19 @@ class GrpcWsClient::Impl::Session : public std::enable_shared_from_this<Session>
     if (wake) impl_.wake(shared_from_this());
   }
 
-  bool closing() {
+  bool closing() override {
     std::lock_guard<std::mutex> lock(mu_);
     return closeWs_;
   }
 
  private:
+  std::shared_ptr<Session> self() { return std::static_pointer_cast<Session>(shared_from_this()); }
+
   // Under tagMu_: a tag is made on one thread and taken from the queue on another, and the
   // hand-over inside libgrpc is invisible to ThreadSanitizer; the lock makes it visible.
   Tag* tag(Op op) {
     std::lock_guard<std::mutex> lock(impl_.tagMu_);
-    return new Tag{shared_from_this(), op};
+    return new Tag{self(), op};
   }
 
   // Under mu_.
@@ -360,6 +382,190 @@ class GrpcWsClient::Impl::Session : public std::enable_shared_from_this<Session>
 
 void GrpcWsClient::Impl::spawn() { std::make_shared<Session>(*this)->request(); }
 
+// A call without the bridge (GrpcWsClient::Stream): the caller's threads read and write whole
+// messages, the libwebsockets thread moves them to and from the WebSocket.
+class GrpcWsClient::Impl::Direct final : public Call, public GrpcWsClient::Stream {
+ public:
+  Direct(Impl& impl, std::string m, grpcws::Headers headers) : impl_(impl) {
+    method = std::move(m);
+    upgradeHeaders = std::move(headers);
+  }
+
+  // --- libwebsockets thread
+  bool nextFrame(std::string& frame, bool& close) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    close = closeWs_ && out_.empty();
+    if (out_.empty()) return false;
+    frame = std::move(out_.front());
+    out_.pop_front();
+    outBytes_ -= frame.size();
+    if (outBytes_ < kHighWater) cv_.notify_all();
+    return true;
+  }
+
+  std::string received(std::string message) override {
+    grpcws::Frame f;
+    if (auto bad = grpcws::parse(message, f); !bad.empty()) return bad;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (status_ && !cancelled_) return "message after the trailers";
+    if (cancelled_) return "";  // the caller is gone; the WebSocket is closing
+    if (f.metadata()) {
+      if (auto bad = trailers(f.payload); !bad.empty()) return bad;
+      return "";
+    }
+    if (f.compressed()) {
+      std::string error;
+      auto plain = gzip::decompress(f.payload, impl_.options().maxMessage, error);
+      if (!plain) return "compressed message: " + error;
+      inBytes_ += plain->size();
+      in_.push_back({std::move(*plain), 0});
+    } else {
+      size_t at = static_cast<size_t>(f.payload.data() - message.data());
+      inBytes_ += message.size();
+      in_.push_back({std::move(message), at});  // no copy: the reader skips the prefix
+    }
+    cv_.notify_all();
+    return "";
+  }
+
+  void ended(const std::string& why) override {
+    wsi = nullptr;
+    std::lock_guard<std::mutex> lock(mu_);
+    wsGone_ = true;
+    out_.clear();
+    outBytes_ = 0;
+    if (!status_) status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE, why);
+    cv_.notify_all();
+  }
+
+  bool closing() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return closeWs_;
+  }
+
+  bool inboundFull() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (inBytes_ >= kInboundHighWater) paused_ = true;
+    return paused_;
+  }
+
+  bool takeResume() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    bool r = resume_;
+    resume_ = false;
+    return r;
+  }
+
+  // --- the caller's threads
+  bool read(std::string& buffer, std::string_view& message) override {
+    bool wake = false;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return !in_.empty() || status_.has_value(); });
+      if (in_.empty() || cancelled_) return false;  // the call is over
+      buffer = std::move(in_.front().first);
+      message = std::string_view(buffer).substr(in_.front().second);
+      in_.pop_front();
+      inBytes_ -= buffer.size();
+      if (paused_ && inBytes_ < kInboundHighWater / 2) {
+        paused_ = false;
+        resume_ = wake = !wsGone_;
+      }
+    }
+    if (wake) impl_.wake(shared_from_this());
+    return true;
+  }
+
+  bool write(std::string_view message) override {
+    std::string frame = grpcws::dataFrame(message, impl_.options().gzip);
+    bool wake = false;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return outBytes_ < kHighWater || wsGone_ || closeWs_ || status_; });
+      if (wsGone_ || closeWs_ || status_) return false;
+      wake = out_.empty();
+      outBytes_ += frame.size();
+      out_.push_back(std::move(frame));
+    }
+    if (wake) impl_.wake(shared_from_this());
+    return true;
+  }
+
+  void cancel(grpc::Status why) override {
+    bool wake = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+      if (!status_) status_ = std::move(why);
+      wake = !closeWs_ && !wsGone_;
+      closeWs_ = true;
+      cv_.notify_all();
+    }
+    if (wake) impl_.wake(shared_from_this());
+  }
+
+  grpc::Status finish() override {
+    bool wake = false;
+    std::unique_lock<std::mutex> lock(mu_);
+    wake = !closeWs_ && !wsGone_;
+    closeWs_ = true;
+    cv_.notify_all();
+    if (wake) {
+      lock.unlock();
+      impl_.wake(shared_from_this());
+      lock.lock();
+    }
+    // Set by the trailers, by cancel() or when the WebSocket ends, which closing it makes happen.
+    cv_.wait(lock, [&] { return status_.has_value(); });
+    return *status_;
+  }
+
+ private:
+  static constexpr size_t kInboundHighWater = 4 << 20;  // received, not yet read: pause the socket
+
+  // Under mu_: a metadata frame. The trailers (a grpc-status) end the call.
+  std::string trailers(std::string_view block) {
+    grpcws::Headers h;
+    if (auto bad = grpcws::parseHeaderBlock(block, h); !bad.empty()) return bad;
+    std::optional<int> code;
+    std::string text, details;
+    for (const auto& [k, v] : h) {
+      if (k == "grpc-status") code = std::atoi(v.c_str());
+      if (k == "grpc-message") text = grpcws::percentDecode(v);
+      if (k == "grpc-status-details-bin") details = v;
+    }
+    if (code) {
+      status_ = grpc::Status(static_cast<grpc::StatusCode>(*code), text, details);
+      cv_.notify_all();
+    }
+    return "";
+  }
+
+  Impl& impl_;
+  std::mutex mu_;
+  std::condition_variable cv_;  // the caller waits here: a message, room, the status
+  std::deque<std::pair<std::string, size_t>> in_;  // a received message and where its payload is
+  size_t inBytes_ = 0;
+  std::deque<std::string> out_;
+  size_t outBytes_ = 0;
+  std::optional<grpc::Status> status_;
+  bool closeWs_ = false, wsGone_ = false, cancelled_ = false, paused_ = false, resume_ = false;
+};
+
+std::shared_ptr<GrpcWsClient::Stream> GrpcWsClient::Impl::stream(std::string method,
+                                                                 grpcws::Headers metadata) {
+  auto d = std::make_shared<Direct>(*this, std::move(method), std::move(metadata));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (context_ == nullptr) {
+      d->ended("the agent is stopping");
+      return d;
+    }
+  }
+  connectLater(d);
+  return d;
+}
+
 int GrpcWsClient::Impl::callback(lws* wsi, lws_callback_reasons reason, void* user, void* in,
                                  size_t len) {
   lws_context* ctx = lws_get_context(wsi);
@@ -374,7 +580,7 @@ int GrpcWsClient::Impl::on(lws* wsi, lws_callback_reasons reason, void* user, vo
     drain();
     return 0;
   }
-  auto* s = static_cast<Session*>(lws_get_opaque_user_data(wsi));
+  auto* s = static_cast<Call*>(lws_get_opaque_user_data(wsi));
   auto where = [this, s]() { return "WebSocket " + (s ? s->method : "") + " to " + target_; };
   switch (reason) {
     case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER: {
@@ -415,7 +621,8 @@ int GrpcWsClient::Impl::on(lws* wsi, lws_callback_reasons reason, void* user, vo
       if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi) > 0) return 0;
       std::string message = std::move(s->partial);
       s->partial.clear();
-      if (auto bad = s->received(message); !bad.empty()) return refuse(bad);
+      if (auto bad = s->received(std::move(message)); !bad.empty()) return refuse(bad);
+      if (s->inboundFull()) lws_rx_flow_control(wsi, 0);
       return 0;
     }
     case LWS_CALLBACK_CLIENT_WRITEABLE: {
@@ -473,7 +680,7 @@ int GrpcWsClient::Impl::on(lws* wsi, lws_callback_reasons reason, void* user, vo
 }
 
 void GrpcWsClient::Impl::drain() {
-  std::vector<std::shared_ptr<Session>> connects, wakeups;
+  std::vector<std::shared_ptr<Call>> connects, wakeups;
   {
     std::lock_guard<std::mutex> lock(mu_);
     connects.swap(connects_);
@@ -481,8 +688,11 @@ void GrpcWsClient::Impl::drain() {
   }
   static const std::string protocol(grpcws::kSubprotocol);
   for (auto& s : connects) {
-    if (s->closing()) continue;  // cancelled before it connected
-    Session* raw = s.get();
+    if (s->closing()) {
+      s->ended("cancelled before its WebSocket opened");
+      continue;
+    }
+    Call* raw = s.get();
     sessions_[raw] = s;
     std::string address = options_.connect ? "+" + options_.socketPath : options_.host;
     std::string host = target_;
@@ -504,7 +714,9 @@ void GrpcWsClient::Impl::drain() {
     }
   }
   for (auto& s : wakeups) {
-    if (s->wsi != nullptr && s->established) lws_callback_on_writable(s->wsi);
+    if (s->wsi == nullptr || !s->established) continue;
+    if (s->takeResume()) lws_rx_flow_control(s->wsi, 1);
+    lws_callback_on_writable(s->wsi);
   }
 }
 
@@ -573,7 +785,7 @@ void GrpcWsClient::Impl::runLws() {
     }
     lws_service(ctx, 0);
   }
-  std::vector<std::shared_ptr<Session>> pending;  // released outside mu_
+  std::vector<std::shared_ptr<Call>> pending;  // released outside mu_
   {
     std::lock_guard<std::mutex> lock(mu_);
     context_ = nullptr;
@@ -638,6 +850,11 @@ GrpcWsClient::~GrpcWsClient() = default;
 
 std::shared_ptr<grpc::Channel> GrpcWsClient::channel(const grpc::ChannelArguments& args) {
   return impl_->channel(args);
+}
+
+std::shared_ptr<GrpcWsClient::Stream> GrpcWsClient::stream(std::string method,
+                                                           grpcws::Headers metadata) {
+  return impl_->stream(std::move(method), std::move(metadata));
 }
 
 }  // namespace aa

@@ -16,9 +16,13 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include <grpcpp/channel.h>
 #include <grpcpp/support/channel_arguments.h>
+#include <grpcpp/support/status.h>
 
 namespace aa {
 
@@ -43,6 +47,29 @@ class GrpcWsClient {
 
   // A channel whose every call is carried by its own WebSocket to the principal.
   std::shared_ptr<grpc::Channel> channel(const grpc::ChannelArguments& args);
+
+  // One call on its own WebSocket without the bridge's grpc hop: Subscribe, whose events are the
+  // hot path (the bridge would add an HTTP/2 encode and decode and two thread hand-offs per
+  // message). Messages are serialised protobuf; thread-safe as grpc's sync streams are (one
+  // reader, one writer, cancel and finish from anywhere).
+  class Stream {
+   public:
+    virtual ~Stream() = default;
+    // Blocks until the next message (true; `message` points into `buffer`) or the end of the call.
+    virtual bool read(std::string& buffer, std::string_view& message) = 0;
+    // Queues one message (gzipped as the options say); blocks while 1 MiB waits for the
+    // WebSocket. False once the call is over.
+    virtual bool write(std::string_view message) = 0;
+    // Ends the call with `why` (unless its status came already) and closes the WebSocket; a
+    // blocked read or write returns false.
+    virtual void cancel(grpc::Status why) = 0;
+    // Closes the WebSocket; the principal's status from its trailers, or why the call ended
+    // without them.
+    virtual grpc::Status finish() = 0;
+  };
+  // `metadata`: request headers for the upgrade (lower-case keys), e.g. authorization.
+  std::shared_ptr<Stream> stream(std::string method,
+                                 std::vector<std::pair<std::string, std::string>> metadata);
 
  private:
   class Impl;

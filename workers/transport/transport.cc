@@ -84,6 +84,32 @@ class Backoff {
   std::mt19937_64 rng_{std::random_device{}()};
 };
 
+// Subscribe on a WebSocket of its own (GrpcWsClient::Stream) in the shape pumpStream drives,
+// as grpc's sync ClientReaderWriter.
+class WsSubscribe {
+ public:
+  explicit WsSubscribe(std::shared_ptr<GrpcWsClient::Stream> s) : s_(std::move(s)) {}
+  bool Read(eventstreamapi::Event* msg) {
+    std::string_view m;
+    if (!s_->read(buf_, m)) return false;
+    if (!msg->ParseFromArray(m.data(), static_cast<int>(m.size()))) {
+      // What grpc does with a message it cannot parse: the call fails.
+      s_->cancel(grpc::Status(grpc::StatusCode::INTERNAL,
+                              "Subscribe: a message from the principal is not an Event"));
+      return false;
+    }
+    return true;
+  }
+  bool Write(const eventstreamapi::Event& msg, grpc::WriteOptions /*options*/) {
+    msg.SerializeToString(&out_);
+    return s_->write(out_);  // the client compresses by size, as the options say (pumpStream)
+  }
+
+ private:
+  std::shared_ptr<GrpcWsClient::Stream> s_;
+  std::string buf_, out_;
+};
+
 class TransportRole final : public Role {
  public:
   explicit TransportRole(WorkerEnv& env)
@@ -273,6 +299,7 @@ class TransportRole final : public Role {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
       if (active_ != nullptr) active_->TryCancel();
+      if (activeWs_) activeWs_->cancel(grpc::Status(grpc::StatusCode::CANCELLED, "stopping"));
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
@@ -291,6 +318,13 @@ class TransportRole final : public Role {
     std::lock_guard<std::mutex> lock(mu_);
     active_ = ctx;
     if (stop_ && ctx != nullptr) ctx->TryCancel();
+  }
+
+  void setActiveWs(std::shared_ptr<GrpcWsClient::Stream> s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    activeWs_ = std::move(s);
+    if (stop_ && activeWs_)
+      activeWs_->cancel(grpc::Status(grpc::StatusCode::CANCELLED, "stopping"));
   }
 
   void sleepFor(std::chrono::milliseconds d) {
@@ -372,7 +406,7 @@ class TransportRole final : public Role {
 
   // One stream's heartbeats: every interval, judge the previous one, then send the next.
   void heartbeatLoop(HeartbeatMonitor& monitor, std::atomic<bool>& streamDone,
-                     grpc::ClientContext& ctx) {
+                     const std::function<void()>& cancel) {
     auto interval =
         std::chrono::duration_cast<std::chrono::milliseconds>(config_.heartbeatInterval);
     while (true) {
@@ -386,7 +420,7 @@ class TransportRole final : public Role {
             "the stream dead",
             monitor.missedInARow(), interval.count());
         declaredDead_ = true;
-        ctx.TryCancel();
+        cancel();
         return;
       }
       std::string id = jwt::newUuidV4();
@@ -526,9 +560,23 @@ class TransportRole final : public Role {
     grpc::ClientContext ctx;
     compress(ctx);
     ctx.AddMetadata("authorization", token);
-    setActive(&ctx);
     rpc_.start(Rpc::kSubscribe);
-    auto stream = eventstreamapi::EventStream::NewStub(channel)->Subscribe(&ctx);
+    // Over WebSocket, Subscribe goes on a WebSocket of its own without the bridge's grpc hop
+    // (grpc_ws_client.h); the unary calls above and the refresh go through the bridge.
+    std::unique_ptr<grpc::ClientReaderWriter<eventstreamapi::Event, eventstreamapi::Event>> stream;
+    std::shared_ptr<GrpcWsClient::Stream> wsStream;
+    std::function<void()> cancel;
+    if (ws_) {
+      wsStream = ws_->stream("/eventstreamapi.EventStream/Subscribe", {{"authorization", token}});
+      setActiveWs(wsStream);
+      cancel = [&wsStream]() {
+        wsStream->cancel(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+      };
+    } else {
+      setActive(&ctx);
+      stream = eventstreamapi::EventStream::NewStub(channel)->Subscribe(&ctx);
+      cancel = [&ctx]() { ctx.TryCancel(); };
+    }
     auto opened = std::chrono::steady_clock::now();
     // Do not wait for response headers: grpc-go and grpc-js principals send them only with
     // their first message, which may never come (an idle autonomous agent). A refused stream
@@ -546,27 +594,36 @@ class TransportRole final : public Role {
       std::atomic<bool> streamDone{false};
       std::thread heartbeat;
       if (config_.heartbeatInterval.count() > 0) {
-        heartbeat = std::thread([&] { heartbeatLoop(monitor, streamDone, ctx); });
+        heartbeat = std::thread([&] { heartbeatLoop(monitor, streamDone, cancel); });
       }
       std::thread refresher([&] { refreshLoop(channel, streamDone); });
-      auto stats = delivery::pumpStream(
-          *stream, outbox_, *sink_, ledger_, ledgerMu_, kSource, "principal",
-          [&](const delivery::Event& ack) {
-            rpc_.receive(Rpc::kSubscribe);
-            if (ack.type() != ce::kProcessed) {
-              observePropagation(ack);
-              return;
-            }
-            if (auto rtt = monitor.acked(ce::stringAttr(ack, "eventid"),
-                                         std::chrono::steady_clock::now())) {
-              spdlog::debug("heartbeat ACK after {}us", rtt->count() / 1000);
-              std::lock_guard<std::mutex> lock(mu_);
-              heartbeatRtt_ = *rtt;
-            }
-          },
-          &rpc_.sent[RpcCounters::index(Rpc::kSubscribe)],
-          [this](const std::string& target, delivery::Processed outcome,
-                 std::chrono::nanoseconds took) { observeProcessed(target, outcome, took); });
+      auto onAck = [&](const delivery::Event& ack) {
+        rpc_.receive(Rpc::kSubscribe);
+        if (ack.type() != ce::kProcessed) {
+          observePropagation(ack);
+          return;
+        }
+        if (auto rtt =
+                monitor.acked(ce::stringAttr(ack, "eventid"), std::chrono::steady_clock::now())) {
+          spdlog::debug("heartbeat ACK after {}us", rtt->count() / 1000);
+          std::lock_guard<std::mutex> lock(mu_);
+          heartbeatRtt_ = *rtt;
+        }
+      };
+      auto onProcessed = [this](const std::string& target, delivery::Processed outcome,
+                                std::chrono::nanoseconds took) {
+        observeProcessed(target, outcome, took);
+      };
+      auto* sent = &rpc_.sent[RpcCounters::index(Rpc::kSubscribe)];
+      delivery::PumpStats stats;
+      if (wsStream) {
+        WsSubscribe ws(wsStream);
+        stats = delivery::pumpStream(ws, outbox_, *sink_, ledger_, ledgerMu_, kSource, "principal",
+                                     onAck, sent, onProcessed);
+      } else {
+        stats = delivery::pumpStream(*stream, outbox_, *sink_, ledger_, ledgerMu_, kSource,
+                                     "principal", onAck, sent, onProcessed);
+      }
       connected_ = false;
       connectedSinceUnix_ = 0;
       {
@@ -582,9 +639,10 @@ class TransportRole final : public Role {
       spdlog::debug("stream stats: {} received, {} applied, {} duplicates, {} rejected",
                     stats.received, stats.applied, stats.duplicates, stats.rejected);
     }
-    auto st = stream->Finish();
+    auto st = wsStream ? wsStream->finish() : stream->Finish();
     rpc_.handle(Rpc::kSubscribe, st.error_code());
     setActive(nullptr);
+    setActiveWs(nullptr);
     auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - opened);
     if (!stopping()) {
@@ -646,6 +704,7 @@ class TransportRole final : public Role {
   std::condition_variable cv_;
   bool stop_ = false;
   grpc::ClientContext* active_ = nullptr;
+  std::shared_ptr<GrpcWsClient::Stream> activeWs_;  // the WebSocket Subscribe, under mu_
   std::string state_ = "starting";
   std::optional<std::chrono::nanoseconds> heartbeatRtt_;  // guarded by mu_
   std::string accessToken_, refreshToken_;                // guarded by mu_
