@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -61,8 +62,15 @@ void appendMetadata(grpcws::Headers& out,
 class GrpcWsServer::Impl {
  public:
   class Session;
+  // How a directly served call's handler wakes the libwebsockets thread; it may outlive Impl
+  // (the handler can hold its Call longer), so it is cut when Impl stops.
+  struct WakeLine {
+    std::mutex mu;
+    Impl* impl = nullptr;
+  };
 
   explicit Impl(Options options) : options_(std::move(options)) {
+    line_->impl = this;
     lwsThread_ = std::thread([this]() { runLws(); });
     bridgeThread_ = std::thread([this]() { runBridge(); });
     std::unique_lock<std::mutex> lock(mu_);
@@ -96,6 +104,7 @@ class GrpcWsServer::Impl {
   }
 
   const Options& options() const { return options_; }
+  const std::shared_ptr<WakeLine>& line() const { return line_; }
   grpc::CompletionQueue& cq() { return cq_; }
   // Every operation on cq_ starts through it (none once it is shut down).
   QueueGate& gate() { return gate_; }
@@ -135,14 +144,17 @@ class GrpcWsServer::Impl {
   std::unordered_map<Session*, std::shared_ptr<Session>> sessions_;
   log::Limiter refusedLog_{"refused WebSocket requests"};
   log::Limiter malformedLog_{"WebSockets closed for malformed messages"};
+  std::shared_ptr<WakeLine> line_ = std::make_shared<WakeLine>();
   grpc::CompletionQueue cq_;
   QueueGate gate_;
   std::mutex tagMu_;  // see Session::tag
   std::thread lwsThread_, bridgeThread_;
 };
 
-// One adopted HTTP/1.1 connection and, once it upgraded, its WebSocket's RPC.
-class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session> {
+// One adopted HTTP/1.1 connection and, once it upgraded, its WebSocket's RPC: bridged to our grpc
+// server (start()), or served directly by Options::serve (serveDirectly(), the Call interface).
+class GrpcWsServer::Impl::Session final : public GrpcWsServer::Call,
+                                          public std::enable_shared_from_this<Session> {
  public:
   enum class Op { kStart, kHeaders, kRead, kWrite, kWritesDone, kFinish };
   struct Tag {
@@ -150,24 +162,135 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
     Op op;
   };
 
-  Session(Impl& impl, std::shared_ptr<const PeerInfo> peer) : impl_(impl), peer_(std::move(peer)) {
+  Session(Impl& impl, std::shared_ptr<const PeerInfo> peer)
+      : impl_(impl), line_(impl.line()), peer_(std::move(peer)) {
     std::lock_guard<std::mutex> lock(impl_.mu_);
     ++impl_.liveSessions_;
   }
 
-  ~Session() {
+  ~Session() override {
     call_.reset();
     context_.reset();
     channel_.reset();
     if (serverFd_ >= 0) impl_.options().registry->remove(serverFd_, peer_.get());
-    impl_.sessionEnded();
+    if (counted_) impl_.sessionEnded();  // a direct call's handler may hold it longer: not then
   }
 
-  const PeerInfo& peer() const { return *peer_; }
+  const PeerInfo& peerInfo() const { return *peer_; }
 
-  // --- libwebsockets thread
-  lws* wsi = nullptr;  // null once libwebsockets destroyed it
-  std::string method;  // the RPC's path
+  // --- GrpcWsServer::Call (a direct call's handler, any thread)
+  const std::string& method() const override { return method_; }
+  std::optional<std::string_view> metadata(std::string_view key) const override {
+    for (const auto& [k, v] : requestMetadata) {
+      if (k == key) return std::string_view(v);
+    }
+    return std::nullopt;
+  }
+  const std::shared_ptr<const PeerInfo>& peer() const override { return peer_; }
+
+  Got read(std::string& buffer, std::string_view& message) override {
+    bool wake = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (in_.empty()) {
+        if (clientDone_ || gone_) return Got::kEnd;
+        readWaiting_ = true;
+        return Got::kNone;
+      }
+      buffer = std::move(in_.front().first);
+      message = std::string_view(buffer).substr(in_.front().second);
+      in_.pop_front();
+      wake = rxPauseAsked_ && in_.size() < kMaxQueuedWrites / 2 && !gone_;
+      if (wake) rxPauseAsked_ = false;
+    }
+    if (wake) wakeDirect();  // the socket may be read again (drain())
+    return Got::kMessage;
+  }
+
+  void sendHeaders() override {
+    grpcws::Headers headers{{"content-type", "application/grpc"}};
+    if (gzip) headers.emplace_back("grpc-encoding", "gzip");
+    queueDirect(metadataFrame(headers), [this] { headersSent_ = true; });
+  }
+
+  bool write(std::string_view message) override {
+    return queueDirect(grpcws::dataFrame(message, gzip), nullptr);
+  }
+
+  bool writable() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (gone_ || outBytes_ < kHighWater) return true;
+    drainWaiting_ = true;
+    return false;
+  }
+
+  void finish(const grpc::Status& status) override {
+    bool wake;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (gone_ || trailersQueued_) return;
+      wake = queue(trailersFrame(status, nullptr));
+      trailersQueued_ = true;
+    }
+    if (wake) wakeDirect();
+  }
+
+  void cancel() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (gone_ || trailersQueued_) return;
+      out_.clear();
+      outBytes_ = 0;
+      queue(trailersFrame(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the principal"),
+                          nullptr));
+      trailersQueued_ = true;
+    }
+    wakeDirect();
+  }
+
+  void setNotify(std::function<void()> notify) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    notify_ = std::move(notify);
+  }
+
+  // --- libwebsockets thread, a direct call
+  // Hands the WebSocket to Options::serve (the method is one of Options::directMethods).
+  void serveDirectly() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      direct_ = true;
+    }
+    impl_.options().serve(shared_from_this());
+  }
+  bool direct() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return direct_;
+  }
+  // A data frame's payload from the client: `message` from `at` on.
+  void receivedDirect(std::string message, size_t at) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (trailersQueued_) return;  // the call already ended: nothing will read it
+    in_.emplace_back(std::move(message), at);
+  }
+  // Tells the handler what it waits for, if it came.
+  void poke() {
+    std::function<void()> notify;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!direct_ || !notify_) return;
+      bool readable = readWaiting_ && (!in_.empty() || clientDone_ || gone_);
+      bool drained = drainWaiting_ && (outBytes_ < kHighWater / 2 || gone_);
+      if (!readable && !drained) return;
+      if (readable) readWaiting_ = false;
+      if (drained) drainWaiting_ = false;
+      notify = notify_;
+    }
+    notify();
+  }
+
+  // --- libwebsockets thread (method_ and requestMetadata are not changed once the call started)
+  lws* wsi = nullptr;   // null once libwebsockets destroyed it
+  std::string method_;  // the RPC's path
   grpcws::Headers requestMetadata;
   std::optional<std::chrono::nanoseconds> timeout;
   std::string partial;  // a message arriving in fragments
@@ -195,13 +318,13 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
     grpc::GenericStub stub(channel_);
     std::lock_guard<std::mutex> lock(mu_);
     gzip_ = gzip;
-    call_ = stub.PrepareCall(context_.get(), method, &impl_.cq());
+    call_ = stub.PrepareCall(context_.get(), method_, &impl_.cq());
     impl_.gate().run([&] { call_->StartCall(tag(Op::kStart)); });
     return "";
   }
 
   // A data frame's payload from the client.
-  void write(std::string_view payload) {
+  void forward(std::string_view payload) {
     grpc::Slice slice(payload.data(), payload.size());
     std::lock_guard<std::mutex> lock(mu_);
     if (finishing_) return;  // the call already ended: nothing will read it
@@ -211,15 +334,21 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
   void halfClose() {
     std::lock_guard<std::mutex> lock(mu_);
     halfClose_ = true;
-    pumpWrites();
+    clientDone_ = true;
+    if (!direct_) pumpWrites();
   }
   bool tooManyWrites() {
     std::lock_guard<std::mutex> lock(mu_);
+    if (direct_) {
+      if (in_.size() < kMaxQueuedWrites) return false;
+      rxPauseAsked_ = true;  // read() wakes the libwebsockets thread once it took half
+      return true;
+    }
     return writes_.size() >= kMaxQueuedWrites;
   }
   bool fewWrites() {
     std::lock_guard<std::mutex> lock(mu_);
-    return writes_.size() < kMaxQueuedWrites / 2;
+    return (direct_ ? in_.size() : writes_.size()) < kMaxQueuedWrites / 2;
   }
 
   // The next frame to write into the WebSocket, if any; `close` is set once the trailers went.
@@ -233,7 +362,7 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
     frame = std::move(out_.front());
     out_.pop_front();
     outBytes_ -= frame.size();
-    if (readPaused_ && !finishing_ && outBytes_ < kHighWater / 2) {
+    if (!direct_ && readPaused_ && !finishing_ && outBytes_ < kHighWater / 2) {
       readPaused_ = false;
       impl_.gate().run([&] { call_->Read(&readBuf_, tag(Op::kRead)); });
     }
@@ -243,10 +372,17 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
   // libwebsockets destroyed the connection: end the call (if any) and stop queueing frames.
   void detach() {
     wsi = nullptr;
-    std::lock_guard<std::mutex> lock(mu_);
-    gone_ = true;
-    out_.clear();
-    if (call_ && !finished_) context_->TryCancel();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      gone_ = true;
+      out_.clear();
+      outBytes_ = 0;
+      if (call_ && !finished_) context_->TryCancel();
+      if (!direct_) return;
+    }
+    counted_ = false;  // Impl's stop() waits for the WebSockets, not for the handler
+    impl_.sessionEnded();
+    poke();
   }
 
   // --- bridge thread
@@ -307,17 +443,7 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
           break;
         case Op::kFinish: {
           finished_ = true;
-          grpcws::Headers trailers;
-          if (!headersSent_) trailers.emplace_back("content-type", "application/grpc");
-          trailers.emplace_back("grpc-status", std::to_string(status_.error_code()));
-          if (!status_.error_message().empty()) {
-            trailers.emplace_back("grpc-message", grpcws::percentEncode(status_.error_message()));
-          }
-          if (!status_.error_details().empty()) {
-            trailers.emplace_back("grpc-status-details-bin", status_.error_details());
-          }
-          appendMetadata(trailers, context_->GetServerTrailingMetadata());
-          queue(metadataFrame(trailers));
+          queue(trailersFrame(status_, &context_->GetServerTrailingMetadata()));
           trailersQueued_ = true;
           wake = true;
           break;
@@ -338,6 +464,40 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
   Tag* tag(Op op) {
     std::lock_guard<std::mutex> lock(impl_.tagMu_);
     return new Tag{shared_from_this(), op};
+  }
+
+  // Under mu_: the trailers (and the headers if they did not go) as a metadata frame.
+  std::string trailersFrame(const grpc::Status& status,
+                            const std::multimap<grpc::string_ref, grpc::string_ref>* extra) {
+    grpcws::Headers trailers;
+    if (!headersSent_) trailers.emplace_back("content-type", "application/grpc");
+    trailers.emplace_back("grpc-status", std::to_string(status.error_code()));
+    if (!status.error_message().empty()) {
+      trailers.emplace_back("grpc-message", grpcws::percentEncode(status.error_message()));
+    }
+    if (!status.error_details().empty()) {
+      trailers.emplace_back("grpc-status-details-bin", status.error_details());
+    }
+    if (extra) appendMetadata(trailers, *extra);
+    return metadataFrame(trailers);
+  }
+
+  // A direct call's frame; `then` runs under mu_ once it is queued. False if it cannot go.
+  bool queueDirect(std::string frame, const std::function<void()>& then) {
+    bool wake;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (gone_ || trailersQueued_) return false;
+      wake = queue(std::move(frame));
+      if (then) then();
+    }
+    if (wake) wakeDirect();
+    return true;
+  }
+
+  void wakeDirect() {
+    std::lock_guard<std::mutex> lock(line_->mu);
+    if (line_->impl != nullptr) line_->impl->wake(shared_from_this());
   }
 
   // Under mu_. Returns whether the libwebsockets thread must be woken (the queue was empty).
@@ -367,9 +527,11 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
     impl_.gate().run([&] { call_->Finish(&status_, tag(Op::kFinish)); });
   }
 
-  Impl& impl_;
+  Impl& impl_;  // a direct call's handler thread reaches it only through line_
+  std::shared_ptr<WakeLine> line_;
   std::shared_ptr<const PeerInfo> peer_;
   int serverFd_ = -1;
+  bool counted_ = true;  // in impl_.liveSessions_
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<grpc::ClientContext> context_;
   std::mutex mu_;
@@ -383,6 +545,12 @@ class GrpcWsServer::Impl::Session : public std::enable_shared_from_this<Session>
   bool headersSent_ = false, readPaused_ = false, finishing_ = false, finished_ = false;
   bool trailersQueued_ = false, gone_ = false;
   bool gzip_ = false;  // `gzip`, for the bridge thread
+  // A direct call (under mu_): what the client sent, and what the handler waits for.
+  bool direct_ = false;
+  std::deque<std::pair<std::string, size_t>> in_;  // a message and where its payload starts
+  bool clientDone_ = false;                        // the end-of-stream marker came
+  bool readWaiting_ = false, drainWaiting_ = false, rxPauseAsked_ = false;
+  std::function<void()> notify_;
 };
 
 // ---------------------------------------------------------------- libwebsockets side
@@ -441,8 +609,8 @@ std::string GrpcWsServer::Impl::confirmUpgrade(lws* wsi, Session& s, const char*
     return contentType.empty() ? "no Content-Type (must be application/grpc)"
                                : "Content-Type \"" + contentType + "\" (must be application/grpc)";
   }
-  s.method = header(WSI_TOKEN_GET_URI);
-  if (s.method.empty() || s.method[0] != '/') return "no request path (the gRPC method)";
+  s.method_ = header(WSI_TOKEN_GET_URI);
+  if (s.method_.empty() || s.method_[0] != '/') return "no request path (the gRPC method)";
   std::string auth = header(WSI_TOKEN_HTTP_AUTHORIZATION);
   if (!auth.empty()) {
     if (!printable(auth)) return "Authorization is not printable ASCII";
@@ -469,7 +637,7 @@ int GrpcWsServer::Impl::refuseHttp(lws* wsi, Session* s, unsigned status, const 
   ++stats_.refused;
   if (refusedLog_.allow()) {
     spdlog::warn("WebSocket request from {} refused ({}): {}",
-                 s == nullptr ? std::string("?") : s->peer().address, status, why);
+                 s == nullptr ? std::string("?") : s->peerInfo().address, status, why);
   }
   // Written whole, by hand: at the upgrade check libwebsockets has not read the request's HTTP
   // version yet and lws_return_http_status would answer HTTP/1.0, which clients refuse.
@@ -490,7 +658,7 @@ int GrpcWsServer::Impl::refuseMessage(lws* wsi, Session& s, lws_close_status cod
                                       const std::string& why) {
   ++stats_.badInput;
   if (malformedLog_.allow()) {
-    spdlog::warn("WebSocket {} from {} closed ({}): {}", s.method, s.peer().address,
+    spdlog::warn("WebSocket {} from {} closed ({}): {}", s.method_, s.peerInfo().address,
                  static_cast<int>(code), why);
   }
   std::string reason = why.substr(0, 120);  // a close frame holds at most 123 bytes of reason
@@ -521,11 +689,16 @@ int GrpcWsServer::Impl::on(lws* wsi, lws_callback_reasons reason, void* user, vo
     case LWS_CALLBACK_ESTABLISHED: {
       if (s == nullptr) return -1;
       ++stats_.upgrades;
-      spdlog::debug("WebSocket {} from {}", s->method, s->peer().address);
+      spdlog::debug("WebSocket {} from {}", s->method_, s->peerInfo().address);
+      const auto& direct = options_.directMethods;
+      if (options_.serve && std::find(direct.begin(), direct.end(), s->method_) != direct.end()) {
+        s->serveDirectly();
+        return 0;
+      }
       std::string why = s->start();
       if (!why.empty()) {
-        spdlog::warn("WebSocket {} from {}: cannot start the call: {}", s->method,
-                     s->peer().address, why);
+        spdlog::warn("WebSocket {} from {}: cannot start the call: {}", s->method_,
+                     s->peerInfo().address, why);
         return -1;
       }
       return 0;
@@ -555,6 +728,7 @@ int GrpcWsServer::Impl::on(lws* wsi, lws_callback_reasons reason, void* user, vo
       if (frame.endOfStream()) {
         s->halfClosedByClient = true;
         s->halfClose();
+        s->poke();
         return 0;
       }
       if (frame.metadata()) {
@@ -573,14 +747,22 @@ int GrpcWsServer::Impl::on(lws* wsi, lws_callback_reasons reason, void* user, vo
           return refuseMessage(wsi, *s, LWS_CLOSE_STATUS_INVALID_PAYLOAD,
                                "compressed message: " + error);
         }
-        s->write(*plain);
+        if (s->direct()) {
+          s->receivedDirect(std::move(*plain), 0);
+        } else {
+          s->forward(*plain);
+        }
+      } else if (s->direct()) {
+        size_t at = static_cast<size_t>(frame.payload.data() - message.data());
+        s->receivedDirect(std::move(message), at);  // no copy: the handler skips the prefix
       } else {
-        s->write(frame.payload);
+        s->forward(frame.payload);
       }
       if (s->tooManyWrites() && !s->rxPaused) {
         s->rxPaused = true;
         lws_rx_flow_control(wsi, 0);
       }
+      s->poke();
       return 0;
     }
     case LWS_CALLBACK_SERVER_WRITEABLE: {
@@ -594,6 +776,7 @@ int GrpcWsServer::Impl::on(lws* wsi, lws_callback_reasons reason, void* user, vo
           return -1;
         }
         lws_callback_on_writable(wsi);  // the next frame, or the close after the trailers
+        s->poke();
         return 0;
       }
       if (close) {
@@ -634,7 +817,7 @@ void GrpcWsServer::Impl::drain() {
     lws* wsi = lws_adopt_descriptor_vhost_via_info(&desc);  // closes fd on failure
     if (wsi == nullptr) {
       spdlog::warn("WebSocket connection from {}: libwebsockets could not adopt it",
-                   raw->peer().address);
+                   raw->peerInfo().address);
       sessions_.erase(raw);
       continue;
     }
@@ -710,6 +893,10 @@ void GrpcWsServer::Impl::runBridge() {
 }
 
 void GrpcWsServer::Impl::stop() {
+  {
+    std::lock_guard<std::mutex> lock(line_->mu);
+    line_->impl = nullptr;  // direct calls' handlers no longer reach this
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_ && !lwsThread_.joinable()) return;

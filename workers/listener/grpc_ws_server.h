@@ -18,8 +18,12 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include <grpcpp/support/status.h>
 
 #include "workers/listener/front_door.h"
 
@@ -27,6 +31,36 @@ namespace aa {
 
 class GrpcWsServer {
  public:
+  // A call served by the caller's own handler instead of the bridge: Subscribe, whose events are
+  // the hot path (the bridge adds an HTTP/2 encode and decode and two thread hand-offs per
+  // message). Thread-safe. The handler is told through its notify function - called on the
+  // libwebsockets thread, under no lock of ours - when a message (or the end) arrived after a
+  // read found none, when the WebSocket took what waited after writable() said no, and when the
+  // WebSocket ended.
+  class Call {
+   public:
+    virtual ~Call() = default;
+    virtual const std::string& method() const = 0;
+    // A request header that became metadata (authorization, the identity header), if present.
+    virtual std::optional<std::string_view> metadata(std::string_view key) const = 0;
+    virtual const std::shared_ptr<const PeerInfo>& peer() const = 0;
+    enum class Got { kMessage, kNone, kEnd };
+    // The next message from the client (`message` points into `buffer`); kNone: none yet
+    // (notify comes); kEnd: the client half-closed or the WebSocket ended.
+    virtual Got read(std::string& buffer, std::string_view& message) = 0;
+    // The response: its headers, messages (gzipped if the client gzips and they are at least
+    // delivery::kCompressMinBytes), the trailers, which close the WebSocket. write() is false
+    // once the WebSocket is gone or the trailers are queued.
+    virtual void sendHeaders() = 0;
+    virtual bool write(std::string_view message) = 0;
+    // Whether less than 1 MiB waits for the WebSocket (or it is gone); if not, notify comes.
+    virtual bool writable() = 0;
+    virtual void finish(const grpc::Status& status) = 0;
+    // Drops what waits for the WebSocket and ends the call with CANCELLED.
+    virtual void cancel() = 0;
+    virtual void setNotify(std::function<void()> notify) = 0;
+  };
+
   struct Options {
     // Takes a connected descriptor carrying HTTP/2 (the bridged call's server end): the grpc
     // server's AddInsecureChannelFromFd.
@@ -38,6 +72,10 @@ class GrpcWsServer {
     size_t maxMessage = 64u << 20;      // grpc-ws's 64 MiB, or --grpc-max-message-size if lower
     int upgradeTimeoutSeconds = 10;     // the request and upgrade must be complete by then
     size_t maxHeaderBytes = 40 * 1024;  // all request headers together
+    // Methods `serve` takes (as a Call, on the libwebsockets thread, once the WebSocket is
+    // open) instead of the bridge. The request's grpc-timeout is not applied to them.
+    std::vector<std::string> directMethods;
+    std::function<void(std::shared_ptr<Call>)> serve;
   };
 
   struct Stats {

@@ -114,14 +114,12 @@ grpc::Status invalidAuth() {
 }
 
 // Validates the `authorization` metadata (raw JWT, no "Bearer"). Returns the claims or nullopt.
-std::optional<jwt::Claims> checkToken(const grpc::ServerContext& ctx, const jwt::Key& key,
-                                      const std::string& principalNamespace, bool subjectMatch,
-                                      const PeerRegistry& peers) {
-  const auto& md = ctx.client_metadata();
-  auto it = md.find("authorization");
-  if (it == md.end() || it->second.size() > kMaxAuthorization) return std::nullopt;
-  auto v = jwt::verify(key, std::string_view(it->second.data(), it->second.size()),
-                       jwt::kAudienceAccess, std::chrono::system_clock::now());
+// `peer`: the connection as the front door recorded it (null if unknown).
+std::optional<jwt::Claims> checkToken(std::optional<std::string_view> authorization,
+                                      const PeerInfo* peer, const jwt::Key& key,
+                                      const std::string& principalNamespace, bool subjectMatch) {
+  if (!authorization || authorization->size() > kMaxAuthorization) return std::nullopt;
+  auto v = jwt::verify(key, *authorization, jwt::kAudienceAccess, std::chrono::system_clock::now());
   if (!v.claims) {
     spdlog::debug("token rejected: {}", jwt::toString(v.error));
     return std::nullopt;
@@ -133,7 +131,6 @@ std::optional<jwt::Claims> checkToken(const grpc::ServerContext& ctx, const jwt:
   }
   if (subjectMatch) {
     // The front door verified the chain and read the leaf's CN; no certificate parsing here.
-    auto peer = peers.find(ctx.peer());
     if (!peer || peer->commonName.empty() || peer->commonName != c.clientId) {
       spdlog::warn("agent {}: client certificate CN does not match the agent name", c.clientId);
       return std::nullopt;
@@ -353,7 +350,7 @@ class AuthCall final : public Call {
       // this thread's last touch of the call is ordered before that.
       std::lock_guard<std::mutex> lock(outcomeMu_);
       conclude(out);
-      gQueues.run([&] { alarm_.Set(cq_, gpr_now(GPR_CLOCK_MONOTONIC), &tag_); });
+      gQueues.run([&] { alarm_.Set(cq_, gpr_inf_past(GPR_CLOCK_MONOTONIC), &tag_); });
     };
     if constexpr (kRefresh) {
       if (req_.refreshtoken().size() > kMaxAuthorization) {
@@ -543,7 +540,23 @@ struct Inbox {
   // The agent's state was opened again on a new cache session: what the stream held to send
   // later is leased anew from it.
   bool resetLeases = false;
+  // A WebSocket call (StreamCall::spawnWs): start it; the WebSocket has news (notify).
+  bool wsStart = false, wsReady = false;
 };
+
+// The bytes of a message to send (one slice, as toBuffer makes them: no copy).
+std::string_view bytesOf(const grpc::ByteBuffer& b, std::string& scratch) {
+  std::vector<grpc::Slice> slices;
+  if (!b.Dump(&slices).ok() || slices.empty()) return {};
+  if (slices.size() == 1) {
+    scratch.clear();
+    return std::string_view(reinterpret_cast<const char*>(slices[0].begin()), slices[0].size());
+  }
+  scratch.clear();
+  for (const auto& sl : slices)
+    scratch.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  return scratch;
+}
 
 class StreamCall final : public Call, public std::enable_shared_from_this<StreamCall> {
  public:
@@ -556,6 +569,22 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     gQueues.run([&] {
       c->e_.services.generic.RequestCall(&c->ctx_, &c->stream_, cq, cq, &c->tags_[kRequest]);
     });
+  }
+
+  // A Subscribe that came as a grpc-ws WebSocket (GrpcWsServer::Call, any thread): the same
+  // state machine on `cq`'s serving thread, with the WebSocket where grpc's stream would be. It
+  // completes nothing on the queue: its news comes through deliver() (the alarm), and writes go
+  // as far as the WebSocket takes them (pumpWs).
+  static void spawnWs(EdgeContext& e, grpc::ServerCompletionQueue* cq,
+                      std::shared_ptr<GrpcWsServer::Call> ws) {
+    auto c = std::make_shared<StreamCall>(e, cq);
+    c->self_ = c;
+    c->ws_ = std::move(ws);
+    std::weak_ptr<StreamCall> weak = c;
+    c->ws_->setNotify([weak]() {
+      if (auto call = weak.lock()) call->deliver([](Inbox& in) { in.wsReady = true; });
+    });
+    c->deliver([](Inbox& in) { in.wsStart = true; });
   }
 
   void proceed(int op, bool ok) override {
@@ -605,7 +634,10 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     fill(inbox_);
     if (!alarmArmed_) {
       alarmArmed_ = true;
-      gQueues.run([&] { alarm_.Set(cq_, gpr_now(GPR_CLOCK_MONOTONIC), &tags_[kAlarm]); });
+      // In the past, not now: grpc 1.51 fires an alarm whose deadline is not behind its cached
+      // clock through the timer heap, milliseconds later (WebSocket streams, whose every
+      // wake-up comes this way, ran at half speed).
+      gQueues.run([&] { alarm_.Set(cq_, gpr_inf_past(GPR_CLOCK_MONOTONIC), &tags_[kAlarm]); });
     }
   }
 
@@ -629,18 +661,27 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
       self_.reset();
       return;
     }
-    spawn(e_, cq_);  // the next call on this queue
-    if (ctx_.method() != kSubscribeMethod) {
-      finishStream(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                                "unknown method " + ctx_.method().substr(0, 128)));
+    if (!ws_) spawn(e_, cq_);  // the next call on this queue
+    const std::string& method = ws_ ? ws_->method() : ctx_.method();
+    if (method != kSubscribeMethod) {
+      finishStream(
+          grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "unknown method " + method.substr(0, 128)));
       return;
     }
     e_.counters.rpc.start(Rpc::kSubscribe);
     subscribeCall_ = true;
     const auto& p = e_.config.principal;
-    auto claims = checkToken(
-        ctx_, e_.key, p.namespace_,
-        p.clientCertSubjectMatch && p.requireClientCerts && !p.insecurePlaintext, e_.peers);
+    auto peer = ws_ ? ws_->peer() : peerOf(e_.peers, ctx_);
+    std::optional<std::string_view> authorization;
+    if (ws_) {
+      authorization = ws_->metadata("authorization");
+    } else if (auto it = ctx_.client_metadata().find("authorization");
+               it != ctx_.client_metadata().end()) {
+      authorization = std::string_view(it->second.data(), it->second.size());
+    }
+    auto claims =
+        checkToken(authorization, peer.get(), e_.key, p.namespace_,
+                   p.clientCertSubjectMatch && p.requireClientCerts && !p.insecurePlaintext);
     if (!claims) {
       // Any serving thread; rate-limited, as a flood of token-less streams must not flood the log.
       static std::mutex mu;
@@ -649,7 +690,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
         std::lock_guard<std::mutex> lock(mu);
         if (limiter.allow()) {
           spdlog::warn("Subscribe from {} refused: no valid token (UNAUTHENTICATED)",
-                       peerOf(e_.peers, ctx_)->address);
+                       peer->address);
         }
       }
       finishStream(invalidAuth());
@@ -657,7 +698,6 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     }
     agent_ = claims->clientId;
     mode_ = claims->mode;
-    auto peer = peerOf(e_.peers, ctx_);
     peer->markAuthenticated();  // the front door's admission and --unauthenticated-timeout
     peer_ = peer->address;
     subscribed_ = true;
@@ -667,15 +707,41 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
 
   void read() {
     reading_ = true;
+    if (ws_) {
+      wsRead();
+      return;
+    }
     gQueues.run([&] { stream_.Read(&in_, &tags_[kRead]); });
   }
 
-  void onMessage() {
+  // What the WebSocket received, as kRead would have completed for it; none yet: its notify
+  // brings us back (onAlarm).
+  void wsRead() {
+    while (reading_) {
+      std::string_view message;
+      auto got = ws_->read(wsIn_, message);
+      if (got == GrpcWsServer::Call::Got::kNone) return;
+      reading_ = false;
+      if (got == GrpcWsServer::Call::Got::kEnd) {
+        finishStream(grpc::Status::OK);  // the agent closed its side, or the WebSocket ended
+        return;
+      }
+      onMessage(message);
+      if (finishing_) return;
+      reading_ = true;
+    }
+  }
+
+  // `wsBytes`: the message over WebSocket (else it is in in_).
+  void onMessage(std::string_view wsBytes = {}) {
     auto arrived = std::chrono::steady_clock::now();
     e_.counters.rpc.receive(Rpc::kSubscribe);
     messages.fetch_add(1, std::memory_order_relaxed);
     eventstreamapi::Event msg;
-    if (!grpc::SerializationTraits<eventstreamapi::Event>::Deserialize(&in_, &msg).ok()) {
+    bool parsed =
+        ws_ ? msg.ParseFromArray(wsBytes.data(), static_cast<int>(wsBytes.size()))
+            : grpc::SerializationTraits<eventstreamapi::Event>::Deserialize(&in_, &msg).ok();
+    if (!parsed) {
       spdlog::error("agent {}: message is not an eventstreamapi.Event; ignored", agent_);
       return;
     }
@@ -828,6 +894,11 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
       alarmArmed_ = false;
       std::swap(in, inbox_);
     }
+    if (in.wsStart) {
+      onRequest(true);
+      if (finishing_) return;  // refused (proceed() releases it)
+    }
+    if (in.wsReady && reading_) wsRead();
     for (auto& e : in.ack) {
       eventstreamapi::Event out;
       *out.mutable_event() = ce::makeAck(e, "");
@@ -839,11 +910,15 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     for (auto& l : in.events) place(l, now);
     if (in.opened && !opened_ && !finishing_) {
       opened_ = true;
-      writing_ = true;
-      // A compressing agent is answered in kind, as grpc-go's server does (upstream's agent
-      // --enable-compression); small messages still go uncompressed (pump()).
-      if (peerCompresses(ctx_)) ctx_.set_compression_algorithm(GRPC_COMPRESS_GZIP);
-      gQueues.run([&] { stream_.SendInitialMetadata(&tags_[kWrite]); });
+      if (ws_) {
+        ws_->sendHeaders();  // gzip as the agent does, by size, as below
+      } else {
+        writing_ = true;
+        // A compressing agent is answered in kind, as grpc-go's server does (upstream's agent
+        // --enable-compression); small messages still go uncompressed (pump()).
+        if (peerCompresses(ctx_)) ctx_.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+        gQueues.run([&] { stream_.SendInitialMetadata(&tags_[kWrite]); });
+      }
     }
     if (!in.events.empty() && batchPending_ == pendingBefore && batchPending_ == 0) {
       // All of it held for later: ask for the next lease now.
@@ -851,7 +926,11 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     }
     if (in.cancel && !finished_) {
       cancelled_ = true;
-      ctx_.TryCancel();
+      if (ws_) {
+        ws_->cancel();
+      } else {
+        ctx_.TryCancel();
+      }
     }
     if (in.finish) finishStream(*in.finish);
     pump();
@@ -864,6 +943,10 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
       return;
     }
     if (!opened_) return;
+    if (ws_) {
+      pumpWs();
+      return;
+    }
     if (control_.empty() && events_.empty()) return;
     grpc::WriteOptions options;
     if (control_.size() + events_.size() > 1) options.set_buffer_hint();
@@ -886,6 +969,32 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     }
   }
 
+  // Everything waiting, as far as the WebSocket takes it (it queues; below 1 MiB waiting, a
+  // write is done at once); the rest when its notify says it took what waited.
+  void pumpWs() {
+    while (!control_.empty() || !events_.empty()) {
+      if (!ws_->writable()) return;
+      bool leased = false;
+      grpc::ByteBuffer buf;
+      if (!control_.empty()) {
+        buf = std::move(control_.front());
+        control_.pop_front();
+      } else {
+        buf = std::move(events_.front().buf);
+        leased = events_.front().leased;
+        events_.pop_front();
+      }
+      if (!ws_->write(bytesOf(buf, wsOut_))) {
+        finishStream(grpc::Status::OK);  // the WebSocket is gone; its read ends the call
+        return;
+      }
+      e_.counters.rpc.send(Rpc::kSubscribe);
+      if (leased && --batchPending_ == 0) {
+        e_.hub.post([self = shared_from_this()]() { self->e_.hub.wantMore(self.get()); });
+      }
+    }
+  }
+
   void finishStream(grpc::Status status) {
     if (finishing_) return;
     finishing_ = true;
@@ -896,6 +1005,11 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
   void sendFinish() {
     finishSent_ = true;
     if (subscribeCall_) e_.counters.rpc.handle(Rpc::kSubscribe, status_.error_code());
+    if (ws_) {
+      ws_->finish(status_);  // the trailers close the WebSocket
+      finished_ = true;
+      return;
+    }
     gQueues.run([&] { stream_.Finish(status_, &tags_[kFinish]); });
   }
 
@@ -926,6 +1040,8 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
 
   // Serving thread only.
   grpc::ByteBuffer in_, writeBuf_;
+  std::shared_ptr<GrpcWsServer::Call> ws_;  // a WebSocket call (spawnWs), else grpc's stream_
+  std::string wsIn_, wsOut_;
   struct Out {
     grpc::ByteBuffer buf;
     bool leased;  // from the current lease (counted in batchPending_), not sent on an ACK
@@ -1614,6 +1730,18 @@ class ListenerRole final : public Role {
       ws.maxMessage = std::min<size_t>(grpcws::kMaxMessage, c.common.grpcMaxMessageSize);
       ws.upgradeTimeoutSeconds = static_cast<int>(std::max<int64_t>(
           1, std::chrono::duration_cast<std::chrono::seconds>(p.tlsHandshakeTimeout).count()));
+      // Subscribe straight into its state machine, on the serving threads in turn (its events
+      // are the hot path); the unary calls through the bridge.
+      ws.directMethods = {kSubscribeMethod};
+      ws.serve = [this, closing = &serverClosing_, next = std::make_shared<std::atomic<size_t>>(0)](
+                     std::shared_ptr<GrpcWsServer::Call> call) {
+        if (closing->load()) {
+          call->finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the principal is stopping"));
+          return;
+        }
+        auto& loop = loops_[next->fetch_add(1, std::memory_order_relaxed) % loops_.size()];
+        StreamCall::spawnWs(*edge_, loop.cq.get(), std::move(call));
+      };
       ws_ = std::make_unique<GrpcWsServer>(std::move(ws));
       front.handOffHttp1 = [ws = ws_.get()](int fd, std::shared_ptr<const PeerInfo> peer) {
         ws->adopt(fd, std::move(peer));
