@@ -19,6 +19,7 @@ import harness as h
 import mesh
 import proxies as px
 import test_ops
+import eventstream_pb2
 import version_pb2
 
 USERS = {"agent-ws": "secret-ws"}
@@ -245,6 +246,85 @@ class WebSocketPrincipalTest(h.IntegrationTestCase):
         self.assertEqual(test_ops.value(samples, "argocd_principal_websocket_refused_total"), 6)
         self.assertEqual(test_ops.value(samples, "argocd_principal_websocket_malformed_total"), 5)
         self.assertGreaterEqual(test_ops.value(samples, "argocd_principal_websocket_rpcs_total"), 8)
+
+
+class WebSocketSubscribeTest(h.IntegrationTestCase):
+    """Subscribe over WebSocket is served by the listener's own stream state machine (not bridged
+    into grpc): what the WebSocket cannot take waits in the listener and goes on once it can, a
+    newer stream of the agent ends the older one with its status, and the client's end of stream
+    ends the call with OK."""
+
+    SUBSCRIBE = "/eventstreamapi.EventStream/Subscribe"
+
+    def run_async(self, coro, timeout=120):
+        return asyncio.run(asyncio.wait_for(coro, timeout))
+
+    def test_a_reader_that_stops_gets_every_event_once_it_reads_again(self):
+        # 800 resources, each with one 16 KiB event on the wire at a time: 12.8 MiB that the
+        # principal may send before any ACK, far more than the 1 MiB the WebSocket may hold and
+        # the loopback socket buffers together, so the listener has to hold events back.
+        total, resources, size = 1600, 800, 16384
+        principal = self.start_principal(
+            users=USERS, plaintext=True,
+            extra=["--enable-websocket", f"--synthetic-events={total}:{resources}:{size}",
+                   "--send-queue-size", str(2 * total)])
+        base = f"ws://127.0.0.1:{principal.port}"
+
+        async def run():
+            _, token = await gw.authenticate(base, "agent-ws", USERS["agent-ws"])
+            call = await gw.Call.open(base, self.SUBSCRIBE, [("Authorization", token)],
+                                      max_size=1 << 20)
+            # Not reading: the scenario (a stalled agent), not a wait for something to happen.
+            await asyncio.sleep(3)
+            seen, dup = {}, 0
+            while len(seen) < total:
+                f = await call.next()
+                if f[0] == "headers":
+                    continue
+                self.assertEqual(f[0], "data", f)
+                ev = eventstream_pb2.Event.FromString(f[1])
+                eid = px.string_attr(ev, "eventid")
+                dup += eid in seen
+                seen[eid] = True
+                await call.send(px.make_ack(ev).SerializeToString())
+            self.assertEqual(dup, 0)
+            principal.wait_log(rf"synthetic source: {total} events acknowledged by agent agent-ws",
+                               timeout=60)
+            await call.close()
+
+        self.run_async(run())
+        self.assertAlive(principal)
+        self.assertEqual(principal.worker("listener-1")["restarts"], 0)
+
+    def test_a_newer_stream_ends_the_older_with_cancelled_and_half_close_ends_with_ok(self):
+        principal = self.start_principal(users=USERS, plaintext=True, extra=["--enable-websocket"])
+        base = f"ws://127.0.0.1:{principal.port}"
+
+        async def subscribe(token):
+            call = await gw.Call.open(base, self.SUBSCRIBE, [("Authorization", token)])
+            hb, ev = gw.heartbeat_event()
+            await call.send(ev.SerializeToString())
+            await gw.expect_ack(call, hb)
+            return call
+
+        async def run():
+            _, token = await gw.authenticate(base, "agent-ws", USERS["agent-ws"])
+            older = await subscribe(token)
+            newer = await subscribe(token)
+            trailers, code = await older.finish()
+            self.assertEqual(trailers.get("Grpc-Status"), "1", trailers)  # CANCELLED
+            self.assertEqual(code, 1000)
+            hb, ev = gw.heartbeat_event()
+            await newer.send(ev.SerializeToString())
+            await gw.expect_ack(newer, hb)
+            await newer.close_send()
+            trailers, code = await newer.finish()
+            self.assertEqual(trailers.get("Grpc-Status"), "0", trailers)
+            self.assertEqual(code, 1000)
+
+        self.run_async(run())
+        self.assertTrue(principal.wait_log(r"a newer stream of this agent took over"))
+        self.assertAlive(principal)
 
 
 # -- through an HTTP/1.1-only reverse proxy -------------------------------------------------------
