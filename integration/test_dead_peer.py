@@ -24,12 +24,21 @@ SLACK_S = 2.0
 class DeadPeerTest(h.IntegrationTestCase):
 
     def test_frozen_principal_declared_dead_and_no_event_lost(self):
+        self.scenario(websocket=False)
+
+    def test_over_websocket_too(self):
+        """The agent's Subscribe over WebSocket is its own stream (not the bridge's): declaring
+        it dead cancels it there."""
+        self.scenario(websocket=True)
+
+    def scenario(self, websocket):
+        ws = ["--enable-websocket"] if websocket else []
         principal = self.start_principal(plaintext=True, users=USERS,
-                                         extra=[f"--synthetic-events={TOTAL}:5:256"])
+                                         extra=[f"--synthetic-events={TOTAL}:5:256", *ws])
         event_log = self.path("agent-events.log")
         agent = self.start_agent(principal, extra=[
             "--heartbeat-interval=1s", f"--heartbeat-max-missed={MAX_MISSED}",
-            "--event-log", event_log])
+            "--event-log", event_log, *ws])
         opened = rf"Event stream to 127\.0\.0\.1:{principal.port} opened"
 
         principal.wait_log(rf"synthetic source: {TOTAL} events acknowledged by agent agent-a",
