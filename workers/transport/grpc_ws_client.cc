@@ -110,12 +110,7 @@ class GrpcWsClient::Impl {
 
   void spawn();  // a Session waiting for the next call
   std::shared_ptr<Stream> stream(std::string method, grpcws::Headers metadata);
-  void connectLater(std::shared_ptr<Call> s) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (context_ == nullptr) return;
-    connects_.push_back(std::move(s));
-    lws_cancel_service(context_);
-  }
+  void connectLater(std::shared_ptr<Call> s);
   void wake(std::shared_ptr<Call> s) {
     std::lock_guard<std::mutex> lock(mu_);
     if (context_ == nullptr) return;
@@ -380,6 +375,18 @@ class GrpcWsClient::Impl::Session final : public Call {
   bool finishing_ = false, headersSeen_ = false, closeWs_ = false, wsGone_ = false;
 };
 
+void GrpcWsClient::Impl::connectLater(std::shared_ptr<Call> s) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (context_ != nullptr) {
+      connects_.push_back(std::move(s));
+      lws_cancel_service(context_);
+      return;
+    }
+  }
+  s->ended("the agent is stopping");  // a waiting finish() returns
+}
+
 void GrpcWsClient::Impl::spawn() { std::make_shared<Session>(*this)->request(); }
 
 // A call without the bridge (GrpcWsClient::Stream): the caller's threads read and write whole
@@ -555,13 +562,6 @@ class GrpcWsClient::Impl::Direct final : public Call, public GrpcWsClient::Strea
 std::shared_ptr<GrpcWsClient::Stream> GrpcWsClient::Impl::stream(std::string method,
                                                                  grpcws::Headers metadata) {
   auto d = std::make_shared<Direct>(*this, std::move(method), std::move(metadata));
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (context_ == nullptr) {
-      d->ended("the agent is stopping");
-      return d;
-    }
-  }
   connectLater(d);
   return d;
 }
