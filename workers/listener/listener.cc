@@ -639,7 +639,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     if (!alarmArmed_) {
       alarmArmed_ = true;
       // In the past, not now: grpc 1.51 fires an alarm whose deadline is not behind its cached
-      // clock through the timer heap, milliseconds later (WebSocket streams, whose every
+      // clock through the timer heap, ~1 ms later (measured; WebSocket streams, whose every
       // wake-up comes this way, ran at half speed).
       gQueues.run([&] { alarm_.Set(cq_, gpr_inf_past(GPR_CLOCK_MONOTONIC), &tags_[kAlarm]); });
     }
@@ -1012,6 +1012,7 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     if (ws_) {
       ws_->finish(status_);  // the trailers close the WebSocket
       finished_ = true;
+      reading_ = false;  // as grpc's pending Read fails after Finish: nothing more is read
       return;
     }
     gQueues.run([&] { stream_.Finish(status_, &tags_[kFinish]); });
