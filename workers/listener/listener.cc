@@ -547,12 +547,11 @@ struct Inbox {
 // The bytes of a message to send (one slice, as toBuffer makes them: no copy).
 std::string_view bytesOf(const grpc::ByteBuffer& b, std::string& scratch) {
   std::vector<grpc::Slice> slices;
+  scratch.clear();
   if (!b.Dump(&slices).ok() || slices.empty()) return {};
   if (slices.size() == 1) {
-    scratch.clear();
     return std::string_view(reinterpret_cast<const char*>(slices[0].begin()), slices[0].size());
   }
-  scratch.clear();
   for (const auto& sl : slices)
     scratch.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
   return scratch;
@@ -954,23 +953,11 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
     if (control_.empty() && events_.empty()) return;
     grpc::WriteOptions options;
     if (control_.size() + events_.size() > 1) options.set_buffer_hint();
-    bool leased = false;
-    if (!control_.empty()) {
-      writeBuf_ = std::move(control_.front());
-      control_.pop_front();
-    } else {
-      writeBuf_ = std::move(events_.front().buf);
-      leased = events_.front().leased;
-      events_.pop_front();
-    }
+    bool leased = takeNext(writeBuf_);
     if (writeBuf_.Length() < delivery::kCompressMinBytes) options.set_no_compression();
     writing_ = true;
     gQueues.run([&] { stream_.Write(writeBuf_, options, &tags_[kWrite]); });
-    e_.counters.rpc.send(Rpc::kSubscribe);
-    if (leased && --batchPending_ == 0) {
-      // The whole lease is on its way: ask the cache for the next one.
-      e_.hub.post([self = shared_from_this()]() { self->e_.hub.wantMore(self.get()); });
-    }
+    handedOver(leased);
   }
 
   // Everything waiting, as far as the WebSocket takes it (it queues; below 1 MiB waiting, a
@@ -978,24 +965,35 @@ class StreamCall final : public Call, public std::enable_shared_from_this<Stream
   void pumpWs() {
     while (!control_.empty() || !events_.empty()) {
       if (!ws_->writable()) return;
-      bool leased = false;
       grpc::ByteBuffer buf;
-      if (!control_.empty()) {
-        buf = std::move(control_.front());
-        control_.pop_front();
-      } else {
-        buf = std::move(events_.front().buf);
-        leased = events_.front().leased;
-        events_.pop_front();
-      }
+      bool leased = takeNext(buf);
       if (!ws_->write(bytesOf(buf, wsOut_))) {
         finishStream(grpc::Status::OK);  // the WebSocket is gone; its read ends the call
         return;
       }
-      e_.counters.rpc.send(Rpc::kSubscribe);
-      if (leased && --batchPending_ == 0) {
-        e_.hub.post([self = shared_from_this()]() { self->e_.hub.wantMore(self.get()); });
-      }
+      handedOver(leased);
+    }
+  }
+
+  // The next message to write, ACKs before events; true if it is of the current lease.
+  bool takeNext(grpc::ByteBuffer& buf) {
+    if (!control_.empty()) {
+      buf = std::move(control_.front());
+      control_.pop_front();
+      return false;
+    }
+    buf = std::move(events_.front().buf);
+    bool leased = events_.front().leased;
+    events_.pop_front();
+    return leased;
+  }
+
+  // A message went to the wire (grpc's or the WebSocket's).
+  void handedOver(bool leased) {
+    e_.counters.rpc.send(Rpc::kSubscribe);
+    if (leased && --batchPending_ == 0) {
+      // The whole lease is on its way: ask the cache for the next one.
+      e_.hub.post([self = shared_from_this()]() { self->e_.hub.wantMore(self.get()); });
     }
   }
 

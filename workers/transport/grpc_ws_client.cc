@@ -54,6 +54,19 @@ bool reservedResponseKey(std::string_view k) {
          k == "grpc-accept-encoding";
 }
 
+// The call's status, if this metadata frame is the trailers (it has a grpc-status).
+std::optional<grpc::Status> statusOf(const grpcws::Headers& h) {
+  std::optional<int> code;
+  std::string message, details;
+  for (const auto& [k, v] : h) {
+    if (k == "grpc-status") code = std::atoi(v.c_str());
+    if (k == "grpc-message") message = grpcws::percentDecode(v);
+    if (k == "grpc-status-details-bin") details = v;
+  }
+  if (!code) return std::nullopt;
+  return grpc::Status(static_cast<grpc::StatusCode>(*code), message, details);
+}
+
 std::string timeoutHeader(std::chrono::system_clock::time_point deadline) {
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
       deadline - std::chrono::system_clock::now());
@@ -226,23 +239,17 @@ class GrpcWsClient::Impl::Session final : public Call {
     if (f.metadata()) {
       grpcws::Headers h;
       if (auto bad = grpcws::parseHeaderBlock(f.payload, h); !bad.empty()) return bad;
-      std::optional<int> code;
-      std::string message, details;
-      for (const auto& [k, v] : h) {
-        if (k == "grpc-status") code = std::atoi(v.c_str());
-        if (k == "grpc-message") message = grpcws::percentDecode(v);
-        if (k == "grpc-status-details-bin") details = v;
-      }
+      auto status = statusOf(h);
       for (const auto& [k, v] : h) {
         if (reservedResponseKey(k)) continue;
-        if (code) {
+        if (status) {
           ctx_.AddTrailingMetadata(k, v);
         } else if (!headersSeen_) {
           ctx_.AddInitialMetadata(k, v);
         }
       }
-      if (code) {
-        status_ = grpc::Status(static_cast<grpc::StatusCode>(*code), message, details);
+      if (status) {
+        status_ = std::move(status);
         pump();
       }
       headersSeen_ = true;
@@ -534,15 +541,8 @@ class GrpcWsClient::Impl::Direct final : public Call, public GrpcWsClient::Strea
   std::string trailers(std::string_view block) {
     grpcws::Headers h;
     if (auto bad = grpcws::parseHeaderBlock(block, h); !bad.empty()) return bad;
-    std::optional<int> code;
-    std::string text, details;
-    for (const auto& [k, v] : h) {
-      if (k == "grpc-status") code = std::atoi(v.c_str());
-      if (k == "grpc-message") text = grpcws::percentDecode(v);
-      if (k == "grpc-status-details-bin") details = v;
-    }
-    if (code) {
-      status_ = grpc::Status(static_cast<grpc::StatusCode>(*code), text, details);
+    if (auto status = statusOf(h)) {
+      status_ = std::move(status);
       cv_.notify_all();
     }
     return "";
